@@ -1,0 +1,98 @@
+"""The ``birdsearch`` console script: one parser, subcommands that live beside the code they run.
+
+Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``; it adds its parser and sets
+``func`` to a function that does the heavy imports (torch, open_clip, ...) itself, so that
+``birdsearch --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from birdsearch import __version__
+from birdsearch.errors import BirdsearchError
+
+COMMAND_MODULES = (
+    "birdsearch.toy.cli",  # demo
+    "birdsearch.indexer.cli",  # index, reindex
+    "birdsearch.service.cli",  # serve, query
+    "birdsearch.model.distill.cli",  # distill
+    "birdsearch.model.evaluate.cli",  # evaluate
+    "birdsearch.model.cli",  # models
+)
+
+DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
+DEFAULT_STUDENT = "davidrrobinson/BioLingual"
+
+
+def add_model_args(parser: argparse.ArgumentParser, teacher: bool = True, student: bool = True) -> None:
+    """The model arguments shared by every subcommand that loads a model."""
+    if teacher:
+        parser.add_argument(
+            "--teacher",
+            default=os.environ.get("BIRDSEARCH_TEACHER", DEFAULT_TEACHER),
+            help="image-text teacher: 'hf-hub:org/repo', 'local-dir:/path' or 'toy' (default: %(default)s)",
+        )
+    if student:
+        parser.add_argument(
+            "--student",
+            default=os.environ.get("BIRDSEARCH_STUDENT", DEFAULT_STUDENT),
+            help="audio-text student: a Hugging Face id, 'hf-hub:org/repo', 'local-dir:/path', a directory "
+            "or 'toy' (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--device", default=os.environ.get("BIRDSEARCH_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="birdsearch",
+        description="Bird recording in, photographs of the species that made the sound out.",
+    )
+    parser.add_argument("--version", action="version", version=f"birdsearch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is None:  # a subcommand still being written
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose < 2:
+        # Third-party libraries are chatty at INFO; keep their warnings only.
+        for name in ("httpx", "urllib3", "huggingface_hub", "filelock", "PIL", "matplotlib", "root"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose, args.quiet)
+    try:
+        result = args.func(args)
+    except BirdsearchError as e:
+        sys.stderr.write(f"birdsearch {args.command}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

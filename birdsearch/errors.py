@@ -1,0 +1,89 @@
+"""Typed errors. Each message names the bad value and, where there is one, the fix.
+
+The service maps these onto HTTP status codes (see ``http_status``), the CLI prints them without a
+traceback; anything else is a bug.
+"""
+
+
+class BirdsearchError(Exception):
+    """A problem the user can act on. ``code`` is a stable machine-readable name."""
+
+    code = "error"
+    http_status = 400
+
+
+class ConfigError(BirdsearchError):
+    """A setting, spec or argument from outside is invalid."""
+
+    code = "bad_config"
+    http_status = 422
+
+
+class ModelUnavailableError(BirdsearchError):
+    """Weights are not on this machine and cannot be fetched (offline, or a wrong path)."""
+
+    code = "model_unavailable"
+    http_status = 503
+
+
+class CheckpointError(BirdsearchError):
+    """A saved model or checkpoint is missing, truncated, or of another format."""
+
+    code = "bad_checkpoint"
+    http_status = 500
+
+
+class AudioError(BirdsearchError):
+    """The recording cannot be used; subclasses say why."""
+
+    code = "bad_audio"
+    http_status = 422
+
+
+class UnsupportedAudioError(AudioError):
+    """Not audio, or a container/codec that libsndfile cannot read."""
+
+    code = "unsupported_audio"
+    http_status = 415
+
+
+class CorruptAudioError(AudioError):
+    """Recognised as audio, but decoding failed part-way or produced invalid samples."""
+
+    code = "corrupt_audio"
+    http_status = 422
+
+
+class EmptyAudioError(AudioError):
+    """Zero frames, or too short to hold any sound."""
+
+    code = "empty_audio"
+    http_status = 422
+
+
+class SilentAudioError(AudioError):
+    """Decodes fine but holds only digital silence."""
+
+    code = "silent_audio"
+    http_status = 422
+
+
+class AudioTooLongError(AudioError):
+    """Longer than the configured limit."""
+
+    code = "audio_too_long"
+    http_status = 413
+
+
+class ImageError(BirdsearchError):
+    """An image cannot be decoded or is refused (truncated, not an image, too many pixels)."""
+
+    code = "bad_image"
+    http_status = 422
+
+
+class IndexFormatError(BirdsearchError):
+    """An index version directory is missing, incomplete or of another format."""
+
+    code = "bad_index"
+    http_status = 500

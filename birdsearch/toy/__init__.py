@@ -1,0 +1,1 @@
+"""The toy world: a small synthetic bird world in which the whole pipeline runs offline."""

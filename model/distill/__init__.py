@@ -1,0 +1,1 @@
+"""Text distillation: the student's audio tower trained into the teacher's text space."""

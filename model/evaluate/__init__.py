@@ -1,0 +1,1 @@
+"""Baselines, metrics, data set loaders and reports: what `birdsearch evaluate` runs."""

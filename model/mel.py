@@ -1,0 +1,179 @@
+"""Audio front end, part two: windows of samples to the log-mel features the CLAP audio tower eats.
+
+``LogMel`` is a torch implementation of ``transformers.ClapFeatureExtractor`` (HTSAT, unfused,
+``truncation="rand_trunc"``): periodic Hann window, centred STFT with reflect padding, power
+spectrum, the extractor's own mel filter bank, ``10·log10(max(mel, 1e-10))``. It runs batched on
+CPU or GPU. ``tests/test_mel.py`` holds it equal to the extractor on real recordings: within
+``PARITY_ATOL_DB_SIGNAL`` dB on every bin within 80 dB of the window's loudest, and within
+``PARITY_ATOL_DB`` dB everywhere. The difference is float32 (torch) against float64 (numpy)
+rounding, which grows as a bin's energy falls towards 100 dB below the frame's.
+
+``MelFrontEnd`` picks the implementation for the device: the torch one on a GPU (tens of thousands
+of clips/s) and, on a CPU, whichever ``bench/mel.py`` measured faster (see ``CPU_IMPLEMENTATION``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from birdsearch.errors import ConfigError
+
+# Maximum absolute difference, in dB, between LogMel and ClapFeatureExtractor on real recordings:
+# on bins within PARITY_RANGE_DB of the window's loudest bin, and on all bins.
+PARITY_RANGE_DB = 80.0
+PARITY_ATOL_DB_SIGNAL = 5e-3
+PARITY_ATOL_DB = 0.1
+
+# Measured by bench/mel.py on the project's 2-core CPU machine (see BENCHMARKS.md): the batched torch
+# STFT beat the extractor's per-frame numpy loop, so the CPU uses torch too. Set to "numpy" to use
+# the Hugging Face extractor instead.
+CPU_IMPLEMENTATION = "torch"
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """Everything that decides the features; saved in checkpoint cards and index manifests."""
+
+    sample_rate: int = 48_000  # Hz the audio tower was trained at
+    window_s: float = 10.0  # seconds per window (CLAP's max_length_s)
+    n_fft: int = 1024  # STFT size (fft_window_size)
+    hop_length: int = 480  # STFT hop in samples: 100 frames per second at 48 kHz
+    n_mels: int = 64  # mel bins (feature_size)
+    f_min: float = 0.0  # lowest mel filter edge, Hz
+    f_max: float = 14_000.0  # highest mel filter edge, Hz
+    mel_scale: str = "slaney"  # "slaney" (rand_trunc models, as librosa) or "htk" (fusion models)
+    padding: str = "repeatpad"  # how windows shorter than window_s are filled
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_s * self.sample_rate)
+
+    @property
+    def n_frames(self) -> int:
+        return self.window_samples // self.hop_length + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrontEndConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @classmethod
+    def from_feature_extractor(cls, fe: Any) -> FrontEndConfig:
+        """Read the settings of a ``ClapFeatureExtractor`` (as loaded from preprocessor_config.json)."""
+        if fe.padding != "repeatpad":
+            raise ConfigError(f"feature extractor padding {fe.padding!r} is not supported (only 'repeatpad')")
+        return cls(
+            sample_rate=int(fe.sampling_rate),
+            window_s=float(fe.max_length_s),
+            n_fft=int(fe.fft_window_size),
+            hop_length=int(fe.hop_length),
+            n_mels=int(fe.feature_size),
+            f_min=float(fe.frequency_min),
+            f_max=float(fe.frequency_max),
+            mel_scale="htk" if fe.truncation == "fusion" else "slaney",
+        )
+
+    def mel_filters(self) -> np.ndarray:
+        """The (n_fft/2+1, n_mels) filter bank, built by the same function the extractor uses."""
+        from transformers.audio_utils import mel_filter_bank
+
+        return mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=self.n_mels,
+            min_frequency=self.f_min,
+            max_frequency=self.f_max,
+            sampling_rate=self.sample_rate,
+            norm="slaney" if self.mel_scale == "slaney" else None,
+            mel_scale=self.mel_scale,
+        )
+
+    def feature_extractor(self) -> Any:
+        """The equivalent ``transformers.ClapFeatureExtractor`` (the reference implementation)."""
+        from transformers import ClapFeatureExtractor
+
+        # The extractor multiplies max_length_s by the rate to get a sample count: keep it an int.
+        window_s = int(self.window_s) if float(self.window_s).is_integer() else self.window_s
+        return ClapFeatureExtractor(
+            feature_size=self.n_mels,
+            sampling_rate=self.sample_rate,
+            hop_length=self.hop_length,
+            max_length_s=window_s,
+            fft_window_size=self.n_fft,
+            frequency_min=self.f_min,
+            frequency_max=self.f_max,
+            truncation="fusion" if self.mel_scale == "htk" else "rand_trunc",
+            padding=self.padding,
+        )
+
+
+class LogMel(nn.Module):
+    """(B, T) waveforms at the config's rate to (B, 1, frames, n_mels) log-mel features."""
+
+    def __init__(self, config: FrontEndConfig = FrontEndConfig()):
+        super().__init__()
+        self.config = config
+        self.register_buffer("window", torch.hann_window(config.n_fft, periodic=True), persistent=False)
+        filters = torch.from_numpy(config.mel_filters().astype(np.float32))
+        self.register_buffer("filters", filters, persistent=False)  # (n_freq, n_mels)
+
+    @torch.no_grad()
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        if waveforms.ndim != 2:
+            raise ValueError(f"expected (batch, samples) waveforms, got shape {tuple(waveforms.shape)}")
+        spec = torch.stft(
+            waveforms.float(),
+            n_fft=self.config.n_fft,
+            hop_length=self.config.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )  # (B, n_freq, frames)
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(power.transpose(1, 2), self.filters)  # (B, frames, n_mels)
+        return (10.0 * torch.log10(mel.clamp_min(1e-10))).unsqueeze(1)
+
+
+class NumpyLogMel:
+    """The Hugging Face extractor, batched over windows that are already exactly one window long."""
+
+    def __init__(self, config: FrontEndConfig = FrontEndConfig()):
+        self.config = config
+        self.extractor = config.feature_extractor()
+
+    def __call__(self, waveforms: np.ndarray) -> torch.Tensor:
+        out = self.extractor(list(waveforms), sampling_rate=self.config.sample_rate, return_tensors="np")
+        return torch.from_numpy(np.asarray(out["input_features"], dtype=np.float32))
+
+
+class MelFrontEnd:
+    """Windows (numpy or torch, (B, T)) to features on ``device``, with the faster implementation there."""
+
+    def __init__(self, config: FrontEndConfig, device: torch.device | str = "cpu", implementation: str | None = None):
+        self.config = config
+        self.device = torch.device(device)
+        self.implementation = implementation or ("torch" if self.device.type == "cuda" else CPU_IMPLEMENTATION)
+        if self.implementation == "torch":
+            self.torch_mel = LogMel(config).to(self.device)
+        elif self.implementation == "numpy":
+            self.numpy_mel = NumpyLogMel(config)
+        else:
+            raise ConfigError(f"unknown mel implementation {self.implementation!r}: use 'torch' or 'numpy'")
+
+    def __call__(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        expected = self.config.window_samples
+        if windows.shape[-1] != expected:
+            raise ValueError(f"windows must hold {expected} samples each, got {windows.shape[-1]}")
+        if self.implementation == "numpy":
+            array = windows.cpu().numpy() if isinstance(windows, torch.Tensor) else windows
+            return self.numpy_mel(array).to(self.device)
+        tensor = torch.as_tensor(windows, dtype=torch.float32).to(self.device, non_blocking=True)
+        return self.torch_mel(tensor)

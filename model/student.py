@@ -1,0 +1,108 @@
+"""The student: BioLingual (a ``transformers.ClapModel``, HTSAT-tiny audio tower + RoBERTa, 512-d).
+
+Loaded with ``ClapModel.from_pretrained`` from the directory a spec resolves to; its
+``preprocessor_config.json`` decides the audio front end (``FrontEndConfig``), its tokenizer the
+text side. Outputs are float32, L2-normalised, on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from birdsearch.errors import CheckpointError
+from birdsearch.model import hub
+from birdsearch.model.device import autocast, resolve_device
+from birdsearch.model.mel import FrontEndConfig, MelFrontEnd
+from birdsearch.model.names import Taxon
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STUDENT = "davidrrobinson/BioLingual"
+PROMPT = "Sound of a {}"  # BioLingual's caption style
+
+
+def encode_audio(audio_model: Any, audio_projection: Any, features: torch.Tensor) -> torch.Tensor:
+    """CLAP audio tower + its projection: (B, 1, frames, mels) features to (B, projection_dim), unnormalised."""
+    pooled = audio_model(input_features=features).pooler_output
+    return audio_projection(pooled)
+
+
+class Student:
+    """A CLAP audio-text model with batch embedding APIs."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, front_end: FrontEndConfig, resolved: hub.ResolvedModel, device: torch.device
+    ):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.front_end_config = front_end
+        self.resolved = resolved
+        self.device = device
+        self.mel = MelFrontEnd(front_end, device)
+
+    @classmethod
+    def load(cls, spec: str = DEFAULT_STUDENT, device: str | torch.device = "auto", download: bool = False) -> Student:
+        """Load a student from a spec (a hub id, 'hf-hub:org/repo', 'local-dir:/path', a directory or 'toy')."""
+        from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+        resolved = hub.resolve_or_download(spec, "student") if download else hub.resolve(spec, "student")
+        target = resolve_device(device)
+        try:
+            model = ClapModel.from_pretrained(resolved.path).to(target)
+            tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+            extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"student {resolved.spec} at {resolved.path} failed to load: {e}") from e
+        if model.config.audio_config.enable_fusion:
+            raise CheckpointError(f"student {resolved.spec} is a fusion CLAP model; only unfused models are supported")
+        log.info("student %s loaded on %s (dim %d)", resolved.spec, target, model.config.projection_dim)
+        return cls(model, tokenizer, FrontEndConfig.from_feature_extractor(extractor), resolved, target)
+
+    @property
+    def id(self) -> str:
+        return self.resolved.spec
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "dim": self.dim, "front_end": self.front_end_config.to_dict()}
+
+    @torch.inference_mode()
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 1, frames, mels) log-mel features to (B, dim) audio embeddings."""
+        with autocast(self.device):
+            out = encode_audio(self.model.audio_model, self.model.audio_projection, features.to(self.device))
+        return F.normalize(out.float(), dim=-1).cpu()
+
+    def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """(B, T) windows of exactly one window each, at the front end's rate, to (B, dim) embeddings."""
+        out = [self.embed_features(self.mel(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Captions to (N, dim) text embeddings."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            ).to(self.device)
+            with autocast(self.device):
+                pooled = self.model.text_model(
+                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                ).pooler_output
+                features = self.model.text_projection(pooled)
+            out.append(F.normalize(features.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+    def embed_species(self, taxa: Sequence[Taxon], name_format: str = "com", prompt: str = PROMPT) -> torch.Tensor:
+        """Zero-shot class embeddings (S, dim) from captions such as "Sound of a American Robin"."""
+        return self.embed_texts([prompt.format(taxon.name(name_format)) for taxon in taxa])

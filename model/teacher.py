@@ -1,0 +1,125 @@
+"""The teacher: BioCLIP-2 (open_clip ViT-L/14, 768-d), frozen. Images and species names to embeddings.
+
+Loaded from the directory a spec resolves to (``birdsearch.model.hub``) with open_clip's own
+``local-dir:`` loader, so the model, its image preprocessing (from ``open_clip_config.json``) and its
+tokenizer are exactly the publisher's. Every output is float32, L2-normalised, on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from birdsearch.errors import CheckpointError
+from birdsearch.model import hub
+from birdsearch.model.device import autocast, resolve_device
+from birdsearch.model.names import Taxon, templates_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
+
+
+class Teacher:
+    """A frozen open_clip image-text model with batch embedding APIs."""
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, resolved: hub.ResolvedModel, device: torch.device):
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess  # PIL image -> (3, H, W) float tensor, the model's own transform
+        self.tokenizer = tokenizer
+        self.resolved = resolved
+        self.device = device
+
+    @classmethod
+    def load(cls, spec: str = DEFAULT_TEACHER, device: str | torch.device = "auto", download: bool = False) -> Teacher:
+        """Load a teacher from a spec ('hf-hub:org/repo', 'local-dir:/path' or 'toy').
+
+        With ``download`` a hub model missing from the cache is fetched (unless HF_HUB_OFFLINE is
+        set); without it, a missing model raises ModelUnavailableError saying how to provision it.
+        """
+        import open_clip
+
+        resolved = hub.resolve_or_download(spec, "teacher") if download else hub.resolve(spec, "teacher")
+        target = resolve_device(device)
+        local = f"local-dir:{resolved.path}"
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(local, device=target)
+            tokenizer = open_clip.get_tokenizer(local)
+        except (RuntimeError, ValueError, KeyError, OSError) as e:
+            raise CheckpointError(f"teacher {resolved.spec} at {resolved.path} failed to load: {e}") from e
+        log.info("teacher %s loaded on %s (dim %d)", resolved.spec, target, model.text_projection.shape[-1])
+        return cls(model, preprocess, tokenizer, resolved, target)
+
+    @property
+    def id(self) -> str:
+        return self.resolved.spec
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.resolved.path / hub.CONFIG_FILE["teacher"]).read_text())
+
+    @property
+    def dim(self) -> int:
+        return int(self.config["model_cfg"]["embed_dim"])
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        return hub.weights_sha256(self.resolved.weights_file)
+
+    @cached_property
+    def preprocess_config(self) -> dict[str, Any]:
+        """The image preprocessing this model uses (recorded in every index it builds)."""
+        import open_clip
+
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Facts that identify this teacher, for index manifests and checkpoint cards."""
+        return {
+            "id": self.id,
+            "dim": self.dim,
+            "weights_sha256": self.weights_sha256,
+            "preprocess": self.preprocess_config,
+        }
+
+    @torch.inference_mode()
+    def embed_images(self, images: torch.Tensor | Sequence[Any]) -> torch.Tensor:
+        """Images to (N, dim) embeddings.
+
+        Args:
+            images: PIL images (preprocessed here), or a (N, 3, H, W) batch already preprocessed
+                with ``self.preprocess``.
+        """
+        if not isinstance(images, torch.Tensor):
+            images = torch.stack([self.preprocess(img) for img in images])
+        with autocast(self.device):
+            features = self.model.encode_image(images.to(self.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Texts to (N, dim) embeddings, in batches of ``batch_size``."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+            with autocast(self.device):
+                features = self.model.encode_text(tokens)
+            out.append(F.normalize(features.float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+    def embed_species(
+        self, taxa: Sequence[Taxon], name_format: str = "taxon_com", templates: str | Sequence[str] = "openai"
+    ) -> torch.Tensor:
+        """Zero-shot class embeddings (S, dim): each name in every template, normalised, averaged, renormalised."""
+        template_list = templates_for(templates if isinstance(templates, str) else tuple(templates))
+        names = [taxon.name(name_format) for taxon in taxa]
+        texts = [template.format(name) for name in names for template in template_list]
+        per_text = self.embed_texts(texts).view(len(names), len(template_list), -1)
+        return F.normalize(per_text.mean(dim=1), dim=-1)

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if verbose < 2:
         # Third-party libraries are chatty at INFO; keep their warnings only.
         for name in ("httpx", "urllib3", "huggingface_hub", "filelock", "PIL", "matplotlib", "root"):

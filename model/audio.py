@@ -152,7 +152,10 @@ def peak_dbfs(samples: np.ndarray) -> float:
 
 
 def load(
-    source: AudioSource, sample_rate: int = 48_000, limits: AudioLimits = AudioLimits(), allow_silence: bool = False
+    source: AudioSource,
+    sample_rate: int = 48_000,
+    limits: AudioLimits = AudioLimits(),
+    allow_silence: bool = False,
 ) -> Recording:
     """Decode, downmix and resample a recording; refuse silence unless ``allow_silence``."""
     data, rate, fmt = decode(source, limits)
@@ -191,7 +194,9 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def split(samples: np.ndarray, sample_rate: int, window_s: float = 10.0, hop_s: float | None = None) -> Windows:
+def split(
+    samples: np.ndarray, sample_rate: int, window_s: float = 10.0, hop_s: float | None = None
+) -> Windows:
     """Cut a recording into ``window_s`` windows every ``hop_s`` seconds (default: no overlap)."""
     hop_s = window_s if hop_s is None else hop_s
     if window_s <= 0 or hop_s <= 0:

@@ -18,7 +18,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except RuntimeError as e:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but no CUDA device is available here; use --device cpu")
+        raise ConfigError(
+            f"device {device!r} asked for, but no CUDA device is available here; use --device cpu"
+        )
     return resolved
 
 

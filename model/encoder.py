@@ -112,7 +112,10 @@ class LoadedEncoder:
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, T) windows to (B, teacher dim) embeddings in the teacher's space."""
-        out = [self.embed_features(self.mel(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
+        out = [
+            self.embed_features(self.mel(windows[i : i + batch_size]))
+            for i in range(0, len(windows), batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
 
@@ -179,4 +182,3 @@ def load_encoder(path: str | Path, device: str | torch.device = "auto") -> Loade
     except (RuntimeError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not match the card ({e})") from e
     return LoadedEncoder(model.to(target), card, path, target)
-

@@ -33,7 +33,11 @@ Kind = Literal["teacher", "student"]
 # Files each publisher's format needs, and the weight files in order of preference.
 CONFIG_FILE = {"teacher": "open_clip_config.json", "student": "config.json"}
 WEIGHT_FILES = {
-    "teacher": ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin"),
+    "teacher": (
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.safetensors",
+        "open_clip_pytorch_model.bin",
+    ),
     "student": ("model.safetensors", "pytorch_model.bin"),
 }
 # Small files fetched alongside (configs, tokenizer, feature extractor); weights are chosen separately.
@@ -138,7 +142,9 @@ def resolve_or_download(spec: str, kind: Kind) -> ResolvedModel:
 
 def check_model_dir(path: Path, kind: Kind, spec: str) -> None:
     if not path.is_dir():
-        raise ModelUnavailableError(f"{kind} {spec!r}: directory {path} does not exist. " + provisioning_hint(kind))
+        raise ModelUnavailableError(
+            f"{kind} {spec!r}: directory {path} does not exist. " + provisioning_hint(kind)
+        )
     config = path / CONFIG_FILE[kind]
     if not config.is_file():
         raise ModelUnavailableError(

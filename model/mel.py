@@ -157,10 +157,14 @@ class NumpyLogMel:
 class MelFrontEnd:
     """Windows (numpy or torch, (B, T)) to features on ``device``, with the faster implementation there."""
 
-    def __init__(self, config: FrontEndConfig, device: torch.device | str = "cpu", implementation: str | None = None):
+    def __init__(
+        self, config: FrontEndConfig, device: torch.device | str = "cpu", implementation: str | None = None
+    ):
         self.config = config
         self.device = torch.device(device)
-        self.implementation = implementation or ("torch" if self.device.type == "cuda" else CPU_IMPLEMENTATION)
+        self.implementation = implementation or (
+            "torch" if self.device.type == "cuda" else CPU_IMPLEMENTATION
+        )
         if self.implementation == "torch":
             self.torch_mel = LogMel(config).to(self.device)
         elif self.implementation == "numpy":

@@ -59,7 +59,9 @@ class CascadeQuery:
         self.student_species = F.normalize(student_species.float(), dim=-1)
         self.teacher_species = F.normalize(teacher_species.float(), dim=-1)
         self.hard = hard
-        self.logit_scale = logit_scale if logit_scale is not None else float(student.model.logit_scale_a.exp())
+        self.logit_scale = (
+            logit_scale if logit_scale is not None else float(student.model.logit_scale_a.exp())
+        )
 
     @property
     def dim(self) -> int:

@@ -118,5 +118,7 @@ def save_random_full_student(directory: str | Path, seed: int = 0) -> Path:
     """
     from transformers import ClapConfig
 
-    tokenizer = train_bpe_tokenizer(["Sound of a American Robin", "Sound of a Dark-eyed Junco"], vocab_size=400)
+    tokenizer = train_bpe_tokenizer(
+        ["Sound of a American Robin", "Sound of a Dark-eyed Junco"], vocab_size=400
+    )
     return save_student(build_student(ClapConfig(), seed), tokenizer, directory)

@@ -37,7 +37,12 @@ class Student:
     """A CLAP audio-text model with batch embedding APIs."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, front_end: FrontEndConfig, resolved: hub.ResolvedModel, device: torch.device
+        self,
+        model: Any,
+        tokenizer: Any,
+        front_end: FrontEndConfig,
+        resolved: hub.ResolvedModel,
+        device: torch.device,
     ):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -47,7 +52,9 @@ class Student:
         self.mel = MelFrontEnd(front_end, device)
 
     @classmethod
-    def load(cls, spec: str = DEFAULT_STUDENT, device: str | torch.device = "auto", download: bool = False) -> Student:
+    def load(
+        cls, spec: str = DEFAULT_STUDENT, device: str | torch.device = "auto", download: bool = False
+    ) -> Student:
         """Load a student from a spec (a hub id, 'hf-hub:org/repo', 'local-dir:/path', a directory or 'toy')."""
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
@@ -60,7 +67,9 @@ class Student:
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"student {resolved.spec} at {resolved.path} failed to load: {e}") from e
         if model.config.audio_config.enable_fusion:
-            raise CheckpointError(f"student {resolved.spec} is a fusion CLAP model; only unfused models are supported")
+            raise CheckpointError(
+                f"student {resolved.spec} is a fusion CLAP model; only unfused models are supported"
+            )
         log.info("student %s loaded on %s (dim %d)", resolved.spec, target, model.config.projection_dim)
         return cls(model, tokenizer, FrontEndConfig.from_feature_extractor(extractor), resolved, target)
 
@@ -84,7 +93,10 @@ class Student:
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, T) windows of exactly one window each, at the front end's rate, to (B, dim) embeddings."""
-        out = [self.embed_features(self.mel(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
+        out = [
+            self.embed_features(self.mel(windows[i : i + batch_size]))
+            for i in range(0, len(windows), batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
     @torch.inference_mode()
@@ -103,6 +115,8 @@ class Student:
             out.append(F.normalize(features.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
-    def embed_species(self, taxa: Sequence[Taxon], name_format: str = "com", prompt: str = PROMPT) -> torch.Tensor:
+    def embed_species(
+        self, taxa: Sequence[Taxon], name_format: str = "com", prompt: str = PROMPT
+    ) -> torch.Tensor:
         """Zero-shot class embeddings (S, dim) from captions such as "Sound of a American Robin"."""
         return self.embed_texts([prompt.format(taxon.name(name_format)) for taxon in taxa])

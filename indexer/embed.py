@@ -1,0 +1,283 @@
+"""The embedding stage, as reader -> mapper -> writer.
+
+- reader: ``decode_task`` turns one file into a (3, H, W) uint8 array at the model's input size (and
+  a thumbnail), in parallel worker processes (a torch DataLoader locally, Ray tasks on a cluster);
+- mapper: ``ImageEmbedder`` holds the teacher and turns uint8 batches into unit vectors (bf16 on
+  a GPU); it is a callable class, so Ray Data can build it inside each actor;
+- writer: ``EmbeddingCache`` saves vectors by content hash in shards as they come, so a killed run
+  resumes where it stopped.
+
+``embed_local`` and ``birdsearch.indexer.distributed.embed_ray`` drive the same reader and mapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdsearch.errors import ImageError
+from birdsearch.indexer import faults
+from birdsearch.indexer.images import (
+    DEFAULT_MAX_PIXELS,
+    SplitPreprocess,
+    open_image,
+    split_preprocess,
+    thumbnail_jpeg,
+)
+
+log = logging.getLogger(__name__)
+
+THUMBS_DIR = "thumbs"
+
+
+@dataclass(frozen=True)
+class EmbedTask:
+    """One distinct photo to embed."""
+
+    content_hash: str  # sha256 of the bytes the plan saw
+    path: str  # local file or stored download
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How workers decode."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
+    thumbnail_size: int = 256  # longest side of stored thumbnails; 0: store none
+    root: str | None = None  # index root: thumbnails go to ROOT/thumbs/ab/<hash>.jpg
+
+
+@dataclass
+class Decoded:
+    """A worker's answer for one task: pixels, or the reason there are none."""
+
+    content_hash: str
+    pixels: np.ndarray | None  # (3, H, W) uint8
+    width: int = 0  # upright size of the original
+    height: int = 0
+    error: str | None = None
+
+
+def thumbnail_relpath(content_hash: str) -> str:
+    return f"{THUMBS_DIR}/{content_hash[:2]}/{content_hash}.jpg"
+
+
+def decode_task(task: EmbedTask, preprocess: SplitPreprocess, config: DecodeConfig) -> Decoded:
+    """Read, check, decode and size one photo; every failure becomes a reason, never an exception."""
+    import hashlib
+
+    try:
+        data = Path(task.path).read_bytes()
+    except OSError as e:
+        return Decoded(task.content_hash, None, error=f"cannot read file: {e.strerror or e}")
+    if hashlib.sha256(data).hexdigest() != task.content_hash:
+        return Decoded(task.content_hash, None, error="file changed while indexing (run reindex again)")
+    try:
+        img = open_image(data, config.max_pixels)
+        pixels = preprocess.to_uint8(img)
+    except ImageError as e:
+        return Decoded(task.content_hash, None, error=str(e))
+    except Exception as e:  # a decoder bug on one odd file must not stop a million-image run
+        return Decoded(task.content_hash, None, error=f"decoding failed: {type(e).__name__}: {e}")
+    if config.thumbnail_size and config.root:
+        save_thumbnail(img, Path(config.root) / thumbnail_relpath(task.content_hash), config.thumbnail_size)
+    return Decoded(task.content_hash, pixels, img.width, img.height)
+
+
+def save_thumbnail(img: Any, target: Path, size: int) -> None:
+    """Write a thumbnail once (content-addressed), through a temporary file so a reader never sees half."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_bytes(thumbnail_jpeg(img, size))
+    os.replace(tmp, target)
+
+
+class DecodeDataset:
+    """Map-style dataset over tasks for a torch DataLoader (a worker per process)."""
+
+    def __init__(self, tasks: Sequence[EmbedTask], preprocess: SplitPreprocess, config: DecodeConfig):
+        self.tasks = list(tasks)
+        self.preprocess = preprocess
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> Decoded:
+        return decode_task(self.tasks[i], self.preprocess, self.config)
+
+
+@dataclass
+class DecodedBatch:
+    """Decoded photos stacked for the model, and the ones that failed."""
+
+    hashes: list[str]
+    pixels: Any  # (B, 3, H, W) uint8 torch tensor, or None when every photo failed
+    sizes: list[tuple[int, int]]  # (width, height) per hash
+    failures: list[tuple[str, str]]  # (content hash, reason)
+
+
+def collate(items: list[Decoded]) -> DecodedBatch:
+    import torch
+
+    good = [d for d in items if d.pixels is not None]
+    pixels = torch.from_numpy(np.stack([d.pixels for d in good])) if good else None
+    return DecodedBatch(
+        hashes=[d.content_hash for d in good],
+        pixels=pixels,
+        sizes=[(d.width, d.height) for d in good],
+        failures=[(d.content_hash, d.error or "unknown error") for d in items if d.pixels is None],
+    )
+
+
+def preprocess_from_config(preprocess_cfg: dict[str, Any]) -> SplitPreprocess:
+    """The teacher's eval transform rebuilt from its recorded config (no model needed: for workers)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess_cfg.items()}
+    return split_preprocess(image_transform_v2(PreprocessCfg(**cfg), is_train=False))
+
+
+class ImageEmbedder:
+    """The mapper: uint8 pixel batches to unit vectors with the teacher's image tower.
+
+    Built from a spec, so that a Ray actor (or any worker) loads its own copy of the model.
+    """
+
+    def __init__(self, teacher_spec: str, device: str = "auto", teacher: Any = None):
+        from birdsearch.model.teacher import Teacher
+
+        self.teacher = teacher if teacher is not None else Teacher.load(teacher_spec, device)
+        self.split = split_preprocess(self.teacher.preprocess)
+
+    @property
+    def device(self) -> Any:
+        return self.teacher.device
+
+    def embed(self, pixels: Any) -> np.ndarray:
+        """(B, 3, H, W) uint8 tensor -> (B, D) float32 unit vectors."""
+        batch = self.split.to_model_input(pixels, self.device)
+        return self.teacher.embed_images(batch).numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data's batch form: {'content_hash', 'pixels' (B,3,H,W) uint8, 'ok'} -> adds 'vector'."""
+        import torch
+
+        pixels = np.asarray(batch["pixels"])
+        ok = np.asarray(batch["ok"], dtype=bool)
+        dim = self.teacher.dim
+        vectors = np.zeros((len(pixels), dim), dtype=np.float32)
+        if ok.any():
+            vectors[ok] = self.embed(torch.from_numpy(np.ascontiguousarray(pixels[ok])))
+        return {**batch, "vector": vectors}
+
+
+OnBatch = Callable[[list[str], np.ndarray, list[tuple[int, int]], list[tuple[str, str]]], None]
+
+
+def default_workers() -> int:
+    return max(1, min(16, (os.cpu_count() or 2)))
+
+
+def embed_local(
+    tasks: Sequence[EmbedTask],
+    embedder: ImageEmbedder,
+    config: DecodeConfig,
+    on_batch: OnBatch,
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> None:
+    """Decode in worker processes, embed in this one; ``on_batch(hashes, vectors, sizes, failures)`` per batch."""
+    from torch.utils.data import DataLoader
+
+    if not tasks:
+        return
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        DecodeDataset(tasks, embedder.split, config),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=embedder.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    for batch in loader:
+        vectors = (
+            embedder.embed(batch.pixels) if batch.pixels is not None else np.empty((0, embedder.teacher.dim))
+        )
+        on_batch(batch.hashes, vectors.astype(np.float32), batch.sizes, batch.failures)
+
+
+class EmbeddingCache:
+    """Vectors by content hash, saved in shards as they are computed, so that a killed run resumes.
+
+    Each shard is written to a temporary name and renamed, so a shard is either whole or absent.
+    """
+
+    def __init__(self, directory: Path, dim: int, checkpoint_every: int = 2048):
+        self.directory = directory
+        self.dim = dim
+        self.checkpoint_every = max(1, checkpoint_every)
+        self.pending_hashes: list[str] = []
+        self.pending_vectors: list[np.ndarray] = []
+        self.pending_sizes: list[tuple[int, int]] = []
+        self.shards = len(list(directory.glob("shard-*.npz"))) if directory.is_dir() else 0
+
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+        """Everything saved by earlier (possibly killed) runs: vectors and sizes by hash."""
+        vectors: dict[str, np.ndarray] = {}
+        sizes: dict[str, tuple[int, int]] = {}
+        if not self.directory.is_dir():
+            return vectors, sizes
+        for shard in sorted(self.directory.glob("shard-*.npz")):
+            try:
+                with np.load(shard) as data:
+                    if data["vectors"].shape[1:] != (self.dim,):
+                        continue
+                    for h, v, s in zip(data["hashes"].tolist(), data["vectors"], data["sizes"], strict=True):
+                        vectors[h] = v
+                        sizes[h] = (int(s[0]), int(s[1]))
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("ignoring unreadable embedding shard %s: %s", shard, e)
+        return vectors, sizes
+
+    def add(self, hashes: list[str], vectors: np.ndarray, sizes: list[tuple[int, int]]) -> None:
+        self.pending_hashes += hashes
+        self.pending_vectors.append(vectors)
+        self.pending_sizes += sizes
+        if len(self.pending_hashes) >= self.checkpoint_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending_hashes:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target = self.directory / f"shard-{self.shards:06d}-{os.getpid()}.npz"
+        tmp = self.directory / f".tmp-{target.name}"
+        with tmp.open("wb") as f:
+            np.savez(
+                f,
+                hashes=np.array(self.pending_hashes),
+                vectors=np.concatenate(self.pending_vectors).astype(np.float32),
+                sizes=np.array(self.pending_sizes, dtype=np.int64).reshape(-1, 2),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        self.shards += 1
+        self.pending_hashes, self.pending_vectors, self.pending_sizes = [], [], []
+        faults.point("embed.shard")
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,181 @@
+"""Reading a gallery: a folder tree ``<species>/<image>`` or a manifest (CSV, TSV or Parquet).
+
+The reader only lists what the gallery holds; nothing is opened or fetched here. Each item has a
+``key`` (the path relative to the gallery, or the URL) that names it across reindexes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from birdsearch.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+# Manifest column names accepted for each field (case-insensitive), first match wins.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "path": ("path", "file", "filepath", "file_path", "image", "image_path", "filename", "url", "image_url"),
+    "species": ("species", "scientific_name", "species_scientific", "scientific", "label", "taxon"),
+    "common_name": ("common_name", "common", "species_common", "vernacular_name", "english_name"),
+    "taxonomy": ("taxonomy", "inat_style_taxonomy", "lineage"),
+    "kingdom": ("kingdom",),
+    "phylum": ("phylum",),
+    "class": ("class", "klass"),
+    "order": ("order",),
+    "family": ("family",),
+    "genus": ("genus",),
+    "license": ("license", "licence"),
+    "attribution": ("attribution", "author", "creator", "photographer", "rights_holder", "credit"),
+    "source": ("source", "source_url", "page", "page_url", "origin"),
+}
+TAXONOMY_FIELDS = ("common_name", "kingdom", "phylum", "class", "order", "family", "genus")
+
+
+@dataclass
+class GalleryItem:
+    """One photo the gallery lists."""
+
+    key: str  # stable name: path relative to the gallery root (POSIX), or the URL
+    label: str  # species label as the gallery gives it
+    path: str | None = None  # absolute local path
+    url: str | None = None  # http(s) source
+    given: dict[str, str] = field(default_factory=dict)  # taxonomy columns from a manifest
+    license: str = ""
+    attribution: str = ""
+    source: str = ""
+
+
+@dataclass
+class Gallery:
+    """What a gallery lists, sorted by key, and the entries that could not be used."""
+
+    kind: str  # 'folder' or 'manifest'
+    location: Path
+    items: list[GalleryItem]
+    skipped: list[tuple[str, str]]  # (key, reason)
+    manifest_sha256: str | None = None  # of the manifest file's bytes
+
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def read_gallery(location: str | Path) -> Gallery:
+    """Read a folder tree or a manifest file; raises ConfigError when it is neither or is empty."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        gallery = read_folder(path)
+    elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        gallery = read_manifest(path)
+    elif path.exists():
+        raise ConfigError(
+            f"gallery {path} is neither a folder nor a manifest ({', '.join(MANIFEST_SUFFIXES)})"
+        )
+    else:
+        raise ConfigError(f"gallery {path} does not exist")
+    if not gallery.items:
+        raise ConfigError(f"gallery {path} lists no images (skipped {len(gallery.skipped)} entries)")
+    gallery.items.sort(key=lambda item: item.key)
+    return gallery
+
+
+def hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def read_folder(root: Path) -> Gallery:
+    """``root/<species>/<...>/<image>``: every non-hidden file under a species folder is an item."""
+    items, skipped = [], []
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = file.relative_to(root)
+        if hidden(relative):
+            continue
+        if len(relative.parts) < 2:
+            skipped.append((relative.as_posix(), "not inside a species folder (expected <species>/<image>)"))
+            continue
+        items.append(GalleryItem(key=relative.as_posix(), label=relative.parts[0], path=str(file.resolve())))
+    return Gallery("folder", root.resolve(), items, skipped)
+
+
+def load_table(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas raises many types for unreadable files
+        raise ConfigError(f"cannot read gallery manifest {path}: {e}") from e
+
+
+def find_columns(columns: list[str], path: Path) -> dict[str, str]:
+    lower = {c.lower().strip(): c for c in columns}
+    found = {}
+    for name, aliases in COLUMN_ALIASES.items():
+        match = next((lower[a] for a in aliases if a in lower), None)
+        if match is not None:
+            found[name] = match
+    missing = [name for name in ("path", "species") if name not in found]
+    if missing:
+        raise ConfigError(
+            f"gallery manifest {path} has no {' or '.join(missing)} column (columns: {', '.join(columns)}); "
+            f"name them e.g. 'path' (a file or an http(s) URL) and 'species'"
+        )
+    return found
+
+
+def cell(row: Any, column: str | None) -> str:
+    if column is None:
+        return ""
+    value = row[column]
+    return "" if value is None or value != value else str(value).strip()  # NaN != NaN
+
+
+def read_manifest(path: Path) -> Gallery:
+    """A CSV/TSV/Parquet table: path or URL, species, optional taxonomy, license, attribution, source."""
+    from birdsearch.indexer.taxonomy import parse_taxonomy_string
+
+    table = load_table(path)
+    columns = find_columns([str(c) for c in table.columns], path)
+    base = path.resolve().parent
+    items: list[GalleryItem] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for number, row in enumerate(table.to_dict("records"), start=2):  # row 1 is the header
+        where = cell(row, columns["path"])
+        label = cell(row, columns["species"])
+        if not where or not label:
+            skipped.append((f"{path.name}:{number}", "row lacks a path or a species"))
+            continue
+        item = manifest_item(where, label, base)
+        if item.key in seen:
+            skipped.append((item.key, f"listed twice ({path.name} row {number}); the first row is used"))
+            continue
+        seen.add(item.key)
+        item.given = {f: cell(row, columns.get(f)) for f in TAXONOMY_FIELDS if cell(row, columns.get(f))}
+        item.given.update(parse_taxonomy_string(cell(row, columns.get("taxonomy"))))
+        item.license = cell(row, columns.get("license"))
+        item.attribution = cell(row, columns.get("attribution"))
+        item.source = cell(row, columns.get("source")) or (item.url or "")
+        items.append(item)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Gallery("manifest", path.resolve(), items, skipped, manifest_sha256=digest)
+
+
+def manifest_item(where: str, label: str, base: Path) -> GalleryItem:
+    if is_url(where):
+        return GalleryItem(key=where, label=label, url=where)
+    file = Path(where).expanduser()
+    file = file if file.is_absolute() else base / file
+    file = file.resolve()
+    try:
+        key = file.relative_to(base).as_posix()
+    except ValueError:  # outside the manifest's folder: the absolute path is the key
+        key = file.as_posix()
+    return GalleryItem(key=key, label=label, path=str(file))

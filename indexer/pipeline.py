@@ -1,0 +1,475 @@
+"""An indexing run, from gallery to published version: lock, list, hash, embed, assemble, build, publish.
+
+Incremental by content hash: an image whose bytes the published version already embedded (with
+the same teacher) is reused without running the model; vectors computed by a run that was killed
+are picked up from the embedding cache; unchanged galleries publish nothing. See ``store`` for the
+layout and ``writer`` for the atomic publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdsearch.errors import ConfigError, IndexFormatError
+from birdsearch.indexer.embed import (
+    DecodeConfig,
+    EmbeddingCache,
+    EmbedTask,
+    ImageEmbedder,
+    embed_local,
+    thumbnail_relpath,
+)
+from birdsearch.indexer.faiss_index import IndexOptions, build_index
+from birdsearch.indexer.fetch import BLOBS_DIR, Hashed, PreviousRecord, hash_items
+from birdsearch.indexer.gallery import Gallery, read_gallery
+from birdsearch.indexer.images import DEFAULT_MAX_PIXELS
+from birdsearch.indexer.lock import IndexLock
+from birdsearch.indexer.store import IndexRoot, IndexVersion, SpeciesRecord
+from birdsearch.indexer.taxonomy import TaxonomyResolver
+from birdsearch.indexer.writer import (
+    ImageRow,
+    VersionContent,
+    new_staging_dir,
+    prune_versions,
+    publish,
+    remove_unpublished,
+    write_version_files,
+)
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".work"
+
+
+@dataclass
+class IndexConfig:
+    """One indexing run."""
+
+    gallery: Path  # folder tree or manifest (CSV/TSV/Parquet)
+    out: Path  # index root
+    teacher: str  # teacher spec: 'hf-hub:imageomics/bioclip-2', 'local-dir:/path', 'toy'
+    device: str = "auto"  # where the image tower runs
+    batch_size: int | None = None  # images per forward pass (default: 256 on CUDA, 32 on CPU)
+    workers: int | None = None  # decoding processes (default: one per CPU core, at most 16)
+    keep: int = 3  # versions kept, the published one included
+    incremental: bool = True  # reuse the published version's vectors for unchanged images
+    force: bool = False  # publish a new version even when nothing changed
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (decompression bombs)
+    thumbnail_size: int = 256  # longest side of stored thumbnails; 0 stores none
+    checkpoint_every: int = 2048  # images per saved embedding shard (what a killed run can lose)
+    hash_threads: int = 8  # threads hashing files and fetching URLs
+    refresh_urls: bool = False  # re-download URL sources the published version already holds
+    runner: str = "local"  # 'local' (DataLoader workers) or 'ray' (Ray Data actor pool)
+    ray_address: str | None = None  # Ray cluster to join ('auto', 'ray://...'); None starts a local one
+    ray_actors: int = 1  # embedding actors (one GPU each where GPUs exist)
+    index: IndexOptions = field(default_factory=IndexOptions)  # index type choice and tuning
+    species_format: str = "taxon_com"  # species name format for the text embeddings
+    species_templates: str = "openai"  # template set averaged for the text embeddings
+    progress: bool = True  # progress bars on stderr
+
+
+@dataclass
+class Summary:
+    """What a run did."""
+
+    root: Path
+    version: str | None  # the published version after the run
+    published: bool  # False when nothing changed (or nothing could be indexed)
+    count: int = 0  # images in the version
+    added: int = 0  # keys new since the previous version
+    removed: int = 0  # keys gone since the previous version
+    changed: int = 0  # keys whose bytes changed
+    unchanged: int = 0  # keys reused as they were
+    embedded: int = 0  # distinct photos run through the model in this run
+    resumed: int = 0  # vectors recovered from an interrupted run's cache
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    index_type: str = ""
+    recall_at_10: float | None = None
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def render(self) -> str:
+        """A human summary: counts, then failures grouped by reason with examples."""
+        state = (
+            f"published {self.version}"
+            if self.published
+            else f"nothing new; {self.version or 'no version'} stays published"
+        )
+        lines = [
+            f"{state} in {self.root} ({self.count} images, index {self.index_type or '-'}"
+            + (f", recall@10 {self.recall_at_10:.3f}" if self.recall_at_10 is not None else "")
+            + ")",
+            f"  added {self.added}, removed {self.removed}, changed {self.changed}, unchanged {self.unchanged}, "
+            f"failed {len(self.failed)}",
+            f"  embedded {self.embedded} photos ({self.images_per_second:.1f}/s), {self.resumed} resumed from an "
+            f"interrupted run; {self.seconds:.1f} s in all",
+        ]
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in self.failed:
+            by_reason.setdefault(reason, []).append(key)
+        for reason, keys in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            lines.append(f"  failed ({len(keys)}): {reason}: {', '.join(keys[:3])}{more}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Previous:
+    """The published version, when its vectors can be reused (same teacher weights and preprocessing)."""
+
+    version: IndexVersion
+    records: dict[str, PreviousRecord]  # by key
+    rows_by_hash: dict[str, tuple[int, int, int, str | None]]  # hash -> (row, width, height, thumbnail)
+
+
+def run_index(config: IndexConfig) -> Summary:
+    """Index a gallery into ``config.out`` and publish a new version when anything changed."""
+    start = time.perf_counter()
+    root = Path(config.out).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    with IndexLock(root):
+        remove_unpublished(root)
+        gallery = read_gallery(config.gallery)
+        log.info(
+            "gallery %s: %d items (%d skipped)", gallery.location, len(gallery.items), len(gallery.skipped)
+        )
+        embedder = ImageEmbedder(config.teacher, config.device)
+        teacher = embedder.teacher.describe()
+        previous = load_previous(root, teacher, config.incremental)
+        hashed = hash_items(
+            gallery.items,
+            root,
+            previous.records if previous else {},
+            config.hash_threads,
+            config.refresh_urls,
+            config.progress,
+        )
+        summary = Summary(root, IndexRoot(root).current_name(), published=False)
+        vectors, sizes, hash_failures = embed_new(root, config, embedder, hashed, previous, summary)
+        content = assemble(
+            config, gallery, hashed, previous, vectors, sizes, hash_failures, embedder, summary
+        )
+        if content is None:
+            summary.seconds = time.perf_counter() - start
+            return summary
+        staging = new_staging_dir(root)
+        write_version_files(staging, content)
+        summary.version = publish(root, staging)
+        summary.published = True
+        prune_versions(root, config.keep)
+        collect_garbage(root)
+        clear_work(root)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def load_previous(root: Path, teacher: dict[str, Any], incremental: bool) -> Previous | None:
+    """The published version as a source of reusable vectors, or None (with the reason logged)."""
+    index_root = IndexRoot(root)
+    if index_root.current_name() is None:
+        return None
+    try:
+        version = index_root.open_current()
+    except IndexFormatError as e:
+        log.warning("the published version cannot be read (%s); embedding everything again", e)
+        return None
+    keys = ("weights_sha256", "dim", "preprocess")
+    if any(version.teacher.get(k) != teacher.get(k) for k in keys):
+        log.info(
+            "the published version was built by another teacher (%s); embedding everything",
+            version.teacher["id"],
+        )
+        return previous_keys_only(version)
+    if not incremental:
+        return previous_keys_only(version)
+    records, rows_by_hash = {}, {}
+    query = "SELECT id, key, content_hash, size_bytes, mtime_ns, blob, width, height, thumbnail FROM images"
+    for row_id, key, content_hash, size, mtime, blob, width, height, thumb in version.db().execute(query):
+        records[key] = PreviousRecord(content_hash, size, mtime, blob)
+        rows_by_hash.setdefault(content_hash, (row_id, width, height, thumb))
+    return Previous(version, records, rows_by_hash)
+
+
+def previous_keys_only(version: IndexVersion) -> Previous:
+    """The previous version for counting added/removed only: nothing of it is reused."""
+    records = {
+        key: PreviousRecord(h, None, None, None)
+        for key, h in version.db().execute("SELECT key, content_hash FROM images")
+    }
+    return Previous(version, records, {})
+
+
+def cache_dir(root: Path, teacher: dict[str, Any]) -> Path:
+    """Embedding shards live under a directory named for the teacher, so no run mixes two models' vectors."""
+    ident = hashlib.sha256(f"{teacher['weights_sha256']}|{teacher['preprocess']}".encode()).hexdigest()[:16]
+    return root / WORK_DIR / f"embeddings-{ident}"
+
+
+def clear_work(root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(root / WORK_DIR, ignore_errors=True)
+
+
+def embed_new(
+    root: Path,
+    config: IndexConfig,
+    embedder: ImageEmbedder,
+    hashed: list[Hashed],
+    previous: Previous | None,
+    summary: Summary,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]], dict[str, str]]:
+    """Embed every distinct photo that neither the previous version nor an interrupted run holds."""
+    from tqdm.auto import tqdm
+
+    teacher = embedder.teacher.describe()
+    cache = EmbeddingCache(cache_dir(root, teacher), embedder.teacher.dim, config.checkpoint_every)
+    vectors, sizes = cache.load()
+    known = previous.rows_by_hash if previous else {}
+    tasks: dict[str, EmbedTask] = {}
+    for h in hashed:
+        if h.content_hash and h.content_hash not in known and h.content_hash not in tasks:
+            if h.content_hash in vectors:
+                summary.resumed += 1
+                continue
+            tasks[h.content_hash] = EmbedTask(h.content_hash, str(h.file))
+    failures: dict[str, str] = {}
+    bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not config.progress or not tasks)
+
+    def on_batch(hashes: list[str], batch: np.ndarray, batch_sizes: list, batch_failures: list) -> None:
+        for content_hash, vector, size in zip(hashes, batch, batch_sizes, strict=True):
+            vectors[content_hash] = vector
+            sizes[content_hash] = size
+        failures.update(batch_failures)
+        cache.add(hashes, batch, batch_sizes)
+        summary.embedded += len(hashes)
+        bar.update(len(hashes) + len(batch_failures))
+
+    decode = DecodeConfig(config.max_pixels, config.thumbnail_size, str(root))
+    batch_size = config.batch_size or (256 if embedder.device.type == "cuda" else 32)
+    started = time.perf_counter()
+    if config.runner == "ray":
+        from birdsearch.indexer.distributed import embed_ray
+
+        embed_ray(list(tasks.values()), config, teacher, decode, on_batch, batch_size)
+    elif config.runner == "local":
+        embed_local(list(tasks.values()), embedder, decode, on_batch, batch_size, config.workers)
+    else:
+        raise ConfigError(f"unknown runner {config.runner!r}: use 'local' or 'ray'")
+    cache.flush()
+    bar.close()
+    summary.embed_seconds = time.perf_counter() - started
+    return vectors, sizes, failures
+
+
+def assemble(
+    config: IndexConfig,
+    gallery: Gallery,
+    hashed: list[Hashed],
+    previous: Previous | None,
+    new_vectors: dict[str, np.ndarray],
+    sizes: dict[str, tuple[int, int]],
+    embed_failures: dict[str, str],
+    embedder: ImageEmbedder,
+    summary: Summary,
+) -> VersionContent | None:
+    """The new version's rows (sorted by key), vectors, species and index; None when nothing changed."""
+    failures = list(gallery.skipped)
+    rows: list[ImageRow] = []
+    row_vectors: list[np.ndarray] = []
+    resolver = TaxonomyResolver()
+    known = previous.rows_by_hash if previous else {}
+    old_vectors = previous.version.vectors() if previous and known else None
+    for h in hashed:
+        if h.content_hash is None:
+            failures.append((h.item.key, h.error or "unknown error"))
+            continue
+        if h.content_hash in embed_failures:
+            failures.append((h.item.key, embed_failures[h.content_hash]))
+            continue
+        if h.content_hash in known:
+            row_id, width, height, thumb = known[h.content_hash]
+            row_vectors.append(np.asarray(old_vectors[row_id]))  # type: ignore[index]
+        else:
+            width, height = sizes[h.content_hash]
+            row_vectors.append(new_vectors[h.content_hash])
+            thumb = thumbnail_relpath(h.content_hash) if config.thumbnail_size else None
+        if thumb and not (Path(config.out) / thumb).is_file():
+            thumb = None
+        rows.append(image_row(h, resolver.resolve(h.item.label, h.item.given), width, height, thumb))
+    summary.failed = failures
+    count_changes(summary, previous, hashed, {r.key for r in rows})
+    source_hash = hashlib.sha256("".join(f"{r.key}\t{r.content_hash}\t{r.species}\n" for r in rows).encode())
+    summary.count = len(rows)
+    if not rows:
+        log.error("no image of %s could be indexed; nothing is published", gallery.location)
+        return None
+    if (
+        previous
+        and known
+        and not config.force
+        and previous.version.manifest.get("source_hash") == source_hash.hexdigest()
+    ):
+        summary.index_type = previous.version.index_type
+        summary.recall_at_10 = previous.version.manifest.get("recall_at_10")
+        return None
+    vectors = np.stack(row_vectors).astype(np.float32)
+    species = species_records(rows, resolver)
+    species_vectors = species_embeddings(embedder, species, previous, config)
+    built = build_index(vectors, config.index)
+    summary.index_type, summary.recall_at_10 = built.factory, built.recall_at_10
+    manifest = {
+        "teacher": embedder.teacher.describe(),
+        "index_type": built.factory,
+        "search_params": built.search_params,
+        "recall_at_10": built.recall_at_10,
+        "recall_queries": built.recall_queries,
+        "source_hash": source_hash.hexdigest(),
+        "gallery": {
+            "kind": gallery.kind,
+            "location": str(gallery.location),
+            "manifest_sha256": gallery.manifest_sha256,
+        },
+        "species_text": {"format": config.species_format, "templates": config.species_templates},
+        "thumbnail_size": config.thumbnail_size,
+        "build": {
+            "added": summary.added,
+            "removed": summary.removed,
+            "changed": summary.changed,
+            "unchanged": summary.unchanged,
+            "embedded": summary.embedded,
+            "index_build_seconds": round(built.build_seconds, 3),
+            "max_pixels": config.max_pixels,
+            "previous": previous.version.name if previous else None,
+        },
+    }
+    return VersionContent(vectors, rows, species, species_vectors, built.index, manifest, failures)
+
+
+def image_row(h: Hashed, taxon: Any, width: int, height: int, thumbnail: str | None) -> ImageRow:
+    item = h.item
+    return ImageRow(
+        key=item.key,
+        species=taxon.scientific,
+        width=int(width),
+        height=int(height),
+        content_hash=str(h.content_hash),
+        path=item.path,
+        url=item.url,
+        common_name=taxon.common,
+        genus=taxon.genus,
+        family=taxon.family,
+        order=taxon.order,
+        license=item.license,
+        attribution=item.attribution,
+        source=item.source,
+        thumbnail=thumbnail,
+        blob=h.blob,
+        size_bytes=h.size_bytes,
+        mtime_ns=h.mtime_ns,
+    )
+
+
+def count_changes(
+    summary: Summary, previous: Previous | None, hashed: list[Hashed], indexed: set[str]
+) -> None:
+    old = previous.records if previous else {}
+    new_hash = {h.item.key: h.content_hash for h in hashed if h.item.key in indexed}
+    summary.added = sum(1 for key in new_hash if key not in old)
+    summary.removed = sum(1 for key in old if key not in new_hash)
+    summary.changed = sum(1 for key, h in new_hash.items() if key in old and old[key].content_hash != h)
+    summary.unchanged = sum(1 for key, h in new_hash.items() if key in old and old[key].content_hash == h)
+
+
+def species_records(rows: list[ImageRow], resolver: TaxonomyResolver) -> list[SpeciesRecord]:
+    """One record per species (sorted by name), lineage from the first image that names it."""
+    counts = Counter(r.species for r in rows)
+    first: dict[str, ImageRow] = {}
+    for r in rows:
+        first.setdefault(r.species, r)
+    by_name = {t.scientific: t for t in resolver.cache.values()}
+    records = []
+    for name in sorted(counts):
+        taxon = by_name[name]
+        records.append(
+            SpeciesRecord(
+                name, first[name].common_name, taxon.kingdom, taxon.phylum, taxon.klass, first[name].order,
+                first[name].family, first[name].genus, counts[name], taxon.resolved_by,
+            )
+        )  # fmt: skip
+    return records
+
+
+def species_text(record: SpeciesRecord, name_format: str) -> str | None:
+    """The name the teacher's text tower reads, or None for a label that is not a binomial."""
+    try:
+        return record.taxon().name(name_format)
+    except ConfigError:
+        return None
+
+
+def species_embeddings(
+    embedder: ImageEmbedder, species: list[SpeciesRecord], previous: Previous | None, config: IndexConfig
+) -> np.ndarray:
+    """(S, D) text embeddings, reusing the previous version's rows for species whose text is unchanged."""
+    import torch.nn.functional as F
+
+    from birdsearch.model.names import templates_for
+
+    reusable: dict[str, np.ndarray] = {}
+    same_text = previous is not None and previous.version.manifest.get("species_text") == {
+        "format": config.species_format,
+        "templates": config.species_templates,
+    }
+    if previous is not None and previous.rows_by_hash and same_text:
+        old_names, old_vectors = previous.version.species_embeddings()
+        old_records = {s.scientific: s for s in previous.version.species()}
+        for name, vector in zip(old_names, old_vectors, strict=True):
+            if name in old_records:
+                reusable[species_text(old_records[name], config.species_format) or name] = vector
+    texts = [species_text(s, config.species_format) or s.scientific for s in species]
+    missing = sorted({t for t in texts if t not in reusable})
+    if missing:
+        templates = templates_for(config.species_templates)
+        prompts = [template.format(text) for text in missing for template in templates]
+        per_prompt = embedder.teacher.embed_texts(prompts).view(len(missing), len(templates), -1)
+        fresh = F.normalize(per_prompt.mean(dim=1), dim=-1).numpy()
+        reusable.update(zip(missing, fresh, strict=True))
+    dim = embedder.teacher.dim
+    return (
+        np.stack([reusable[t] for t in texts]).astype(np.float32) if texts else np.empty((0, dim), np.float32)
+    )
+
+
+def collect_garbage(root: Path) -> None:
+    """Delete thumbnails and downloads that no kept version refers to."""
+    import sqlite3
+
+    referenced: set[str] = set()
+    for name in IndexRoot(root).versions():
+        try:
+            conn = sqlite3.connect(f"file:{root / name / 'metadata.sqlite'}?mode=ro", uri=True)
+            try:
+                for thumb, blob in conn.execute("SELECT thumbnail, blob FROM images"):
+                    referenced.update(p for p in (thumb, blob) if p)
+            finally:
+                conn.close()
+        except sqlite3.Error as e:  # an unreadable version keeps every file: never delete on doubt
+            log.warning("not collecting garbage: %s is unreadable (%s)", name, e)
+            return
+    for folder in ("thumbs", BLOBS_DIR):
+        for file in (root / folder).rglob("*") if (root / folder).is_dir() else []:
+            if file.is_file() and file.relative_to(root).as_posix() not in referenced:
+                file.unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""Fixtures for the indexer's tests: a tiny random teacher and galleries built from real photos."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_TEACHER_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+# Real photos by species folder (../shared/fixtures/real): every odd image, and the plain ones.
+REAL_GALLERY = {
+    "Ara ararauna": [
+        "images/kodim23_macaws.png",
+        "derived/kodim23_cmyk.jpg",
+        "derived/kodim23_grayscale.jpg",
+    ],
+    "Ara chloropterus": ["derived/kodim23_exif_orientation6.jpg"],
+    "Poecile atricapillus": ["derived/chickadee_rgba_alpha.png"],
+    "Junco hyemalis": ["images/phoebe_Junco_hyemalis.jpg", "derived/junco_palette_P.png"],
+    "Loxodonta africana": ["images/ctai_NONBIRD_elephants_truncated.jpg"],
+    "Leiothlypis celata": ["images/phoebe_Leiothlypis_celata.jpg"],
+    "Melozone crissalis": ["images/phoebe_Melozone_crissalis.jpg"],
+    "Passer domesticus": ["images/phoebe_Passer_domesticus.jpg"],
+    "Poecile rufescens": ["images/phoebe_Poecile_rufescens.jpg"],
+    "Sayornis nigricans": ["images/phoebe_Sayornis_nigricans.jpg"],
+    "Setophaga coronata": ["images/phoebe_Setophaga_coronata.jpg"],
+    "Setophaga townsendi": ["images/phoebe_Setophaga_townsendi.jpg"],
+    "Spinus psaltria": ["images/phoebe_Spinus_psaltria.jpg"],
+    "Zonotrichia leucophrys": ["images/phoebe_Zonotrichia_leucophrys.jpg"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    """A small random open_clip CLIP saved in the publisher's format (loads in well under a second)."""
+    from birdsearch.model.standins import build_teacher, save_teacher
+
+    directory = tmp_path_factory.mktemp("tiny-teacher")
+    return save_teacher(build_teacher(TINY_TEACHER_CFG, seed=0), directory, TINY_TEACHER_CFG)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_spec(tiny_teacher_dir) -> str:
+    return f"local-dir:{tiny_teacher_dir}"
+
+
+@pytest.fixture
+def real_gallery(real_fixtures, tmp_path) -> Path:
+    """A folder gallery of the real photos, the odd ones included, plus a text file and a 16-bit PNG."""
+    root = tmp_path / "gallery"
+    for species, files in REAL_GALLERY.items():
+        folder = root / species.replace(" ", "_")
+        folder.mkdir(parents=True)
+        for name in files:
+            shutil.copy(real_fixtures / name, folder / Path(name).name)
+    (root / "Junco_hyemalis" / "notes.txt").write_text("not a photo")
+    sixteen = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
+    Image.fromarray(sixteen, mode="I;16").save(root / "Junco_hyemalis" / "gradient16.png")
+    (root / "README.md").write_text("a stray file at the top")
+    return root
+
+
+def synthetic_photos(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[Path]:
+    """Distinct small JPEGs (random colour blocks), for tests that need many images fast."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST)
+        paths.append(folder / f"img{i:04d}.jpg")
+        img.save(paths[-1], quality=90)
+    return paths

@@ -1,0 +1,114 @@
+"""``birdsearch distill``: the command line of ``birdsearch.model.distill.trainer``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from birdsearch.cli import add_model_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help="distil the student's audio tower into the teacher's text space",
+        description="Fine-tune the student's audio tower (plus a head) so that a recording lands on its "
+        "species' teacher text embedding. Rerun the same command to resume after an interruption. "
+        "Several GPUs: torchrun --nproc_per_node N -m birdsearch.cli distill ...",
+    )
+    parser.add_argument(
+        "--manifest", required=True, help="CSV/TSV/Parquet: path, species, [start_s, end_s, split]"
+    )
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, encoder/)")
+    parser.add_argument("--taxa", help="species table CSV (scientific_name, common_name, order, family, key)")
+    parser.add_argument(
+        "--audio-root", help="folder relative audio paths are under (default: the manifest's)"
+    )
+    add_model_args(parser)
+    training = parser.add_argument_group("training")
+    training.add_argument("--target", default="teacher", choices=["teacher", "student-text", "rotated-teacher"],
+                          help="text space to distil into; the others are the ablation and a control (default: %(default)s)")  # fmt: skip
+    training.add_argument("--objective", default="class", choices=["class", "batch"],
+                          help="InfoNCE over all species (class) or within the batch, symmetric (batch) (default: %(default)s)")  # fmt: skip
+    training.add_argument("--head-init", default="procrustes", choices=["random", "ridge", "procrustes"],
+                          help="start the head as this caption-to-target map (default: %(default)s)")  # fmt: skip
+    training.add_argument(
+        "--name-format", default="taxon_com", help="teacher species name format (default: %(default)s)"
+    )
+    training.add_argument("--templates", default="openai", help="teacher template set (default: %(default)s)")
+    training.add_argument("--epochs", type=int, default=10)
+    training.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="clips per optimizer step, all devices (default: %(default)s)",
+    )
+    training.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    training.add_argument("--lr", type=float, default=1e-4)
+    training.add_argument("--weight-decay", type=float, default=0.01)
+    training.add_argument("--warmup", type=float, default=0.05, help="warm-up, as a fraction of all steps")
+    training.add_argument(
+        "--val-fraction", type=float, default=0.1, help="held out per species without a val split"
+    )
+    training.add_argument(
+        "--no-freeze-batchnorm", action="store_true", help="update the input BatchNorm statistics"
+    )
+    training.add_argument("--seed", type=int, default=0)
+    running = parser.add_argument_group("running")
+    running.add_argument(
+        "--workers", type=int, default=2, help="audio decoding processes (default: %(default)s)"
+    )
+    running.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    running.add_argument("--log-every", type=int, default=10, help="steps between log lines")
+    running.add_argument("--compile", action="store_true", help="torch.compile the encoder (GPU)")
+    running.add_argument(
+        "--no-check-audio", action="store_true", help="skip reading every file's header first"
+    )
+    running.add_argument("--stop-after", type=int, help="stop after this many steps (resume later)")
+    running.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from birdsearch.model.distill.trainer import DistillConfig, distill
+
+    config = DistillConfig(
+        manifest=args.manifest,
+        out=args.out,
+        teacher=args.teacher,
+        student=args.student,
+        taxa=args.taxa,
+        audio_root=args.audio_root,
+        target=args.target,
+        name_format=args.name_format,
+        templates=args.templates,
+        objective=args.objective,
+        head_init=args.head_init,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accumulate=args.accumulate,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_fraction=args.warmup,
+        freeze_batchnorm=not args.no_freeze_batchnorm,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        check_audio=not args.no_check_audio,
+        compile=args.compile,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
+    result = distill(config)
+    summary = {
+        "encoder": str(result.encoder_dir) if result.encoder_dir else None,
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "validation": result.history[-1] if result.history else None,
+    }
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0

@@ -1,0 +1,155 @@
+"""Training data: clips decoded and resampled in loader workers, cropped, batched in a replayable order.
+
+Exact resume needs the data to be a pure function of (seed, epoch, position). So:
+
+- the order of an epoch is a permutation drawn from ``(seed, epoch)`` alone;
+- each clip's random crop draws from its own generator seeded by ``(seed, epoch, clip index)``, so it
+  does not matter which worker loads it, or whether the run was interrupted before;
+- a global micro-batch is the next ``batch × world`` clips of the permutation, and rank r takes every
+  world-th of them, so the global batch is the same on one device or on many.
+
+Resuming at optimizer step s is then: start epoch ``s // steps_per_epoch`` at micro-batch
+``(s % steps_per_epoch) × accumulate``. Nothing here touches the global RNGs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from birdsearch.errors import AudioError, CorruptAudioError, UnsupportedAudioError
+from birdsearch.model.audio import random_crop, resample, to_mono
+from birdsearch.model.distill.manifest import Clip
+
+VALIDATION_EPOCH = -1  # the "epoch" whose crops validation uses every time: fixed crops
+
+
+def read_segment(clip: Clip, sample_rate: int) -> np.ndarray:
+    """Decode ``clip`` (only its [start, end] segment when given), downmix, resample to ``sample_rate``."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(clip.path)) as f:
+            rate = f.samplerate
+            start = round(clip.start_s * rate) if clip.start_s is not None else 0
+            stop = min(round(clip.end_s * rate), f.frames) if clip.end_s is not None else f.frames
+            if start:
+                f.seek(start)
+            data = f.read(max(0, stop - start), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise UnsupportedAudioError(f"{clip.path}: cannot decode ({e})") from e
+    except (RuntimeError, ValueError, EOFError) as e:
+        raise CorruptAudioError(f"{clip.path}: cannot decode ({e})") from e
+    if data.shape[0] == 0:
+        raise CorruptAudioError(f"{clip.path}: no samples in [{clip.start_s}, {clip.end_s}] s")
+    return resample(to_mono(data), rate, sample_rate)
+
+
+def crop_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The crop generator of one clip in one epoch (validation: ``VALIDATION_EPOCH``)."""
+    return np.random.default_rng([seed, epoch + 1, index])
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Keys ``(epoch, index)`` to ``(window (W,) float32, species)``: a random ``W``-sample crop."""
+
+    def __init__(self, clips: Sequence[Clip], sample_rate: int, window_samples: int, seed: int):
+        self.clips = list(clips)
+        self.sample_rate = sample_rate
+        self.window_samples = window_samples
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key
+        clip = self.clips[index]
+        try:
+            samples = read_segment(clip, self.sample_rate)
+        except AudioError:
+            raise
+        except Exception as e:  # anything else from a decoder, with the file named
+            raise CorruptAudioError(f"{clip.path}: cannot decode ({e})") from e
+        window = random_crop(samples, self.window_samples, crop_generator(self.seed, epoch, index))
+        return torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)), clip.species
+
+
+def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    windows, labels = zip(*batch, strict=True)
+    return torch.stack(windows), torch.tensor(labels, dtype=torch.long)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of ``n`` clips that epoch ``epoch`` visits."""
+    return np.random.default_rng([seed, epoch + 1, 0x5EED]).permutation(n)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How clips become micro-batches and optimizer steps."""
+
+    clips: int  # training clips
+    batch_size: int  # clips per optimizer step, over all devices and accumulation
+    world_size: int  # data-parallel processes
+    accumulate: int  # micro-batches per optimizer step
+
+    @property
+    def micro_batch(self) -> int:
+        """Clips per device per forward pass."""
+        return self.batch_size // (self.world_size * self.accumulate)
+
+    @property
+    def global_micro_batch(self) -> int:
+        return self.micro_batch * self.world_size
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return self.clips // self.global_micro_batch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.micro_batches_per_epoch // self.accumulate
+
+
+class MicroBatches:
+    """This rank's micro-batches of one epoch, from micro-batch ``start`` on (a batch sampler)."""
+
+    def __init__(self, plan: BatchPlan, seed: int, epoch: int, rank: int, start: int = 0):
+        self.plan, self.seed, self.epoch, self.rank, self.start = plan, seed, epoch, rank, start
+
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch * self.plan.accumulate - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = epoch_order(self.plan.clips, self.seed, self.epoch)
+        size, world = self.plan.global_micro_batch, self.plan.world_size
+        for micro in range(self.start, self.plan.steps_per_epoch * self.plan.accumulate):
+            chunk = order[micro * size : (micro + 1) * size]
+            yield [(self.epoch, int(i)) for i in chunk[self.rank :: world]]
+
+
+def loader(
+    dataset: ClipDataset, batches: Sequence | MicroBatches, workers: int, pin_memory: bool, seed: int
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over explicit batches, with its own generator so the global RNG is left alone."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def validation_batches(n: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """All ``n`` validation clips in order, with the fixed validation crops."""
+    return [
+        [(VALIDATION_EPOCH, i) for i in range(s, min(n, s + batch_size))] for s in range(0, n, batch_size)
+    ]

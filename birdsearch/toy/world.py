@@ -1,0 +1,331 @@
+"""The toy world on disk: ``ensure_world`` builds it once into the cache and returns every path in it.
+
+Layout of ``cache_root()/toy/<preset>-<key>/`` (``key`` hashes the ``WorldConfig`` and the code
+version; every manifest path is ABSOLUTE, every species column holds the scientific name):
+
+=============================  ===================================================================
+``taxa.csv``                   label, scientific_name, common_name, genus, family, order, class, ...
+``teacher_train.csv``          photos that trained the teacher: path, species, common_name, ...
+``gallery/<Genus_epithet>/``   gallery photos (JPEG); never seen by the teacher in training
+``gallery.csv``                path, species, common_name, genus, family, order, license, attribution, source
+``student_train.csv``          recordings that trained the student: path, species
+``distill.csv``                path, species, split (train/val), start, end (seconds; empty = whole file)
+``query.csv``                  held-out query recordings: path, species
+``soundscapes/``               30–60 s recordings mixing several species (32 kHz FLAC)
+``soundscapes.csv``            file, start_s, end_s, species: one row per calling bout
+``models/teacher/``            open_clip format: open_clip_config.json + open_clip_model.safetensors
+``models/student-<variant>/``  transformers ClapModel format; variants "realistic" and "perfect"
+``metrics.json``               what the models achieve on held-out data, measured at build time
+``world.json``                 the config, its key, the code version and per-stage build times
+=============================  ===================================================================
+
+Recordings are FLAC or WAV at 48, 44.1 or 22.05 kHz, mono or stereo, 3–20 s long, so that every
+consumer exercises decoding, resampling, downmixing, padding and windowing. Everything is drawn
+from generators seeded by ``WorldConfig.seed`` and the item's index: the same config gives the same
+bytes, whatever the order of building.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from birdsearch.errors import ConfigError
+from birdsearch.model.names import Taxon
+from birdsearch.paths import cache_root
+from birdsearch.toy.config import CODE_VERSION, WorldConfig, preset, preset_name
+from birdsearch.toy.taxonomy import ToySpecies, make_species, read_taxa
+
+log = logging.getLogger(__name__)
+
+STUDENT_VARIANTS = ("realistic", "perfect")  # the realistic one hears only part of the species' names
+DATA_STAGES = ("taxonomy", "images", "audio")
+MODEL_STAGES = ("teacher", "student-realistic", "student-perfect")
+ALL_STAGES = (*DATA_STAGES, *MODEL_STAGES, "metrics")
+# What each stage needs built first.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "taxonomy": (),
+    "images": ("taxonomy",),
+    "audio": ("taxonomy",),
+    "teacher": ("images",),
+    "student-realistic": ("audio",),
+    "student-perfect": ("audio",),
+    "metrics": MODEL_STAGES,
+}
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """A toy world in the cache: its config and the paths of everything in it."""
+
+    root: Path
+    config: WorldConfig
+
+    # --- the taxonomy ------------------------------------------------------------------------
+    @property
+    def taxa_csv(self) -> Path:
+        return self.root / "taxa.csv"
+
+    @cached_property
+    def species(self) -> list[ToySpecies]:
+        """Species with their drawing and song parameters (regenerated from the config)."""
+        return make_species(self.config)
+
+    @cached_property
+    def taxa(self) -> list[Taxon]:
+        """The species as ``Taxon`` objects, in label order (read from ``taxa.csv``)."""
+        return read_taxa(self.taxa_csv)
+
+    # --- photos ------------------------------------------------------------------------------
+    @property
+    def teacher_images_dir(self) -> Path:
+        return self.root / "images" / "teacher_train"
+
+    @property
+    def teacher_images_manifest(self) -> Path:
+        return self.root / "teacher_train.csv"
+
+    @property
+    def gallery_dir(self) -> Path:
+        """``<gallery_dir>/<Genus_epithet>/<image>.jpg``: a folder per species (underscore for the space)."""
+        return self.root / "gallery"
+
+    @property
+    def gallery_manifest(self) -> Path:
+        return self.root / "gallery.csv"
+
+    # --- recordings --------------------------------------------------------------------------
+    @property
+    def audio_dir(self) -> Path:
+        return self.root / "audio"
+
+    @property
+    def student_manifest(self) -> Path:
+        """Recordings the toy student was trained on (path, species)."""
+        return self.root / "student_train.csv"
+
+    @property
+    def distill_manifest(self) -> Path:
+        """Recordings for distillation: path, species, split ("train" or "val"), start, end."""
+        return self.root / "distill.csv"
+
+    @property
+    def query_manifest(self) -> Path:
+        """Held-out query recordings (path, species), for evaluation and the demo."""
+        return self.root / "query.csv"
+
+    @property
+    def soundscape_dir(self) -> Path:
+        return self.root / "soundscapes"
+
+    @property
+    def soundscape_annotations(self) -> Path:
+        """BirdSet-style annotations: file, start_s, end_s, species."""
+        return self.root / "soundscapes.csv"
+
+    # --- models ------------------------------------------------------------------------------
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "models" / "teacher"
+
+    def student_dir_for(self, variant: str = "realistic") -> Path:
+        """The student directory of a text-side variant: "realistic" (default) or "perfect"."""
+        if variant not in STUDENT_VARIANTS:
+            raise ConfigError(
+                f"unknown toy student variant {variant!r}: use one of {', '.join(STUDENT_VARIANTS)}"
+            )
+        return self.root / "models" / f"student-{variant}"
+
+    @property
+    def student_dir(self) -> Path:
+        """The default toy student: its text side knows only part of the species' names."""
+        return self.student_dir_for("realistic")
+
+    @property
+    def perfect_student_dir(self) -> Path:
+        """The toy student whose text side was trained on every species' name."""
+        return self.student_dir_for("perfect")
+
+    @property
+    def student_dirs(self) -> dict[str, Path]:
+        return {variant: self.student_dir_for(variant) for variant in STUDENT_VARIANTS}
+
+    @property
+    def preset(self) -> str | None:
+        """The preset ("default" or "small") that ``toy`` specs name this world by; else None."""
+        return preset_name(self.config)
+
+    @property
+    def teacher_spec(self) -> str:
+        """A model spec that loads this world's teacher (``toy``, ``toy:small`` or ``local-dir:...``)."""
+        return self.spec_for(None) or f"local-dir:{self.teacher_dir}"
+
+    @property
+    def student_spec(self) -> str:
+        """A model spec for the realistic student (``toy``, ``toy:small`` or ``local-dir:...``)."""
+        return self.spec_for("realistic") or f"local-dir:{self.student_dir}"
+
+    @property
+    def perfect_student_spec(self) -> str:
+        """A model spec for the perfect-text student (``toy:perfect``, ``toy:small-perfect`` or ``local-dir:...``)."""
+        return self.spec_for("perfect") or f"local-dir:{self.perfect_student_dir}"
+
+    def spec_for(self, variant: str | None) -> str | None:
+        name = self.preset
+        if name is None:
+            return None
+        parts = [
+            p for p in (None if name == "default" else name, variant if variant == "perfect" else None) if p
+        ]
+        return "toy:" + "-".join(parts) if parts else "toy"
+
+    # --- facts -------------------------------------------------------------------------------
+    @property
+    def world_json(self) -> Path:
+        return self.root / "world.json"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Accuracies the models reached on held-out data when the world was built."""
+        return json.loads(self.metrics_json.read_text()) if self.metrics_json.is_file() else {}
+
+    @property
+    def captioned_species(self) -> list[str]:
+        """Scientific names whose common names the realistic student heard in training."""
+        path = self.student_dir / "toy_captions.json"
+        return json.loads(path.read_text())["captioned"] if path.is_file() else []
+
+    def read_manifest(self, path: Path) -> list[dict[str, str]]:
+        """The rows of one of this world's CSV manifests."""
+        with Path(path).open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def is_built(self, stage: str) -> bool:
+        return (self.root / ".stages" / f"{stage}.json").is_file()
+
+    def describe(self) -> dict[str, Any]:
+        """Config, key and paths, as JSON-able facts."""
+        return {
+            "root": str(self.root),
+            "key": self.config.key(),
+            "code_version": CODE_VERSION,
+            "preset": self.preset,
+            "n_species": self.config.n_species,
+            "teacher_spec": self.teacher_spec,
+            "student_spec": self.student_spec,
+            "perfect_student_spec": self.perfect_student_spec,
+            "stages": {stage: self.is_built(stage) for stage in ALL_STAGES},
+        }
+
+
+def world_root(config: WorldConfig) -> Path:
+    """Where the world of ``config`` lives in the cache."""
+    return cache_root() / "toy" / f"{preset_name(config) or 'custom'}-{config.key()}"
+
+
+def open_world(config: WorldConfig | str | None = None) -> ToyWorld:
+    """The ``ToyWorld`` of a config or preset name (default: "default"), built or not."""
+    if config is None:
+        config = preset("default")
+    elif isinstance(config, str):
+        config = preset(config)
+    return ToyWorld(world_root(config), config)
+
+
+def ensure_world(
+    config: WorldConfig | str | None = None,
+    rebuild: bool = False,
+    stages: Sequence[str] = ALL_STAGES,
+    progress: bool = True,
+) -> ToyWorld:
+    """Build what is missing of a toy world (or all of it, with ``rebuild``) and return it.
+
+    Args:
+        config: a ``WorldConfig``, a preset name ("default", "small") or None for "default".
+        rebuild: delete the cached world first and build it again.
+        stages: build only these stages and what they need (default: everything, models included);
+            e.g. ``("images",)`` for the photos alone, ``("audio",)`` for the recordings alone.
+        progress: show tqdm progress bars.
+
+    Safe to call from several processes at once: building holds a file lock on the world.
+    """
+    world = open_world(config)
+    unknown = [s for s in stages if s not in ALL_STAGES]
+    if unknown:
+        raise ConfigError(f"unknown toy world stages {unknown}: use some of {', '.join(ALL_STAGES)}")
+    wanted = expand_stages(stages)
+    if not rebuild and all(world.is_built(s) for s in wanted):
+        return world
+    from filelock import FileLock
+
+    world.root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(world.root) + ".lock"):
+        if rebuild and world.root.exists():
+            log.info("rebuilding toy world %s", world.root)
+            shutil.rmtree(world.root)
+        world.root.mkdir(parents=True, exist_ok=True)
+        write_world_json(world)
+        for stage in wanted:
+            if not world.is_built(stage):
+                run_stage(world, stage, progress)
+    return world
+
+
+def expand_stages(stages: Sequence[str]) -> list[str]:
+    """``stages`` and everything they need, in build order."""
+    needed: set[str] = set()
+
+    def add(stage: str) -> None:
+        for need in STAGE_NEEDS[stage]:
+            add(need)
+        needed.add(stage)
+
+    for stage in stages:
+        add(stage)
+    return [s for s in ALL_STAGES if s in needed]
+
+
+def run_stage(world: ToyWorld, stage: str, progress: bool) -> None:
+    """Build one stage from scratch (removing any half-built output), then mark it done."""
+    from birdsearch.toy import build
+
+    for path in build.STAGE_OUTPUTS[stage](world):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    log.info("toy world: building %s", stage)
+    started = time.perf_counter()
+    facts = build.STAGE_BUILDERS[stage](world, progress) or {}
+    seconds = time.perf_counter() - started
+    log.info("toy world: %s built in %.1f s", stage, seconds)
+    marker = world.root / ".stages" / f"{stage}.json"
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(json.dumps({"seconds": round(seconds, 2), **facts}, indent=1))
+
+
+def write_world_json(world: ToyWorld) -> None:
+    facts = {"key": world.config.key(), "code_version": CODE_VERSION, "config": world.config.to_dict()}
+    world.world_json.write_text(json.dumps(facts, indent=1))
+
+
+def stage_seconds(world: ToyWorld) -> dict[str, float]:
+    """How long each built stage took, in seconds."""
+    out = {}
+    for stage in ALL_STAGES:
+        marker = world.root / ".stages" / f"{stage}.json"
+        if marker.is_file():
+            out[stage] = json.loads(marker.read_text())["seconds"]
+    return out

@@ -244,6 +244,9 @@ class Trainer:
         self.val_dataset = data.ClipDataset(
             self.val_clips, self.front_end.sample_rate, self.front_end.window_samples, cfg.seed
         )
+        # Loading models may draw random numbers (a teacher built before its weights are read, on a
+        # cache miss only): seed again so that training starts from the same RNG state regardless.
+        seed_everything(cfg.seed + self.dist.rank)
 
     def check_plan(self) -> None:
         cfg, plan = self.cfg, self.plan

@@ -168,7 +168,7 @@ class ImageEmbedder:
         return self.teacher.embed_images(batch).numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data's batch form: {'content_hash', 'pixels' (B,3,H,W) uint8, 'ok'} -> adds 'vector'."""
+        """Ray Data's batch form: {'pixels' (B,3,H,W) uint8, 'ok', ...} -> the same without pixels, with 'vector'."""
         import torch
 
         pixels = np.asarray(batch["pixels"])
@@ -177,7 +177,7 @@ class ImageEmbedder:
         vectors = np.zeros((len(pixels), dim), dtype=np.float32)
         if ok.any():
             vectors[ok] = self.embed(torch.from_numpy(np.ascontiguousarray(pixels[ok])))
-        return {**batch, "vector": vectors}
+        return {**{k: v for k, v in batch.items() if k != "pixels"}, "vector": vectors}
 
 
 OnBatch = Callable[[list[str], np.ndarray, list[tuple[int, int]], list[tuple[str, str]]], None]

@@ -61,12 +61,18 @@ def real_gallery(real_fixtures, tmp_path) -> Path:
             shutil.copy(real_fixtures / name, folder / Path(name).name)
     (root / "Junco_hyemalis" / "notes.txt").write_text("not a photo")
     sixteen = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
-    Image.fromarray(sixteen, mode="I;16").save(root / "Junco_hyemalis" / "gradient16.png")
+    Image.fromarray(sixteen).save(root / "Junco_hyemalis" / "gradient16.png")
     (root / "README.md").write_text("a stray file at the top")
     return root
 
 
-def synthetic_photos(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[Path]:
+@pytest.fixture(scope="session")
+def synthetic_photos():
+    """``synthetic_photos(folder, count, seed)``: write distinct small JPEGs, return their paths."""
+    return write_synthetic_photos
+
+
+def write_synthetic_photos(folder: Path, count: int, seed: int = 0, size: int = 48) -> list[Path]:
     """Distinct small JPEGs (random colour blocks), for tests that need many images fast."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

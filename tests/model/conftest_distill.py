@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 
 from birdsearch.model import standins
 from birdsearch.model.names import Taxon
@@ -105,3 +106,109 @@ def write_tone_world(root: Path, clips_per_species: int = 6, seconds: float = 3.
         for t in TAXA:
             writer.writerow([t.scientific, t.common, t.order, t.family])
     return {"manifest": manifest, "taxa": taxa, "root": root}
+
+
+# ---- evaluation fixtures: photos, the SSW60 layout, a BirdSet-style soundscape collection ---------
+
+COLOURS = [(200, 30, 30), (30, 30, 200), (30, 160, 30), (220, 200, 20)]
+EBIRD_CODES = ["redton", "bluton", "grehum", "yelhum"]
+
+
+def photo(species: int, rng: np.random.Generator, size: int = 48):
+    """A blob of the species' colour on a noisy background."""
+    from PIL import Image
+
+    pixels = rng.integers(0, 80, size=(size, size, 3)).astype(np.uint8)
+    c = rng.integers(size // 4, 3 * size // 4, size=2)
+    yy, xx = np.mgrid[:size, :size]
+    mask = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size // 4) ** 2
+    pixels[mask] = COLOURS[species]
+    return Image.fromarray(pixels)
+
+
+def write_gallery(root: Path, per_species: int = 3, seed: int = 0) -> Path:
+    """Photos per tone species and a gallery manifest (path, species)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "gallery"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s, taxon in enumerate(TAXA):
+        for i in range(per_species):
+            path = folder / f"s{s}_{i}.jpg"
+            photo(s, rng).save(path, quality=90)
+            rows.append([str(path), taxon.scientific])
+    manifest = root / "gallery.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "species"])
+        writer.writerows(rows)
+    return manifest
+
+
+def write_ssw60(root: Path, audio_per_species: int = 3, images_per_species: int = 2, seed: int = 0) -> Path:
+    """A small directory in SSW60's released layout (taxa.csv, audio_ml, images_nabirds, images_inat)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "taxa.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "species_code", "inat_taxon_id", "inat2021_label", "nabirds_labels",
+                         "common_name", "scientific_name", "family", "order"])  # fmt: skip
+        for s, t in enumerate(TAXA):
+            writer.writerow([s, EBIRD_CODES[s], 1000 + s, 3000 + s, f"{50 + s} {400 + s}", t.common, t.scientific,
+                             f"{t.family} (Tone birds)", t.order])  # fmt: skip
+    (root / "audio_ml").mkdir(exist_ok=True)
+    with (root / "audio_ml.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["asset_id", "label", "split", "samplerate", "channels", "samples", "duration_seconds"]
+        )
+        for s in range(len(TAXA)):
+            for i in range(audio_per_species):
+                asset = 45516191 + 100 * s + i
+                samples = tone(FREQUENCIES[s], 4.0, rng)
+                resampled = soxr.resample(samples, SAMPLE_RATE, 22_050)
+                sf.write(root / "audio_ml" / f"{asset}.wav", resampled, 22_050)
+                split = "test" if i == audio_per_species - 1 else "train"
+                writer.writerow([asset, s, split, 22_050, 1, len(resampled), len(resampled) / 22_050])
+    for source, credit in (("nabirds", "photographer"), ("inat", "rights_holder")):
+        folder = root / f"images_{source}"
+        folder.mkdir(exist_ok=True)
+        with (root / f"images_{source}.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["asset_id", "label", "split", "height", "width", "channels", credit])
+            for s in range(len(TAXA)):
+                for i in range(images_per_species):
+                    asset = f"{source}{s:02d}{i:02d}" if source == "nabirds" else 73542 + 10 * s + i
+                    photo(s, rng).save(folder / f"{asset}.jpg")
+                    writer.writerow([asset, s, "test" if i == 0 else "train", 48, 48, 3, f"Person {s}{i}"])
+    return root
+
+
+def write_soundscapes(root: Path, recordings: int = 2, seconds: float = 22.0, seed: int = 0) -> Path:
+    """A Zenodo/BirdSet-style collection: soundscape_data/*.flac, annotations.csv, taxa.csv (eBird keys)."""
+    rng = np.random.default_rng(seed)
+    (root / "soundscape_data").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in range(recordings):
+        n = int(seconds * SAMPLE_RATE)
+        audio = 0.01 * rng.standard_normal(n).astype(np.float32)
+        for start in np.arange(1.0, seconds - 3, 6.0):
+            s = int(rng.integers(len(TAXA)))
+            call = tone(FREQUENCIES[s], 2.0, rng)
+            i = int(start * SAMPLE_RATE)
+            audio[i : i + len(call)] += call
+            rows.append([f"rec{r}.flac", start, start + 2.0, 0, 8000, EBIRD_CODES[s]])
+        sf.write(root / "soundscape_data" / f"rec{r}.flac", audio, SAMPLE_RATE)
+    sf.write(root / "soundscape_data" / "quiet.flac", 0.01 * rng.standard_normal(SAMPLE_RATE * 6).astype(np.float32),
+             SAMPLE_RATE)  # fmt: skip
+    with (root / "annotations.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Filename", "Start Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                         "Species eBird Code"])  # fmt: skip
+        writer.writerows(rows)
+    with (root / "taxa.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["key", "scientific_name", "common_name", "order", "family"])
+        for code, t in zip(EBIRD_CODES, TAXA, strict=True):
+            writer.writerow([code, t.scientific, t.common, t.order, t.family])
+    return root

@@ -1,0 +1,136 @@
+"""Every method the evaluation compares, each a ``QueryEmbedder`` (windows in, teacher-space vectors out).
+
+- ``random``: unit vectors drawn independently of the audio: the chance level.
+- ``cascade-hard`` / ``cascade-soft``: the zero-shot cascade, ``birdsearch.model.query.CascadeQuery``.
+- ``map-ridge`` / ``map-procrustes`` / ``map-mlp``: the student's audio embedding sent through a map
+  from its text space to the teacher's, fitted on species names (``mapping``).
+- a distilled encoder: its own output (``LoadedEncoder``); one distilled into the student's own text
+  space (the ablation) reaches the teacher's space through the Procrustes map, as the mapping
+  baseline does.
+
+The student-based methods share one forward pass per batch of windows (``SharedStudent``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from birdsearch.model.evaluate.mapping import MAPPINGS, TextMap, fit_map
+from birdsearch.model.query import CascadeQuery, QueryEmbedder
+
+
+class SharedStudent:
+    """A ``Student`` that remembers its embeddings of the last windows it saw.
+
+    The evaluation passes the same windows object to every method in turn; the cascade and the
+    three maps then cost one student forward pass instead of five. Everything else is the student's.
+    """
+
+    def __init__(self, student: Any):
+        self._student = student
+        self._last: tuple[Any, torch.Tensor] | None = None
+
+    def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        if self._last is not None and self._last[0] is windows:
+            return self._last[1]
+        out = self._student.embed_windows(windows, batch_size)
+        self._last = (windows, out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._student, name)
+
+
+class RandomQuery:
+    """Random unit vectors, one per window, from a seeded generator: chance-level retrieval."""
+
+    def __init__(self, dim: int, seed: int = 0):
+        self._dim = dim
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        return F.normalize(torch.randn(len(windows), self._dim, generator=self.generator), dim=-1)
+
+
+class MappedQuery:
+    """An audio embedder whose output goes through a text-space map into the teacher's space."""
+
+    def __init__(self, source: Any, text_map: TextMap, dim: int):
+        self.source = source
+        self.text_map = text_map
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        return self.text_map(self.source.embed_windows(windows, batch_size))
+
+
+@dataclass
+class Method:
+    """A named method and a one-line description for the report."""
+
+    name: str
+    embedder: QueryEmbedder
+    description: str
+
+
+def student_methods(
+    student: Any,
+    student_species: torch.Tensor,
+    teacher_species: torch.Tensor,
+    names: tuple[str, ...],
+    seed: int = 0,
+) -> list[Method]:
+    """The baselines built from the student and the species' text embeddings of both models."""
+    shared = SharedStudent(student)
+    dim = int(teacher_species.shape[1])
+    out = []
+    for name in names:
+        if name == "random":
+            out.append(Method(name, RandomQuery(dim, seed), "random unit vectors: chance"))
+        elif name in ("cascade-hard", "cascade-soft"):
+            hard = name == "cascade-hard"
+            cascade = CascadeQuery(shared, student_species, teacher_species, hard=hard)
+            what = "top-1 species" if hard else "posterior-weighted species"
+            out.append(Method(name, cascade, f"zero-shot cascade: student {what} -> teacher text embedding"))
+        elif name.startswith("map-") and name[4:] in MAPPINGS:
+            text_map = fit_map(name[4:], student_species, teacher_species, seed=seed)
+            out.append(Method(name, MappedQuery(shared, text_map, dim),
+                              f"student audio through a {name[4:]} map fitted on species names"))  # fmt: skip
+        else:
+            raise ValueError(f"unknown method {name!r}")
+    return out
+
+
+def encoder_method(
+    name: str, encoder: Any, student_species: torch.Tensor, teacher_species: torch.Tensor, teacher_id: str
+) -> Method:
+    """A distilled encoder as a method; one trained into the student's text space gets the Procrustes map."""
+    space = str(encoder.card.teacher.get("id", ""))
+    target = encoder.card.training.get("target", "teacher")
+    if target == "student-text" or space.startswith("student-text:"):
+        text_map = fit_map("procrustes", student_species, teacher_species)
+        description = (
+            "ablation: audio tower fine-tuned into the student's own text space, then a Procrustes map"
+        )
+        return Method(name, MappedQuery(encoder, text_map, int(teacher_species.shape[1])), description)
+    if target == "rotated-teacher" or space.startswith("rotated-teacher:"):
+        return Method(name, encoder, "control: distilled into a randomly rotated teacher text space")
+    description = (
+        f"distilled into the teacher's text space ({encoder.card.training.get('objective', '?')} InfoNCE)"
+    )
+    if space and space != teacher_id:
+        description += f" [trained against {space}, evaluated against {teacher_id}]"
+    return Method(name, encoder, description)

@@ -1,0 +1,332 @@
+"""``birdsearch evaluate``: every method on the same queries, gallery and soundscapes, side by side.
+
+For each data set: the query recordings are decoded once, in windows of the student's front end;
+every method embeds the same windows (a clip's embedding is the renormalised mean of its windows);
+then audio-to-image retrieval against the gallery (any photo of the query's species is relevant),
+audio classification against the teacher's species text embeddings, and for soundscapes, 5 s
+segments classified the same way (multi-label). The report (``report.py``) records the full
+configuration with the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from birdsearch.errors import ConfigError
+from birdsearch.model.audio import split
+from birdsearch.model.distill.data import read_segment
+from birdsearch.model.distill.manifest import Clip
+from birdsearch.model.distill.targets import TargetSpec, species_targets
+from birdsearch.model.evaluate import baselines, datasets, metrics
+from birdsearch.model.evaluate.gallery import GalleryVectors
+from birdsearch.model.mel import FrontEndConfig
+from birdsearch.model.names import Taxon
+from birdsearch.model.student import PROMPT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ("random", "cascade-hard", "cascade-soft", "map-ridge", "map-procrustes", "map-mlp")
+
+
+@dataclass
+class EvaluateConfig:
+    """What to evaluate, on what, with which models."""
+
+    dataset: str = "toy"  # toy | toy:PRESET | ssw60:DIR | manifest:PATH | none
+    soundscapes: str | None = None  # a BirdSet-style folder, or "toy" (default with a toy dataset)
+    taxa: str | None = None  # species table for manifest: and soundscape data sets
+    index: str | None = None  # an index root built by 'birdsearch index' (the gallery to search)
+    gallery: str | None = None  # or a gallery manifest (path, species) embedded here with the teacher
+    encoders: list[str] = field(default_factory=list)  # distilled encoders, "DIR" or "NAME=DIR"
+    methods: tuple[str, ...] = DEFAULT_METHODS  # baselines to include
+    teacher: str | None = None  # None: the data set's default (the toy world's, or BioCLIP-2)
+    student: str | None = None  # None: the data set's default (the toy world's, or BioLingual)
+    device: str = "auto"
+    name_format: str = "taxon_com"  # teacher species names for classification and the cascade
+    templates: str = "openai"
+    split: str = "test"  # which audio split queries (SSW60, manifests)
+    image_sources: tuple[str, ...] = ("nabirds", "inat")  # SSW60 photos in the gallery
+    max_queries: int | None = None  # evaluate on the first N queries only (a quick look)
+    segment_s: float = 5.0  # soundscape segment length
+    vote_k: int = 10  # images voting for the species
+    seed: int = 0
+    out: str | None = None  # report directory (Markdown, JSON, PNG)
+    plots: bool = True
+
+
+@dataclass
+class Models:
+    teacher_spec: str
+    student: Any
+    encoders: dict[str, Any]
+    teacher: Any = None  # loaded only when a gallery must be embedded here
+
+
+def parse_encoders(entries: list[str]) -> dict[str, Path]:
+    """ "NAME=DIR" or "DIR" (named after the folder, or its parent for a run's encoder/) to {name: dir}."""
+    out: dict[str, Path] = {}
+    for entry in entries:
+        name, _, path = entry.rpartition("=") if "=" in entry else ("", "", entry)
+        path_obj = Path(path)
+        if not name:
+            name = path_obj.parent.name if path_obj.name == "encoder" else path_obj.name
+            name = f"distilled:{name}"
+        if name in out:
+            raise ConfigError(f"two encoders named {name!r}: name them, e.g. --encoder mine={path}")
+        out[name] = path_obj
+    return out
+
+
+def windows_of(clip: Clip, config: FrontEndConfig) -> np.ndarray:
+    """A clip (or segment) as (n, W) windows: repeat-padded when short, cut without overlap when long."""
+    samples = read_segment(clip, config.sample_rate)
+    return split(samples, config.sample_rate, config.window_s).samples
+
+
+def embed_clips(
+    clips: list[Clip], methods: list[baselines.Method], front_end: FrontEndConfig, chunk: int = 32
+) -> dict[str, torch.Tensor]:
+    """(clips, dim) embeddings per method; each clip decoded once, its windows shared by all methods."""
+    out: dict[str, list[torch.Tensor]] = {m.name: [] for m in methods}
+    timings = {m.name: 0.0 for m in methods}
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(4) as pool:
+        for start in tqdm(range(0, len(clips), chunk), desc="embedding", unit="chunk", leave=False):
+            per_clip = list(pool.map(lambda c: windows_of(c, front_end), clips[start : start + chunk]))
+            owner = torch.repeat_interleave(
+                torch.arange(len(per_clip)), torch.tensor([len(w) for w in per_clip])
+            )
+            windows = np.concatenate(per_clip)
+            for method in methods:
+                began = time.perf_counter()
+                emb = method.embedder.embed_windows(windows).float()
+                timings[method.name] += time.perf_counter() - began
+                pooled = torch.zeros(len(per_clip), emb.shape[1]).index_add_(0, owner, emb)
+                out[method.name].append(F.normalize(pooled, dim=-1))
+    log.debug("embedding seconds per method: %s", timings)
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def load_models(cfg: EvaluateConfig, teacher_spec: str, student_spec: str, need_teacher: bool) -> Models:
+    from birdsearch.model.encoder import load_encoder
+    from birdsearch.model.student import Student
+
+    student = Student.load(student_spec, cfg.device)
+    encoders = {name: load_encoder(path, cfg.device) for name, path in parse_encoders(cfg.encoders).items()}
+    for name, encoder in encoders.items():
+        if encoder.front_end_config != student.front_end_config:
+            raise ConfigError(
+                f"encoder {name} ({encoder.path}) was trained on other audio features than student "
+                f"{student.id} makes ({encoder.front_end_config} vs {student.front_end_config}); evaluate it "
+                f"with --student {encoder.card.base_student}"
+            )
+    teacher = None
+    if need_teacher:
+        from birdsearch.model.teacher import Teacher
+
+        teacher = Teacher.load(teacher_spec, cfg.device)
+    return Models(teacher_spec, student, encoders, teacher)
+
+
+def build_methods(
+    cfg: EvaluateConfig, models: Models, taxa: list[Taxon]
+) -> tuple[list[baselines.Method], torch.Tensor]:
+    """The methods for one species list, and the teacher's species embeddings they are scored against."""
+    spec = TargetSpec("teacher", cfg.name_format, cfg.templates)
+    teacher_species = species_targets(
+        spec, taxa, models.teacher_spec, models.student.id, cfg.device
+    ).embeddings
+    student_species = models.student.embed_species(taxa, "com", PROMPT)
+    methods = baselines.student_methods(
+        models.student, student_species, teacher_species, tuple(cfg.methods), cfg.seed
+    )
+    for name, encoder in models.encoders.items():
+        methods.append(
+            baselines.encoder_method(name, encoder, student_species, teacher_species, models.teacher_spec)
+        )
+    return methods, teacher_species
+
+
+def per_species_mean(values: np.ndarray, labels: np.ndarray, n: int) -> list[float | None]:
+    out = []
+    for s in range(n):
+        chosen = values[labels == s]
+        chosen = chosen[np.isfinite(chosen)]
+        out.append(float(chosen.mean()) if chosen.size else None)
+    return out
+
+
+def evaluate_queries(
+    cfg: EvaluateConfig, queries: datasets.QuerySet, gallery: GalleryVectors | None, models: Models
+) -> dict[str, Any]:
+    """Retrieval and classification for every method on one query set."""
+    methods, teacher_species = build_methods(cfg, models, queries.taxa)
+    clips = queries.clips[: cfg.max_queries] if cfg.max_queries else queries.clips
+    labels = np.array([c.species for c in clips])
+    embeddings = embed_clips(clips, methods, models.student.front_end_config)
+    gallery_labels = gallery.labels(queries.taxa) if gallery is not None else None
+    levels = np.linspace(0, 1, 101)
+    results: dict[str, Any] = {}
+    for method in methods:
+        q = embeddings[method.name].numpy()
+        entry: dict[str, Any] = {"description": method.description}
+        cls = metrics.classification_metrics(q @ teacher_species.numpy().T, labels)
+        entry["classification"] = {"top1": cls["top1"], "cmAP": cls["cmAP"]}
+        entry["per_species"] = {
+            "classification_AP": [None if np.isnan(v) else float(v) for v in cls["per_class_AP"]]
+        }
+        if gallery is not None:
+            scores = q @ gallery.vectors.T
+            ret = metrics.retrieval_metrics(scores, labels, gallery_labels, vote_k=cfg.vote_k)
+            per_query = ret.pop("per_query")
+            entry["retrieval"] = ret
+            entry["per_species"]["retrieval_AP"] = per_species_mean(
+                per_query["AP"], labels, len(queries.taxa)
+            )
+            curves = [
+                metrics.interpolated_precision(row, gallery_labels == y, levels)
+                for row, y in zip(scores, labels, strict=True)
+            ]
+            entry["pr_curve"] = {
+                "recall": levels.tolist(),
+                "precision": np.nanmean(np.array(curves), axis=0).tolist(),
+            }
+        results[method.name] = entry
+    return {
+        "name": queries.name,
+        "queries": len(clips),
+        "species": [t.scientific for t in queries.taxa],
+        "common_names": [t.common for t in queries.taxa],
+        "facts": queries.facts,
+        "gallery": None
+        if gallery is None
+        else {
+            "images": len(gallery.vectors),
+            **gallery.facts,
+            "images_of_evaluated_species": int((gallery_labels >= 0).sum()),
+        },  # fmt: skip
+        "methods": results,
+    }
+
+
+def evaluate_soundscapes(
+    cfg: EvaluateConfig, soundscapes: datasets.SoundscapeSet, models: Models
+) -> dict[str, Any]:
+    """Multi-label classification of soundscape segments against the teacher's species text."""
+    methods, teacher_species = build_methods(cfg, models, soundscapes.taxa)
+    embeddings = embed_clips(soundscapes.segments, methods, models.student.front_end_config)
+    results = {}
+    for method in methods:
+        scores = embeddings[method.name].numpy() @ teacher_species.numpy().T
+        out = metrics.multilabel_metrics(scores, soundscapes.labels)
+        per_class = out.pop("per_class_AP")
+        out.pop("per_class_AUROC")
+        results[method.name] = {"description": method.description, "soundscape": out,
+                                "per_species": {"soundscape_AP": [None if np.isnan(v) else float(v) for v in per_class]}}  # fmt: skip
+    return {
+        "name": soundscapes.name,
+        "segments": len(soundscapes.segments),
+        "species": [t.scientific for t in soundscapes.taxa],
+        "common_names": [t.common for t in soundscapes.taxa],
+        "facts": soundscapes.facts,
+        "methods": results,
+    }
+
+
+def resolve_data(
+    cfg: EvaluateConfig,
+) -> tuple[datasets.QuerySet | None, datasets.SoundscapeSet | None, dict[str, str]]:
+    """The query set, soundscape set and default model specs a configuration names."""
+    from birdsearch.cli import DEFAULT_STUDENT, DEFAULT_TEACHER
+
+    defaults = {"teacher": DEFAULT_TEACHER, "student": DEFAULT_STUDENT}
+    queries = soundscapes = None
+    kind, _, arg = cfg.dataset.partition(":")
+    if kind == "toy":
+        queries, toy_soundscapes, specs = datasets.load_toy(arg or "default")
+        defaults.update(specs)
+        if cfg.soundscapes in (None, "toy"):
+            soundscapes = toy_soundscapes
+    elif kind == "ssw60":
+        if not arg:
+            raise ConfigError("--dataset ssw60:DIR needs the SSW60 folder")
+        queries = datasets.load_ssw60(arg, cfg.split, cfg.image_sources)
+    elif kind == "manifest":
+        queries = datasets.load_query_manifest(arg, cfg.taxa, cfg.split)
+    elif kind != "none":
+        raise ConfigError(
+            f"unknown data set {cfg.dataset!r}: use toy, toy:small, ssw60:DIR, manifest:PATH or none"
+        )
+    if cfg.soundscapes and cfg.soundscapes != "toy":
+        soundscapes = datasets.load_soundscape_dir(cfg.soundscapes, cfg.taxa, cfg.segment_s)
+    if queries is None and soundscapes is None:
+        raise ConfigError("nothing to evaluate: give --dataset and/or --soundscapes")
+    return queries, soundscapes, defaults
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run the whole evaluation; returns the report (and writes it to ``cfg.out`` when set)."""
+    from birdsearch.model.evaluate import gallery as gallery_module
+    from birdsearch.model.evaluate import report
+
+    started = time.time()
+    queries, soundscapes, defaults = resolve_data(cfg)
+    teacher_spec = cfg.teacher or defaults["teacher"]
+    student_spec = cfg.student or defaults["student"]
+    gallery_manifest = cfg.gallery or (
+        str(queries.gallery_manifest) if queries and queries.gallery_manifest else None
+    )
+    if queries is not None and not cfg.index and not gallery_manifest and cfg.dataset.startswith("ssw60"):
+        raise ConfigError(
+            "SSW60 needs a gallery: --index ROOT (from 'birdsearch index' over the exported gallery manifest) "
+            "or --gallery MANIFEST"
+        )
+    models = load_models(
+        cfg, teacher_spec, student_spec, need_teacher=bool(queries and not cfg.index and gallery_manifest)
+    )
+    gallery = None
+    if queries is not None and cfg.index:
+        gallery = gallery_module.from_index(cfg.index)
+        check_teacher(gallery, teacher_spec)
+    elif queries is not None and gallery_manifest:
+        gallery = gallery_module.from_manifest(gallery_manifest, models.teacher)
+    result: dict[str, Any] = {
+        "config": {**asdict(cfg), "teacher": teacher_spec, "student": student_spec},
+        "models": {
+            "student": models.student.describe(),
+            "encoders": {
+                name: {"path": str(e.path), "card": asdict(e.card)} for name, e in models.encoders.items()
+            },
+        },
+    }
+    if queries is not None:
+        result["queries"] = evaluate_queries(cfg, queries, gallery, models)
+    if soundscapes is not None:
+        result["soundscapes"] = evaluate_soundscapes(cfg, soundscapes, models)
+    result["seconds"] = round(time.time() - started, 1)
+    if cfg.out:
+        report.write(result, Path(cfg.out), plots=cfg.plots)
+    return result
+
+
+def check_teacher(gallery: GalleryVectors, teacher_spec: str) -> None:
+    """Warn when the index was built by another teacher than the one the queries are compared in."""
+    from birdsearch.model.distill.targets import weights_checksum
+
+    _, sha = weights_checksum(teacher_spec, "teacher")
+    built_with = (gallery.facts.get("teacher") or {}).get("weights_sha256")
+    if built_with and built_with != sha:
+        log.warning(
+            "the index was built with teacher weights %s..., the evaluation uses %s (%s...): scores are not comparable",
+            built_with[:12], teacher_spec, sha[:12],
+        )  # fmt: skip

@@ -1,0 +1,124 @@
+"""Search the served index with a recording's window vectors and build the response's lists.
+
+Runs on a worker thread (FAISS and SQLite work). Taxon filters are resolved here too: names are
+matched case-insensitively against the served version's species table, and a name that is not in
+it is a 422 that says where to look, not an empty answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from birdsearch.service import ranking
+from birdsearch.service.errors import BadParameterError
+from birdsearch.service.index_state import ServedIndex
+from birdsearch.service.metrics import stage_timer
+from birdsearch.service.recording import WindowPlan
+from birdsearch.service.schemas import Aggregation, ImageHit, QueryForm, SpeciesHit, TimelineWindow, WindowSpecies
+
+
+def split_names(values: list[str]) -> list[str]:
+    """Repeated form fields and comma-separated lists, flattened."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def canonical(values: dict[str, str], wanted: str, what: str, index: str) -> str:
+    """The index's spelling of ``wanted`` (case-insensitive), or a 422 naming it."""
+    found = values.get(wanted.lower())
+    if found is None:
+        raise BadParameterError(f"{what} {wanted!r} is not in index {index}; GET /species lists what is")
+    return found
+
+
+def filter_ids(served: ServedIndex, form: QueryForm) -> np.ndarray | None:
+    """Image ids allowed by the form's taxon filters; None when there are none."""
+    names = split_names(form.species)
+    levels = {"genus": form.genus, "family": form.family, "order": form.order}
+    if not names and not any(levels.values()):
+        return None
+    by_level: dict[str, dict[str, str]] = {"species": {}, "genus": {}, "family": {}, "order": {}}
+    for record in served.species:
+        by_level["species"][record.scientific.lower()] = record.scientific
+        for level in ("genus", "family", "order"):
+            value = getattr(record, level)
+            if value:
+                by_level[level][value.lower()] = value
+    species = [canonical(by_level["species"], name, "species", served.name) for name in names] or None
+    chosen = {
+        level: canonical(by_level[level], value, level, served.name) if value else None
+        for level, value in levels.items()
+    }
+    ids = served.version.ids_for(species=species, **chosen)
+    if ids.size == 0:
+        given = {"species": names, **{k: v for k, v in levels.items() if v}}
+        raise BadParameterError(f"no image in index {served.name} matches the filters {given}")
+    return ids
+
+
+def image_urls(image_id: int, content_hash: str) -> tuple[str, str]:
+    """Photo and thumbnail URLs; the content hash keeps them valid after a newer index renumbers ids."""
+    return f"/images/{image_id}?h={content_hash}", f"/images/{image_id}/thumbnail?h={content_hash}"
+
+
+def search_and_rank(
+    served: ServedIndex,
+    vectors: np.ndarray,
+    plan: WindowPlan,
+    form: QueryForm,
+    allowed: np.ndarray | None,
+    candidates_per_window: int,
+) -> tuple[list[SpeciesHit], list[ImageHit], list[TimelineWindow], Aggregation]:
+    """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts."""
+    pool = len(allowed) if allowed is not None else served.version.count
+    candidates = max(1, min(max(form.k, candidates_per_window), pool))
+    with stage_timer("search"):
+        scores, ids = served.version.search(vectors, candidates, ids=allowed)
+    species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species))
+    top_rows = ranking.top_species(species_scores.recording, form.species_k)
+    images = ranking.best_images(scores, ids, form.k)
+    species_images = [
+        ranking.best_image_of_species(scores, ids, served.image_species, int(row)) for row in top_rows
+    ]
+    records = served.version.images([hit.id for hit in images] + species_images) if pool else []
+    by_id = {record.id: record for record in records}
+
+    image_hits = []
+    for hit in images:
+        record = by_id[hit.id]
+        url, thumb = image_urls(hit.id, record.content_hash)
+        image_hits.append(
+            ImageHit(
+                id=hit.id, url=url, thumbnail_url=thumb, species=record.species, common_name=record.common_name,
+                score=round(hit.score, 6), window=hit.window, license=record.license,
+                attribution=record.attribution, source=record.source,
+            )
+        )  # fmt: skip
+    species_hits = []
+    for row, image_id in zip(top_rows, species_images, strict=True):
+        record = served.species[int(row)]
+        species_hits.append(
+            SpeciesHit(
+                species=record.scientific, common_name=record.common_name, genus=record.genus,
+                family=record.family, order=record.order, score=round(float(species_scores.recording[row]), 6),
+                windows=int(species_scores.top_windows[row]), best_window=int(species_scores.best_window[row]),
+                image_id=image_id, thumbnail_url=image_urls(image_id, by_id[image_id].content_hash)[1],
+            )
+        )  # fmt: skip
+    timeline = [
+        TimelineWindow(
+            index=w,
+            start_s=round(float(start), 3),
+            end_s=round(min(float(start) + plan.window_s, plan.duration_s), 3),
+            species=[
+                WindowSpecies(
+                    species=served.species[int(row)].scientific,
+                    common_name=served.species[int(row)].common_name,
+                    score=round(float(species_scores.per_window[w, row]), 6),
+                )
+                for row in ranking.top_species(species_scores.per_window[w], form.species_k)
+            ],
+        )
+        for w, start in enumerate(plan.starts_s)
+    ]
+    aggregation = Aggregation(**ranking.AGGREGATION, candidates_per_window=candidates)
+    return species_hits, image_hits, timeline, aggregation

@@ -1,0 +1,115 @@
+"""The models behind a query: windows in, vectors out, one batch at a time on the batcher's thread.
+
+- ``DistilledEmbedder``: the distilled encoder, straight into the teacher's space.
+- ``StudentEmbedder``: the student's audio tower, the first half of the zero-shot cascade. The second
+  half (classify against the index's species, mix the teacher's species embeddings) depends on the
+  index version, so it runs per request in ``CascadeHead``: a batch can then mix requests that
+  started on different index versions during a hot reload.
+
+Both time their stages into ``birdsearch_stage_seconds`` (features, encode).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from birdsearch.model.mel import FrontEndConfig
+from birdsearch.service.metrics import stage_timer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a query response and /version say about a model."""
+
+    mode: str  # "distilled" or "cascade"
+    id: str  # checkpoint path or student spec
+    dim: int  # output dimension of the batch function
+    teacher: dict[str, Any] = field(default_factory=dict)  # the teacher space it targets (distilled only)
+    details: dict[str, Any] = field(default_factory=dict)  # card facts: base student, training hash, metrics
+
+
+class DistilledEmbedder:
+    """Windows (B, T) at 48 kHz to (B, teacher dim) unit vectors with a distilled encoder."""
+
+    mode = "distilled"
+
+    def __init__(self, encoder: Any):
+        self.encoder = encoder  # birdsearch.model.encoder.LoadedEncoder
+        card = encoder.card
+        self.front_end: FrontEndConfig = encoder.front_end_config
+        self.facts = ModelFacts(
+            "distilled",
+            str(encoder.path),
+            int(encoder.dim),
+            teacher=dict(card.teacher),
+            details={
+                "base_student": card.base_student,
+                "text_format": card.text_format,
+                "training_data_hash": card.training_data_hash,
+                "created": card.created,
+            },
+        )
+
+    @classmethod
+    def load(cls, checkpoint: str, device: str) -> DistilledEmbedder:
+        from birdsearch.model.encoder import load_encoder
+
+        encoder = load_encoder(checkpoint, device)
+        log.info("distilled encoder %s loaded on %s (dim %d)", checkpoint, encoder.device, encoder.dim)
+        return cls(encoder)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        with stage_timer("features"):
+            features = self.encoder.mel(windows)
+        with stage_timer("encode"):
+            return self.encoder.embed_features(features).numpy()
+
+
+class StudentEmbedder:
+    """Windows (B, T) to (B, student dim) audio embeddings: the cascade's classifier input."""
+
+    mode = "cascade"
+
+    def __init__(self, student: Any):
+        self.student = student  # birdsearch.model.student.Student
+        self.front_end: FrontEndConfig = student.front_end_config
+        self.facts = ModelFacts("cascade", student.id, int(student.dim), details={"student": student.describe()})
+
+    @classmethod
+    def load(cls, spec: str, device: str) -> StudentEmbedder:
+        from birdsearch.model.student import Student
+
+        return cls(Student.load(spec, device))
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        with stage_timer("features"):
+            features = self.student.mel(windows)
+        with stage_timer("encode"):
+            return self.student.embed_features(features).numpy()
+
+    def species_head(self, captions: list[str], teacher_species: np.ndarray) -> CascadeHead:
+        """The cascade's second half for one index version: its species as student captions."""
+        from birdsearch.model.query import CascadeQuery
+
+        student_species = self.student.embed_texts(captions)
+        query = CascadeQuery(self.student, student_species, torch.from_numpy(np.asarray(teacher_species)))
+        return CascadeHead(query)
+
+
+class CascadeHead:
+    """Student audio embeddings to teacher-space queries through one index version's species."""
+
+    def __init__(self, query: Any):
+        self.query = query  # birdsearch.model.query.CascadeQuery (soft)
+
+    def __call__(self, audio_embeddings: np.ndarray) -> np.ndarray:
+        probs = self.query.posterior(torch.from_numpy(audio_embeddings))  # (N, S)
+        return F.normalize(probs @ self.query.teacher_species, dim=-1).numpy()

@@ -1,0 +1,211 @@
+"""Request parameters and response models of the HTTP API (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+QueryMode = Literal["auto", "distilled", "cascade"]
+
+
+class QueryForm(BaseModel):
+    """The form fields of ``POST /query`` beside the ``audio`` file (unknown fields are refused by the route)."""
+
+    k: int = Field(12, ge=1, le=10_000, description="images to return (at most BIRDSEARCH_MAX_K)", examples=[12])
+    species_k: int = Field(
+        5, ge=1, le=10_000, description="species in the ranking and in each timeline window", examples=[5]
+    )
+    window_s: float | None = Field(
+        None,
+        gt=0,
+        description="window length in seconds (default and maximum: the model's, 10 s); shorter windows are "
+        "repeat-padded to the model's length",
+        examples=[10.0],
+    )
+    hop_s: float | None = Field(
+        None, gt=0, description="seconds between window starts (default: window_s, no overlap)", examples=[5.0]
+    )
+    species: list[str] = Field(
+        default_factory=list,
+        description="only images of these species (scientific names; repeat the field or separate by commas)",
+        examples=[["Turdus migratorius"]],
+    )
+    genus: str | None = Field(None, description="only images of this genus", examples=["Turdus"])
+    family: str | None = Field(None, description="only images of this family", examples=["Turdidae"])
+    order: str | None = Field(None, description="only images of this order", examples=["Passeriformes"])
+    mode: QueryMode = Field(
+        "auto",
+        description="'distilled' (the distilled encoder), 'cascade' (zero-shot: the student classifies, the "
+        "teacher's species embeddings query the images) or 'auto' (distilled when a checkpoint is configured)",
+    )
+
+
+class ImageHit(BaseModel):
+    """One photo and how well it matches the recording."""
+
+    id: int = Field(description="image id within the index version (see index.name)", examples=[42])
+    url: str = Field(description="the photo", examples=["/images/42?h=5c1f0a9d2e7b4c3a"])
+    thumbnail_url: str = Field(examples=["/images/42/thumbnail?h=5c1f0a9d2e7b4c3a"])
+    species: str = Field(examples=["Turdus migratorius"])
+    common_name: str = Field(examples=["American Robin"])
+    score: float = Field(description="cosine similarity between recording and photo, -1..1", examples=[0.61])
+    window: int = Field(description="the window whose search gave this score", examples=[0])
+    license: str = Field(examples=["CC BY 4.0"])
+    attribution: str = Field(examples=["(c) Jane Doe"])
+    source: str = Field(description="where the photo came from", examples=["https://example.org/photos/42"])
+
+
+class SpeciesHit(BaseModel):
+    """One species, ranked by its best image over the recording."""
+
+    species: str = Field(examples=["Turdus migratorius"])
+    common_name: str = Field(examples=["American Robin"])
+    genus: str = Field(examples=["Turdus"])
+    family: str = Field(examples=["Turdidae"])
+    order: str = Field(examples=["Passeriformes"])
+    score: float = Field(description="best image score over all windows", examples=[0.61])
+    windows: int = Field(description="windows in which this species ranks first", examples=[3])
+    best_window: int = Field(description="the window of the best score", examples=[0])
+    image_id: int = Field(description="its best-scoring photo", examples=[42])
+    thumbnail_url: str = Field(examples=["/images/42/thumbnail?h=5c1f0a9d2e7b4c3a"])
+
+
+class WindowSpecies(BaseModel):
+    species: str = Field(examples=["Turdus migratorius"])
+    common_name: str = Field(examples=["American Robin"])
+    score: float = Field(examples=[0.61])
+
+
+class TimelineWindow(BaseModel):
+    """The species heard in one window of the recording."""
+
+    index: int = Field(examples=[0])
+    start_s: float = Field(examples=[0.0])
+    end_s: float = Field(examples=[10.0])
+    species: list[WindowSpecies]
+
+
+class Aggregation(BaseModel):
+    """How window results became the recording's answer."""
+
+    window_species_score: str = Field(examples=["max over the species' images among the window's candidates"])
+    recording_species_score: str = Field(examples=["max over windows"])
+    species_windows: str = Field(examples=["number of windows in which the species ranks first"])
+    recording_image_score: str = Field(examples=["max over windows"])
+    candidates_per_window: int = Field(description="images searched per window", examples=[200])
+
+
+class ModelInfo(BaseModel):
+    mode: Literal["distilled", "cascade"]
+    id: str = Field(description="checkpoint directory or student spec", examples=["/models/distilled"])
+    dim: int = Field(examples=[768])
+
+
+class IndexInfo(BaseModel):
+    name: str = Field(description="the index version that answered", examples=["v0007"])
+    count: int = Field(description="images in it", examples=[120000])
+    dim: int = Field(examples=[768])
+    species: int = Field(examples=[1450])
+    index_type: str = Field(examples=["Flat"])
+    teacher: str = Field(examples=["hf-hub:imageomics/bioclip-2"])
+    created: str = Field(examples=["2026-11-26T22:50:00+00:00"])
+
+
+class QueryFacts(BaseModel):
+    """What the server made of the upload, and how long each stage took."""
+
+    duration_s: float = Field(description="length of the decoded recording", examples=[23.4])
+    sample_rate: int = Field(description="rate the model heard", examples=[48000])
+    source_sample_rate: int = Field(examples=[44100])
+    source_channels: int = Field(examples=[2])
+    source_format: str = Field(examples=["MP3/MPEG_LAYER_III"])
+    windows: int = Field(examples=[3])
+    window_s: float = Field(examples=[10.0])
+    hop_s: float = Field(examples=[10.0])
+    padded: bool = Field(description="shorter than one window, so repeat-padded", examples=[False])
+    filtered_images: int | None = Field(None, description="images left by the taxon filters", examples=[None])
+    model: ModelInfo
+    index: IndexInfo
+    timings_ms: dict[str, float] = Field(
+        description="decode, embed (queueing + features + encoder), search, total",
+        examples=[{"decode": 6.1, "embed": 41.0, "search": 1.2, "total": 49.8}],
+    )
+
+
+class QueryResponse(BaseModel):
+    """Species and photos for a recording."""
+
+    species: list[SpeciesHit] = Field(description="species ranking over the whole recording, best first")
+    images: list[ImageHit] = Field(description="the best photos over the whole recording, best first")
+    timeline: list[TimelineWindow] = Field(description="one entry per window (one for a short recording)")
+    aggregation: Aggregation
+    query: QueryFacts
+
+
+class SpeciesInfo(BaseModel):
+    species: str = Field(examples=["Turdus migratorius"])
+    common_name: str = Field(examples=["American Robin"])
+    genus: str = Field(examples=["Turdus"])
+    family: str = Field(examples=["Turdidae"])
+    order: str = Field(examples=["Passeriformes"])
+    images: int = Field(examples=[87])
+
+
+class SpeciesList(BaseModel):
+    index: str = Field(examples=["v0007"])
+    species: list[SpeciesInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(examples=[True])
+    index: str | None = Field(None, examples=["v0007"])
+    modes: list[str] = Field(default_factory=list, examples=[["distilled", "cascade"]])
+    detail: str | None = Field(None, examples=[None])
+
+
+class VersionInfo(BaseModel):
+    birdsearch: str = Field(examples=["0.1.0"])
+    api: int = Field(examples=[1])
+    default_mode: str = Field(examples=["distilled"])
+    models: dict[str, dict[str, Any]]
+    index: IndexInfo | None
+
+
+class ReloadResult(BaseModel):
+    changed: bool = Field(examples=[True])
+    previous: str | None = Field(examples=["v0006"])
+    current: str | None = Field(examples=["v0007"])
+    detail: str | None = Field(None, description="why a published version was not loaded", examples=[None])
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a message naming the problem and a stable machine-readable code."""
+
+    detail: Any = Field(examples=["upload: not a recording libsndfile can read (...); use wav, flac, ogg, opus or mp3"])
+    code: str = Field(examples=["unsupported_audio"])
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give."""
+    described = {
+        401: ("Missing or wrong admin key", "unauthorized"),
+        403: ("Admin routes are disabled (no BIRDSEARCH_ADMIN_KEY)", "admin_disabled"),
+        404: ("Unknown image, or a path that leads nowhere", "not_found"),
+        413: ("Upload or recording too large (refused while streaming)", "upload_too_large"),
+        415: ("Not a recording this server can decode", "unsupported_audio"),
+        422: ("Bad parameter, or corrupt, empty or silent audio", "bad_parameter"),
+        503: ("Not ready: no index published yet, or models still loading", "not_ready"),
+    }
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": described[status][0],
+            "content": {"application/json": {"example": {"detail": described[status][0], "code": described[status][1]}}},
+        }
+        for status in statuses
+    }

@@ -14,7 +14,14 @@ from birdsearch.service.errors import BadParameterError
 from birdsearch.service.index_state import ServedIndex
 from birdsearch.service.metrics import stage_timer
 from birdsearch.service.recording import WindowPlan
-from birdsearch.service.schemas import Aggregation, ImageHit, QueryForm, SpeciesHit, TimelineWindow, WindowSpecies
+from birdsearch.service.schemas import (
+    Aggregation,
+    ImageHit,
+    QueryForm,
+    SpeciesHit,
+    TimelineWindow,
+    WindowSpecies,
+)
 
 
 def split_names(values: list[str]) -> list[str]:

@@ -78,7 +78,10 @@ def create_app(settings: Settings | None = None, models: Models | None = None) -
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     if effective.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=effective.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+            CORSMiddleware,
+            allow_origins=effective.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
         )
     app.add_middleware(
         BodyLimitMiddleware, limits={"/query": effective.max_upload_bytes}, default_limit=SMALL_BODY_LIMIT

@@ -85,7 +85,9 @@ class MicroBatcher:
             return
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"birdsearch-{self.name}")
-        self._task = asyncio.get_running_loop().create_task(self._collect_forever(), name=f"batcher-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._collect_forever(), name=f"batcher-{self.name}"
+        )
 
     async def stop(self) -> None:
         """Stop collecting; requests still waiting get ``BatcherClosedError``."""

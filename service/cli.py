@@ -23,8 +23,12 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--host", help="address to bind (default: BIRDSEARCH_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: BIRDSEARCH_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: BIRDSEARCH_WORKERS or 1)")
-    serve.add_argument("--index-root", help="index root holding the published versions (BIRDSEARCH_INDEX_ROOT)")
-    serve.add_argument("--checkpoint", help="distilled encoder directory; empty: the cascade (BIRDSEARCH_CHECKPOINT)")
+    serve.add_argument(
+        "--index-root", help="index root holding the published versions (BIRDSEARCH_INDEX_ROOT)"
+    )
+    serve.add_argument(
+        "--checkpoint", help="distilled encoder directory; empty: the cascade (BIRDSEARCH_CHECKPOINT)"
+    )
     serve.add_argument("--student", help="student spec for the cascade (BIRDSEARCH_STUDENT)")
     serve.add_argument("--device", help="auto, cpu, cuda or cuda:N (BIRDSEARCH_DEVICE)")
     serve.add_argument("--max-batch", type=int, help="windows per forward pass (BIRDSEARCH_MAX_BATCH)")

@@ -48,19 +48,26 @@ def query_file(
     try:
         with path.open("rb") as f:
             response = httpx.post(
-                f"{base}/query", files={"audio": (path.name, f, "application/octet-stream")}, data=form, timeout=timeout_s
+                f"{base}/query",
+                files={"audio": (path.name, f, "application/octet-stream")},
+                data=form,
+                timeout=timeout_s,
             )
     except FileNotFoundError as e:
         raise ServiceError(f"{path}: no such file") from e
     except httpx.HTTPError as e:
-        raise ServiceError(f"cannot reach the query service at {base} ({e}); start it with 'birdsearch serve'") from e
+        raise ServiceError(
+            f"cannot reach the query service at {base} ({e}); start it with 'birdsearch serve'"
+        ) from e
     if response.status_code != 200:
         try:
             body = response.json()
             detail, code = body.get("detail"), body.get("code")
         except ValueError:
             detail, code = response.text[:500], None
-        raise ServiceError(f"{path.name}: the server answered {response.status_code}: {detail}", response.status_code, code)
+        raise ServiceError(
+            f"{path.name}: the server answered {response.status_code}: {detail}", response.status_code, code
+        )
     return response.json()
 
 
@@ -80,7 +87,10 @@ def render_table(answer: dict[str, Any]) -> str:
     lines += ["", f"{'#':>2}  {'score':>6}  {'image':>6}  species / license / attribution"]
     for i, hit in enumerate(answer["images"], 1):
         extra = " / ".join(x for x in (hit["license"], hit["attribution"]) if x)
-        lines.append(f"{i:>2}  {hit['score']:>6.3f}  {hit['id']:>6}  {hit['species']}" + (f" / {extra}" if extra else ""))
+        lines.append(
+            f"{i:>2}  {hit['score']:>6.3f}  {hit['id']:>6}  {hit['species']}"
+            + (f" / {extra}" if extra else "")
+        )
     if len(answer["timeline"]) > 1:
         lines += ["", "timeline:"]
         for w in answer["timeline"]:

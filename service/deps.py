@@ -31,7 +31,9 @@ def require_admin(
     scheme, _, given = (authorization or "").partition(" ")
     expected = settings.admin_key.get_secret_value()
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise UnauthorizedError("missing or wrong admin key: send 'Authorization: Bearer <BIRDSEARCH_ADMIN_KEY>'")
+        raise UnauthorizedError(
+            "missing or wrong admin key: send 'Authorization: Bearer <BIRDSEARCH_ADMIN_KEY>'"
+        )
 
 
 AdminDep = Depends(require_admin)

@@ -81,7 +81,9 @@ class StudentEmbedder:
     def __init__(self, student: Any):
         self.student = student  # birdsearch.model.student.Student
         self.front_end: FrontEndConfig = student.front_end_config
-        self.facts = ModelFacts("cascade", student.id, int(student.dim), details={"student": student.describe()})
+        self.facts = ModelFacts(
+            "cascade", student.id, int(student.dim), details={"student": student.describe()}
+        )
 
     @classmethod
     def load(cls, spec: str, device: str) -> StudentEmbedder:

@@ -78,7 +78,9 @@ def check_compatible(version: Any, distilled: DistilledEmbedder | None) -> None:
         )
 
 
-def prepare(version: Any, distilled: DistilledEmbedder | None, student: StudentEmbedder | None) -> ServedIndex:
+def prepare(
+    version: Any, distilled: DistilledEmbedder | None, student: StudentEmbedder | None
+) -> ServedIndex:
     """Everything a query needs from ``version`` (runs on a worker thread: SQLite reads, text tower)."""
     check_compatible(version, distilled)
     species = version.species()
@@ -129,7 +131,9 @@ class IndexHolder:
         async with self._lock:  # one load at a time, whoever asks (the watcher or an admin)
             name = self.root.current_name()
             if name is None:
-                self.last_error = f"no index published in {self.root.path} yet (build one with 'birdsearch index')"
+                self.last_error = (
+                    f"no index published in {self.root.path} yet (build one with 'birdsearch index')"
+                )
                 return False
             if self.current is not None and self.current.name == name:
                 return False
@@ -138,7 +142,9 @@ class IndexHolder:
             except BirdsearchError as e:
                 self.last_error = f"index version {name} refused: {e}"
                 INDEX_RELOADS.labels("refused").inc()
-                log.error("%s; still serving %s", self.last_error, self.current.name if self.current else "nothing")
+                log.error(
+                    "%s; still serving %s", self.last_error, self.current.name if self.current else "nothing"
+                )
                 return False
             previous, self.current = self.current, served
             self.last_error = None

@@ -26,10 +26,15 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 REQUESTS = Counter(
-    "birdsearch_requests", "HTTP requests answered, by route template, method and status", ["route", "method", "status"]
+    "birdsearch_requests",
+    "HTTP requests answered, by route template, method and status",
+    ["route", "method", "status"],
 )
 REQUEST_SECONDS = Histogram(
-    "birdsearch_request_seconds", "HTTP request latency, by route template", ["route"], buckets=LATENCY_BUCKETS
+    "birdsearch_request_seconds",
+    "HTTP request latency, by route template",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
 )
 STAGE_SECONDS = Histogram(
     "birdsearch_stage_seconds",
@@ -37,7 +42,9 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
-BATCH_ROWS = Histogram("birdsearch_batch_windows", "Windows per forward pass", ["mode"], buckets=BATCH_BUCKETS)
+BATCH_ROWS = Histogram(
+    "birdsearch_batch_windows", "Windows per forward pass", ["mode"], buckets=BATCH_BUCKETS
+)
 BATCH_REQUESTS = Histogram(
     "birdsearch_batch_requests", "Requests sharing one forward pass", ["mode"], buckets=BATCH_BUCKETS
 )
@@ -46,7 +53,9 @@ INDEX_RELOADS = Counter("birdsearch_index_reloads", "Index version loads, by out
 INDEX_IMAGES = Gauge(
     "birdsearch_index_images", "Images in the index version being served", multiprocess_mode="livemax"
 )
-IN_FLIGHT = Gauge("birdsearch_requests_in_flight", "HTTP requests being answered", multiprocess_mode="livesum")
+IN_FLIGHT = Gauge(
+    "birdsearch_requests_in_flight", "HTTP requests being answered", multiprocess_mode="livesum"
+)
 
 
 def observe_stage(stage: str, seconds: float) -> None:

@@ -37,7 +37,9 @@ class SpeciesScores:
     best_window: np.ndarray  # (S,) int: window of the recording score (-1 when absent)
 
 
-def species_scores(scores: np.ndarray, ids: np.ndarray, image_species: np.ndarray, n_species: int) -> SpeciesScores:
+def species_scores(
+    scores: np.ndarray, ids: np.ndarray, image_species: np.ndarray, n_species: int
+) -> SpeciesScores:
     """Aggregate (W, C) search hits into species scores.
 
     Args:

@@ -43,8 +43,12 @@ class Models:
     @classmethod
     def load(cls, settings: Settings) -> Models:
         """Load what the settings ask for (raises CheckpointError/ModelUnavailableError with the fix)."""
-        distilled = DistilledEmbedder.load(settings.checkpoint, settings.device) if settings.checkpoint else None
-        student = StudentEmbedder.load(settings.student, settings.device) if settings.cascade_enabled else None
+        distilled = (
+            DistilledEmbedder.load(settings.checkpoint, settings.device) if settings.checkpoint else None
+        )
+        student = (
+            StudentEmbedder.load(settings.student, settings.device) if settings.cascade_enabled else None
+        )
         return cls(distilled, student)
 
     def by_mode(self) -> dict[str, Any]:
@@ -175,7 +179,9 @@ class Runtime:
             )
         hop_s = form.hop_s or window_s
         if hop_s < s.min_hop_s:
-            raise BadParameterError(f"hop_s={hop_s:g} is below the minimum of {s.min_hop_s:g} s (BIRDSEARCH_MIN_HOP_S)")
+            raise BadParameterError(
+                f"hop_s={hop_s:g} is below the minimum of {s.min_hop_s:g} s (BIRDSEARCH_MIN_HOP_S)"
+            )
         return window_s, hop_s
 
     async def query(self, upload: BinaryIO, form: QueryForm) -> QueryResponse:
@@ -199,7 +205,12 @@ class Runtime:
             t1 = time.perf_counter()
             observe_stage("decode", t1 - t0)
             plan = recording.plan_windows(
-                rec.samples, rec.sample_rate, window_s, hop_s, self.settings.max_windows, front_end.window_samples
+                rec.samples,
+                rec.sample_rate,
+                window_s,
+                hop_s,
+                self.settings.max_windows,
+                front_end.window_samples,
             )
             vectors = await self.embed(mode, plan, front_end.window_samples)
             t2 = time.perf_counter()
@@ -231,7 +242,9 @@ class Runtime:
                 "total": round(1000 * (t3 - started), 2),
             },
         )
-        return QueryResponse(species=species, images=images, timeline=timeline, aggregation=aggregation, query=facts)
+        return QueryResponse(
+            species=species, images=images, timeline=timeline, aggregation=aggregation, query=facts
+        )
 
     async def embed(self, mode: str, plan: recording.WindowPlan, model_window: int) -> np.ndarray:
         """All windows of a plan through the mode's batcher; (N, dim) in window order."""
@@ -242,6 +255,8 @@ class Runtime:
         outputs = []  # shorter windows are padded to the model's length one batch's worth at a time
         for part in plan.parts:
             for start in range(0, len(part), batcher.max_batch):
-                chunk = np.stack([audio.repeat_pad(row, model_window) for row in part[start : start + batcher.max_batch]])
+                chunk = np.stack(
+                    [audio.repeat_pad(row, model_window) for row in part[start : start + batcher.max_batch]]
+                )
                 outputs.append(await batcher.submit(chunk))
         return np.concatenate(outputs)

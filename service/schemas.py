@@ -12,7 +12,9 @@ QueryMode = Literal["auto", "distilled", "cascade"]
 class QueryForm(BaseModel):
     """The form fields of ``POST /query`` beside the ``audio`` file (unknown fields are refused by the route)."""
 
-    k: int = Field(12, ge=1, le=10_000, description="images to return (at most BIRDSEARCH_MAX_K)", examples=[12])
+    k: int = Field(
+        12, ge=1, le=10_000, description="images to return (at most BIRDSEARCH_MAX_K)", examples=[12]
+    )
     species_k: int = Field(
         5, ge=1, le=10_000, description="species in the ranking and in each timeline window", examples=[5]
     )
@@ -24,7 +26,10 @@ class QueryForm(BaseModel):
         examples=[10.0],
     )
     hop_s: float | None = Field(
-        None, gt=0, description="seconds between window starts (default: window_s, no overlap)", examples=[5.0]
+        None,
+        gt=0,
+        description="seconds between window starts (default: window_s, no overlap)",
+        examples=[5.0],
     )
     species: list[str] = Field(
         default_factory=list,
@@ -186,7 +191,9 @@ class ReloadResult(BaseModel):
 class ErrorResponse(BaseModel):
     """Every error: a message naming the problem and a stable machine-readable code."""
 
-    detail: Any = Field(examples=["upload: not a recording libsndfile can read (...); use wav, flac, ogg, opus or mp3"])
+    detail: Any = Field(
+        examples=["upload: not a recording libsndfile can read (...); use wav, flac, ogg, opus or mp3"]
+    )
     code: str = Field(examples=["unsupported_audio"])
 
 
@@ -205,7 +212,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {
             "model": ErrorResponse,
             "description": described[status][0],
-            "content": {"application/json": {"example": {"detail": described[status][0], "code": described[status][1]}}},
+            "content": {
+                "application/json": {
+                    "example": {"detail": described[status][0], "code": described[status][1]}
+                }
+            },
         }
         for status in statuses
     }

@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def some_model(self) -> Settings:
         if not self.checkpoint and self.cascade == "never":
-            raise ValueError("no model to answer with: BIRDSEARCH_CHECKPOINT is empty and BIRDSEARCH_CASCADE=never")
+            raise ValueError(
+                "no model to answer with: BIRDSEARCH_CHECKPOINT is empty and BIRDSEARCH_CASCADE=never"
+            )
         return self
 
     @model_validator(mode="after")
@@ -159,7 +161,9 @@ class Settings(BaseSettings):
 def config_file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
     """The settings source for a TOML, JSON or YAML config file, chosen by its suffix."""
     if not path.is_file():
-        raise ConfigError(f"{CONFIG_ENV}={path}: no such file; unset it or point it at a .toml, .json or .yaml")
+        raise ConfigError(
+            f"{CONFIG_ENV}={path}: no such file; unset it or point it at a .toml, .json or .yaml"
+        )
     suffix = path.suffix.lower()
     if suffix == ".toml":
         return TomlConfigSettingsSource(settings_cls, toml_file=path)

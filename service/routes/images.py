@@ -34,7 +34,9 @@ PHOTO_RESPONSES = {
 
 def resolve_id(served: ServedIndex, image_id: str, content_hash: str | None) -> int:
     """The id in the served version of the photo the client means, or NotFoundError."""
-    if not ID_PATTERN.fullmatch(image_id) or (content_hash is not None and not HASH_PATTERN.fullmatch(content_hash)):
+    if not ID_PATTERN.fullmatch(image_id) or (
+        content_hash is not None and not HASH_PATTERN.fullmatch(content_hash)
+    ):
         raise NotFoundError(f"no image {image_id!r}: image ids are numbers from a /query answer")
     number = int(image_id)
     version = served.version
@@ -46,7 +48,9 @@ def resolve_id(served: ServedIndex, image_id: str, content_hash: str | None) -> 
         return number
     moved = version.ids_for_hash(content_hash)
     if moved.size == 0:
-        raise NotFoundError(f"image {number} with hash {content_hash[:12]}… is not in index {served.name} any more")
+        raise NotFoundError(
+            f"image {number} with hash {content_hash[:12]}… is not in index {served.name} any more"
+        )
     return int(moved[0])
 
 
@@ -66,7 +70,10 @@ async def image(image_id: str, runtime: RuntimeDep, h: HashQuery = None) -> File
 
 
 @router.get(
-    "/images/{image_id}/thumbnail", response_class=Response, responses=PHOTO_RESPONSES, summary="A photo's thumbnail"
+    "/images/{image_id}/thumbnail",
+    response_class=Response,
+    responses=PHOTO_RESPONSES,
+    summary="A photo's thumbnail",
 )
 async def thumbnail(image_id: str, runtime: RuntimeDep, h: HashQuery = None) -> Response:
     served = runtime.served()

@@ -45,4 +45,6 @@ async def refuse_unknown_fields(request: Request) -> None:
     known = set(QueryForm.model_fields) | {"audio"}
     unknown = sorted(set((await request.form()).keys()) - known)
     if unknown:
-        raise BadParameterError(f"unknown form field(s) {unknown}; known: audio, {', '.join(QueryForm.model_fields)}")
+        raise BadParameterError(
+            f"unknown form field(s) {unknown}; known: audio, {', '.join(QueryForm.model_fields)}"
+        )

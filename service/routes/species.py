@@ -10,7 +10,9 @@ from birdsearch.service.schemas import SpeciesInfo, SpeciesList, error_responses
 router = APIRouter(tags=["index"])
 
 
-@router.get("/species", response_model=SpeciesList, responses=error_responses(503), summary="Species in the index")
+@router.get(
+    "/species", response_model=SpeciesList, responses=error_responses(503), summary="Species in the index"
+)
 async def species(runtime: RuntimeDep) -> SpeciesList:
     served = runtime.served()
     return SpeciesList(

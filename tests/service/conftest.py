@@ -97,7 +97,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path | str]:
         front_end=FrontEndConfig().to_dict(),
     )
     encoder_dir = save_encoder(encoder, card, root / "encoder")
-    return {"teacher": f"local-dir:{teacher_dir}", "student": f"local-dir:{student_dir}", "encoder": encoder_dir}
+    return {
+        "teacher": f"local-dir:{teacher_dir}",
+        "student": f"local-dir:{student_dir}",
+        "encoder": encoder_dir,
+    }
 
 
 def build_index(gallery: Path, out: Path, teacher: str) -> Path:

@@ -1,0 +1,93 @@
+"""The text-space maps and the baseline QueryEmbedders."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from birdsearch.model.distill.targets import random_rotation
+from birdsearch.model.evaluate.baselines import MappedQuery, RandomQuery, SharedStudent, student_methods
+from birdsearch.model.evaluate.mapping import fit_map, fit_procrustes, fit_ridge
+from birdsearch.model.query import CascadeQuery
+
+sys.path.insert(0, str(Path(__file__).parent))
+import conftest_distill as helpers  # noqa: E402
+
+
+def unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_procrustes_recovers_a_rotation_and_is_orthogonal():
+    source = unit(40, 16)
+    rotation = random_rotation(16, seed=3)
+    w = fit_procrustes(source, source @ rotation)
+    torch.testing.assert_close(w, rotation.T, atol=1e-4, rtol=1e-4)
+    wide = fit_procrustes(unit(10, 8), unit(10, 12, seed=1))  # 8 -> 12: orthonormal columns
+    torch.testing.assert_close(wide.T @ wide, torch.eye(8), atol=1e-5, rtol=1e-5)
+
+
+def test_ridge_primal_and_dual_agree_and_solve_least_squares():
+    s, t = unit(6, 10), unit(6, 5, seed=1)  # fewer pairs than dimensions: the dual form
+    dual = fit_ridge(s, t, alpha=0.5)
+    primal = torch.linalg.solve(
+        s.T.double() @ s.double() + 0.5 * torch.eye(10, dtype=torch.float64), s.T.double() @ t.double()
+    ).T
+    torch.testing.assert_close(dual, primal.float(), atol=1e-5, rtol=1e-5)
+    exact = fit_ridge(unit(50, 4), unit(50, 4) @ torch.eye(4) * 2, alpha=1e-9)
+    torch.testing.assert_close(exact, 2 * torch.eye(4), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "procrustes", "mlp"])
+def test_every_map_sends_each_caption_nearest_its_own_target(kind):
+    source, target = unit(12, 16), unit(12, 24, seed=1)
+    mapped = fit_map(kind, source, target, alpha=1e-3)(source)
+    assert torch.allclose(mapped.norm(dim=-1), torch.ones(12), atol=1e-5)
+    if kind != "procrustes":  # a rotation cannot fit 12 arbitrary pairs; the others can
+        assert ((mapped @ target.T).argmax(1) == torch.arange(12)).all()
+
+
+def test_random_query_is_unit_and_independent_of_audio():
+    random = RandomQuery(8, seed=1)
+    a = random.embed_windows(torch.zeros(5, 10))
+    assert a.shape == (5, 8) and torch.allclose(a.norm(dim=-1), torch.ones(5))
+    assert not torch.equal(a, random.embed_windows(torch.zeros(5, 10)))
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    from birdsearch.model.student import Student
+
+    path = helpers.save_tiny_student(tmp_path_factory.mktemp("student"))
+    return Student.load(f"local-dir:{path}", "cpu")
+
+
+def test_shared_student_runs_the_tower_once_per_windows_object(student, monkeypatch):
+    shared = SharedStudent(student)
+    calls = []
+    original = student.embed_windows
+    monkeypatch.setattr(student, "embed_windows", lambda w, b=32: calls.append(1) or original(w, b))
+    windows = torch.randn(3, helpers.SAMPLE_RATE * helpers.WINDOW_S) * 0.1
+    first = shared.embed_windows(windows)
+    assert shared.embed_windows(windows) is first and len(calls) == 1
+    shared.embed_windows(windows.clone())
+    assert len(calls) == 2
+    assert shared.dim == student.dim  # everything else is the student's
+
+
+def test_methods_share_the_student_and_match_the_plain_cascade(student):
+    windows = torch.randn(4, helpers.SAMPLE_RATE * helpers.WINDOW_S) * 0.1
+    student_species = student.embed_species(helpers.TAXA)
+    teacher_species = unit(4, 32, seed=2)
+    methods = {m.name: m for m in student_methods(student, student_species, teacher_species,
+                                                   ("random", "cascade-soft", "cascade-hard", "map-procrustes"))}  # fmt: skip
+    plain = CascadeQuery(student, student_species, teacher_species, hard=False).embed_windows(windows)
+    torch.testing.assert_close(methods["cascade-soft"].embedder.embed_windows(windows), plain)
+    hard = methods["cascade-hard"].embedder.embed_windows(windows)
+    assert all(any(torch.allclose(row, t) for t in teacher_species) for row in hard)  # one species' vector
+    mapped = methods["map-procrustes"].embedder
+    assert isinstance(mapped, MappedQuery)
+    expected = fit_map("procrustes", student_species, teacher_species)(student.embed_windows(windows))
+    torch.testing.assert_close(mapped.embed_windows(windows), expected)

@@ -1,0 +1,143 @@
+"""``birdsearch evaluate`` end to end on tiny models: every method side by side, report files, CLI, index."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from birdsearch.cli import main
+from birdsearch.errors import ConfigError
+from birdsearch.model.distill.trainer import DistillConfig, distill
+from birdsearch.model.evaluate.run import DEFAULT_METHODS, EvaluateConfig, evaluate, parse_encoders
+
+sys.path.insert(0, str(Path(__file__).parent))
+import conftest_distill as helpers  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("eval_world")
+    os.environ["BIRDSEARCH_CACHE"] = str(root / "cache")
+    paths = helpers.write_tone_world(root, clips_per_species=6, seconds=3.0)
+    paths["gallery"] = helpers.write_gallery(root, per_species=3)
+    paths["soundscapes"] = helpers.write_soundscapes(root / "soundscapes")
+    paths["ssw60"] = helpers.write_ssw60(root / "ssw60")
+    paths["teacher"] = f"local-dir:{helpers.save_tiny_teacher(root / 'teacher')}"
+    paths["student"] = f"local-dir:{helpers.save_tiny_student(root / 'student')}"
+    common = dict(manifest=str(paths["manifest"]), taxa=str(paths["taxa"]), teacher=paths["teacher"],
+                  student=paths["student"], epochs=1, batch_size=8, workers=0, device="cpu", progress=False)  # fmt: skip
+    distill(DistillConfig(out=str(root / "distilled"), **common))
+    distill(DistillConfig(out=str(root / "ablation"), target="student-text", **common))
+    paths["encoders"] = [
+        f"distilled={root / 'distilled' / 'encoder'}",
+        f"ablation={root / 'ablation' / 'encoder'}",
+    ]
+    return paths
+
+
+def config(setup, **overrides) -> EvaluateConfig:
+    base = dict(
+        dataset=f"manifest:{setup['manifest']}",
+        taxa=str(setup["taxa"]),
+        gallery=str(setup["gallery"]),
+        encoders=setup["encoders"],
+        teacher=setup["teacher"],
+        student=setup["student"],
+        device="cpu",
+    )
+    return EvaluateConfig(**{**base, **overrides})
+
+
+def test_every_method_side_by_side_with_report_files(setup, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate(config(setup, soundscapes=str(setup["soundscapes"]), out=str(out)))
+    methods = result["queries"]["methods"]
+    assert list(methods) == [*DEFAULT_METHODS, "distilled", "ablation"]
+    for name, entry in methods.items():
+        for key in ("mAP", "R@1", "R@5", "R@10", "nDCG@10", "vote_top1"):
+            assert 0.0 <= entry["retrieval"][key] <= 1.0, (name, key)
+        assert 0.0 <= entry["classification"]["top1"] <= 1.0
+        assert len(entry["per_species"]["retrieval_AP"]) == 4
+    assert "Procrustes" in methods["ablation"]["description"]
+    assert result["queries"]["queries"] == 4 and result["queries"]["gallery"]["images"] == 12
+    sound = result["soundscapes"]["methods"]
+    assert list(sound) == list(methods)
+    assert all(0.0 <= e["soundscape"]["AUROC"] <= 1.0 for e in sound.values())
+    for name in ("report.md", "report.json", "per_species.png", "pr.png", "soundscape_per_species.png"):
+        assert (out / name).stat().st_size > 0, name
+    markdown = (out / "report.md").read_text()
+    assert "| `cascade-soft` |" in markdown and "| `distilled` |" in markdown and '"gallery":' in markdown
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["config"]["teacher"] == setup["teacher"]  # the full configuration is recorded
+    assert saved["models"]["encoders"]["distilled"]["card"]["training"]["objective"] == "class"
+
+
+def test_a_perfect_gallery_embedding_scores_perfectly(setup, monkeypatch):
+    """Sanity of the wiring: if a method returned each species' own image centroid, retrieval is perfect."""
+    from birdsearch.model.evaluate import run
+
+    captured = {}
+    original = run.embed_clips
+
+    def oracle(clips, methods, front_end, chunk=32):
+        out = original(clips, methods, front_end, chunk)
+        gallery = captured["gallery"]
+        labels = gallery.labels(helpers.TAXA)
+        centroids = np.stack([gallery.vectors[labels == s].mean(0) for s in range(4)])
+        out["random"] = torch.tensor(centroids[[c.species for c in clips]])
+        return out
+
+    from birdsearch.model.evaluate import gallery as gallery_module
+
+    real = gallery_module.from_manifest
+    monkeypatch.setattr(
+        gallery_module, "from_manifest", lambda *a, **k: captured.setdefault("gallery", real(*a, **k))
+    )
+    monkeypatch.setattr(run, "embed_clips", oracle)
+    result = evaluate(config(setup, methods=("random",), encoders=[]))
+    assert result["queries"]["methods"]["random"]["retrieval"]["R@1"] == 1.0
+
+
+def test_cli_prints_the_table_and_json(setup, tmp_path, capsys):
+    args = ["evaluate", "--dataset", f"manifest:{setup['manifest']}", "--taxa", str(setup["taxa"]),
+            "--gallery", str(setup["gallery"]), "--teacher", setup["teacher"], "--student", setup["student"],
+            "--device", "cpu", "--methods", "random,cascade-soft", "--encoder", setup["encoders"][0]]  # fmt: skip
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| `random` |" in table and "| `distilled` |" in table and "mAP" in table
+    assert main([*args, "--json", "--no-plots"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert set(parsed["queries"]["methods"]) == {"random", "cascade-soft", "distilled"}
+
+
+def test_ssw60_against_an_index_equals_the_same_gallery_embedded_here(setup, tmp_path):
+    """Export SSW60's manifests, index the test photos with 'birdsearch index', evaluate against it."""
+    exported = tmp_path / "manifests"
+    assert main(["evaluate", "--dataset", f"ssw60:{setup['ssw60']}", "--export-ssw60", str(exported)]) == 0
+    index = tmp_path / "index"
+    assert main(["index", "--gallery", str(exported / "gallery_test.csv"), "--out", str(index),
+                 "--teacher", setup["teacher"], "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    common = dict(dataset=f"ssw60:{setup['ssw60']}", gallery=None, methods=("cascade-soft", "map-ridge"))
+    via_index = evaluate(config(setup, index=str(index), **common))
+    direct = evaluate(config(setup, **{**common, "gallery": str(exported / "gallery_test.csv")}))
+    assert via_index["queries"]["gallery"]["source"] == "index"
+    for name in ("cascade-soft", "map-ridge", "distilled"):
+        a, b = (
+            via_index["queries"]["methods"][name]["retrieval"],
+            direct["queries"]["methods"][name]["retrieval"],
+        )
+        assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-3), name
+
+
+def test_errors_name_the_fix(setup):
+    with pytest.raises(ConfigError, match="needs a gallery"):
+        evaluate(config(setup, dataset=f"ssw60:{setup['ssw60']}", gallery=None))
+    with pytest.raises(ConfigError, match="unknown data set"):
+        evaluate(config(setup, dataset="imagenet"))
+    with pytest.raises(ConfigError, match="two encoders named"):
+        parse_encoders(["a/encoder", "x/a/encoder"])

@@ -441,35 +441,24 @@ class Trainer:
                 break
         return step
 
-    def micro_step(self, waves: torch.Tensor, labels: torch.Tensor, sync: bool) -> float:
-        cfg = self.cfg
-        features = self.mel(waves.to(self.device, non_blocking=True))
-        labels = labels.to(self.device, non_blocking=True)
+    def micro_step(self, waves: torch.Tensor, labels: torch.Tensor, sync: bool) -> torch.Tensor:
         no_sync = getattr(self.forward_module, "no_sync", None)
         context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
         with context:
-            with autocast(self.device):
-                audio, scale = self.forward_module(features)
-            audio = audio.float()
-            if cfg.objective == "batch":  # negatives from every rank's clips
-                audio, labels = gather_with_grad(audio), gather(labels)
-            loss = objective_loss(cfg.objective, audio, self.target_vectors, labels, scale.float())
-            (loss / cfg.accumulate).backward()
-        return float(loss.detach())
+            return forward_backward(
+                self.forward_module, self.mel, waves, labels, self.target_vectors, self.cfg.objective,
+                self.device, self.cfg.accumulate,
+            )  # fmt: skip
 
     def optimizer_step(self) -> None:
-        if self.cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.module, self.optimizer, self.scheduler, self.cfg.max_grad_norm)
 
-    def step_record(self, step: int, epoch: int, losses: list[float], clips_per_s: float) -> dict[str, Any]:
+    def step_record(self, step: int, epoch: int, losses: list[torch.Tensor], clips_per_s: float) -> dict[str, Any]:
         scale = float(self.module.scale().detach())
         return {
             "step": step,
             "epoch": epoch,
-            "loss": ddp.mean(self.dist, float(np.mean(losses))),
+            "loss": ddp.mean(self.dist, float(torch.stack(losses).mean())),
             "temperature": 1.0 / scale,
             "logit_scale": scale,
             "lr": self.scheduler.get_last_lr()[0],
@@ -554,6 +543,47 @@ class Trainer:
             log.info("distilled encoder saved to %s", path)
         ddp.barrier(self.dist)
         return path
+
+
+def forward_backward(
+    module: nn.Module,
+    mel: MelFrontEnd,
+    waves: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    objective: str,
+    device: torch.device,
+    accumulate: int = 1,
+) -> torch.Tensor:
+    """One micro-batch: log-mel on the device, forward under autocast, InfoNCE, backward; returns the loss.
+
+    The loss comes back detached and on the device: reading it (a host sync) is left to the logger.
+
+    ``module`` returns (unit audio embeddings, logit scale), e.g. a ``DistillModule`` (or its DDP or
+    compiled wrapper). The same function serves ``bench/distill_throughput.py``.
+    """
+    features = mel(waves.to(device, non_blocking=True))
+    labels = labels.to(device, non_blocking=True)
+    with autocast(device):
+        audio, scale = module(features)
+    audio = audio.float()
+    if objective == "batch":  # negatives from every rank's clips
+        audio, labels = gather_with_grad(audio), gather(labels)
+    loss = objective_loss(objective, audio, targets, labels, scale.float())
+    (loss / accumulate).backward()
+    return loss.detach()
+
+
+def optimizer_step(
+    module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float
+) -> None:
+    """Clip the gradient norm (when ``max_grad_norm`` > 0), step the optimizer and the schedule, clear grads."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def distill(config: DistillConfig) -> DistillResult:

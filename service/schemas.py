@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
 
 QueryMode = Literal["auto", "distilled", "cascade"]
 
 
 class QueryForm(BaseModel):
-    """The form fields of ``POST /query`` beside the ``audio`` file (unknown fields are refused by the route)."""
+    """The multipart form of ``POST /query``: the recording and what to do with it (unknown fields: 422)."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    audio: UploadFile = Field(
+        description="the recording: wav, flac, ogg/vorbis, opus or mp3, any sample rate and channel count "
+        "(at most BIRDSEARCH_MAX_UPLOAD_BYTES, refused with 413 while it streams)"
+    )
     k: int = Field(
         12, ge=1, le=10_000, description="images to return (at most BIRDSEARCH_MAX_K)", examples=[12]
     )

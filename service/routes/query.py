@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Form
 
 from birdsearch.service.deps import RuntimeDep
-from birdsearch.service.errors import BadParameterError
 from birdsearch.service.schemas import QueryForm, QueryResponse, error_responses
 
 router = APIRouter(tags=["query"])
-
-AUDIO_DESCRIPTION = (
-    "the recording: wav, flac, ogg/vorbis, opus or mp3, any sample rate and channel count "
-    "(at most BIRDSEARCH_MAX_UPLOAD_BYTES, refused with 413 while it streams)"
-)
 
 
 @router.post(
@@ -31,20 +25,6 @@ AUDIO_DESCRIPTION = (
     responses=error_responses(413, 415, 422, 503),
 )
 async def query(
-    request: Request,
-    runtime: RuntimeDep,
-    audio: Annotated[UploadFile, File(description=AUDIO_DESCRIPTION)],
-    form: Annotated[QueryForm, Form()],
+    runtime: RuntimeDep, form: Annotated[QueryForm, Form(media_type="multipart/form-data")]
 ) -> QueryResponse:
-    await refuse_unknown_fields(request)
-    return await runtime.query(audio.file, form)
-
-
-async def refuse_unknown_fields(request: Request) -> None:
-    """A misspelt field (``top_k``) is an error, not a silently ignored wish."""
-    known = set(QueryForm.model_fields) | {"audio"}
-    unknown = sorted(set((await request.form()).keys()) - known)
-    if unknown:
-        raise BadParameterError(
-            f"unknown form field(s) {unknown}; known: audio, {', '.join(QueryForm.model_fields)}"
-        )
+    return await runtime.query(form.audio.file, form)

@@ -93,7 +93,7 @@ def thumbnail_jpeg(img: Image.Image, size: int, quality: int = 85) -> bytes:
     thumb = img.copy()
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    thumb.save(out, format="JPEG", quality=quality, optimize=True)
+    thumb.save(out, format="JPEG", quality=quality)  # no optimize pass: it costs a second encode
     return out.getvalue()
 
 

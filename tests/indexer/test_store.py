@@ -154,3 +154,17 @@ def test_publish_moves_the_pointer_and_prune_keeps_the_last(tmp_path):
     assert root.current_name() == "v0004" and root.open_current().count == 8
     assert prune_versions(tmp_path, keep=2) == ["v0001", "v0002"]
     assert root.versions() == ["v0003", "v0004"]
+
+
+@pytest.mark.gpu
+def test_gpu_search_returns_cpu_faiss_neighbours(small_index):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    version, vectors, _ = small_index
+    queries = unit(np.random.default_rng(7), 500, 16)
+    on_gpu = IndexRoot(version.root).open_current(device="cuda")  # faiss-gpu if installed, else torch
+    for k, subset in ((10, None), (5, version.ids_for(genus="Junco"))):
+        expected = version.search(queries, k, ids=subset)
+        assert_same_neighbours(on_gpu.search(queries, k, ids=subset), expected, vectors, queries)

@@ -68,14 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
+    """Our loggers at the chosen level; third-party ones (open_clip logs INFO on the root logger,
+    Ray, httpx, huggingface_hub) at WARNING unless -vv asks for everything."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    root_level = logging.DEBUG if verbose >= 2 else logging.WARNING
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        level=root_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    if verbose < 2:
-        # Third-party libraries are chatty at INFO; keep their warnings only.
-        for name in ("httpx", "urllib3", "huggingface_hub", "filelock", "PIL", "matplotlib", "root"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("birdsearch").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,7 +180,7 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as e:
         problems = "; ".join(
-            f"BIRDSEARCH_{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            f"BIRDSEARCH_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"] else err["msg"]
             for err in e.errors()
         )
         raise ConfigError(f"invalid service settings: {problems}") from e

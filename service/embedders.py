@@ -66,6 +66,10 @@ class DistilledEmbedder:
         log.info("distilled encoder %s loaded on %s (dim %d)", checkpoint, encoder.device, encoder.dim)
         return cls(encoder)
 
+    def compile(self) -> None:
+        """Compile the encoder with torch.compile (shapes vary with the batch: dynamic)."""
+        self.encoder.model = torch.compile(self.encoder.model, dynamic=True)
+
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         with stage_timer("features"):
             features = self.encoder.mel(windows)
@@ -90,6 +94,10 @@ class StudentEmbedder:
         from birdsearch.model.student import Student
 
         return cls(Student.load(spec, device))
+
+    def compile(self) -> None:
+        """Compile the student's audio tower with torch.compile (dynamic batch size)."""
+        self.student.model.audio_model = torch.compile(self.student.model.audio_model, dynamic=True)
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         with stage_timer("features"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
 
 from birdsearch import __version__
 from birdsearch.model import audio
@@ -49,10 +50,21 @@ class Models:
         student = (
             StudentEmbedder.load(settings.student, settings.device) if settings.cascade_enabled else None
         )
+        if settings.compile:
+            for embedder in (distilled, student):
+                if embedder is not None:
+                    embedder.compile()
+                    warm_up(embedder)
         return cls(distilled, student)
 
     def by_mode(self) -> dict[str, Any]:
         return {m.mode: m for m in (self.distilled, self.student) if m is not None}
+
+
+def warm_up(embedder: Any) -> None:
+    """Run batches of 2 and 1 silent windows, so that compilation happens before /readyz says ready."""
+    for size in (2, 1):
+        embedder(np.zeros((size, embedder.front_end.window_samples), dtype=np.float32))
 
 
 class Runtime:
@@ -72,6 +84,8 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.workers > 1:  # several workers share the cores instead of each claiming all
+            torch.set_num_threads(self.settings.cores_per_worker)
         if self.models is None:
             self.models = await asyncio.to_thread(Models.load, self.settings)
         self.decode_pool = ThreadPoolExecutor(

@@ -307,3 +307,22 @@ def test_hot_reload_under_load_fails_no_request(server, tmp_path, tiny_models, h
     swap = names.index("v0002")
     assert all(name == "v0002" for name in names[swap + 8 :])  # once swapped, never back
     assert species["index"] == "v0002" and "Corvus corax" in {s["species"] for s in species["species"]}
+
+
+@pytest.mark.slow
+def test_several_workers_share_one_metrics_page(index_root, server_env, helpers, tmp_path):
+    """``--workers 2``: both answer, and /metrics (from either) counts the requests of both."""
+    root = helpers.copy_index(index_root, tmp_path / "index")
+    path = helpers.audio_file("perch_21100_36_48_16k_10s.flac")
+    with helpers.Server(server_env(root), workers=2, log=tmp_path / "server.log") as running:
+
+        async def main():
+            async with httpx.AsyncClient(base_url=running.url, timeout=120) as http:
+                files = {"audio": (path.name, path.read_bytes())}
+                return await asyncio.gather(*(http.post("/query", files=files) for _ in range(16)))
+
+        results = asyncio.run(main())
+        pages = [httpx.get(f"{running.url}/metrics").text for _ in range(4)]
+    assert [r.status_code for r in results] == [200] * 16
+    for page in pages:  # whichever worker answers, the counts are the sum over both
+        assert metric(page, "birdsearch_requests_total", 'method="POST",route="/query",status="200"') == 16

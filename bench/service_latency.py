@@ -1,0 +1,491 @@
+"""Query service latency and throughput: micro-batched against one request at a time, in one run.
+
+What it measures, for each model architecture asked for:
+
+- **HTTP path**: two ``birdsearch serve`` subprocesses, micro-batched (``max_batch``/``max_wait_ms``
+  as given) and one at a time (``max_batch=1``: every forward pass serves one request, requests
+  queue for the model); clients POST a 10 s compressed clip (Ogg/Vorbis, 16 kHz: decoding and
+  resampling included) from ``--concurrency`` connections (over ``--client-procs`` processes), in
+  rounds alternating between the two servers so that background load hits both alike. p50/p99
+  latency and queries/s.
+- **Model path** (in-process, no HTTP): features + encoder + search for batches of 10 s windows
+  (``--model-batch``) against batch 1, in clips/s.
+- **Single clip, end to end**: one client, sequential requests of the 10 s clip; p50/p99 (``full``).
+
+Models: random weights in the real architectures (timing is independent of the weights):
+``toy`` = the toy world's student audio tower (birdsearch.toy StudentTrainConfig) into a 128-d
+teacher space; ``full`` = BioLingual's HTSAT-tiny audio tower + projection into BioCLIP-2's 768-d
+space. The index is built by the indexer from a gallery of drawn photos with a small random teacher
+of the right dimension (search cost at this size is negligible next to the model).
+
+    python bench/service_latency.py                           # toy + full on this CPU
+    python bench/service_latency.py --arch toy --concurrency 32
+    python bench/service_latency.py --arch full --device cuda --workers 8 --concurrency 64 \\
+        --client-procs 4 --requests 4000 --model-batch 256 --model-clips 8192   # an H100 machine
+
+Everything prints as one Markdown table (and ``--json FILE``); numbers are for the machine named
+in the table's header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import multiprocessing
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ROOT / "tests" / "data" / "audio" / "perch_21100_36_48_16k_10s.ogg"  # 10 s, 16 kHz, Ogg/Vorbis, 45 KB
+TEACHER_DIMS = {"toy": 128, "full": 768}
+
+
+# -- models and index ------------------------------------------------------------------------
+
+
+def audio_config(arch: str) -> tuple[dict[str, Any], int]:
+    """(ClapAudioConfig dict, projection dim) of the architecture."""
+    if arch == "toy":
+        from birdsearch.toy.config import StudentTrainConfig
+        from birdsearch.toy.student_model import student_clap_config
+
+        config = student_clap_config(StudentTrainConfig())
+    else:
+        from transformers import ClapConfig
+
+        config = ClapConfig()  # transformers' defaults are BioLingual's architecture (HTSAT-tiny, 512-d)
+    return config.audio_config.to_dict(), int(config.projection_dim)
+
+
+def draw_gallery(root: Path, images: int, seed: int = 0) -> Path:
+    """Small drawn photos, ``images`` in all, spread over species of the indexer's bird table."""
+    from PIL import Image, ImageDraw
+
+    with open(ROOT / "indexer" / "data" / "birds.csv") as f:
+        names = [row["scientific"] for row in csv.DictReader(f)][:24]
+    rng = np.random.default_rng(seed)
+    for i in range(images):
+        folder = root / names[i % len(names)].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.new("RGB", (96, 72), tuple(int(c) for c in rng.integers(100, 255, 3)))
+        x, y = int(rng.integers(5, 45)), int(rng.integers(5, 35))
+        ImageDraw.Draw(image).ellipse(
+            (x, y, x + 40, y + 28), fill=tuple(int(c) for c in rng.integers(0, 160, 3))
+        )
+        image.save(folder / f"p{i:05d}.jpg", quality=90)
+    return root
+
+
+def build_world(workdir: Path, arch: str, gallery_images: int) -> dict[str, Path]:
+    """A distilled encoder of ``arch`` (random weights) and an index it can query."""
+    import torch
+
+    from birdsearch.indexer.pipeline import IndexConfig, run_index
+    from birdsearch.model.encoder import DistilledAudioEncoder, EncoderCard, save_encoder
+    from birdsearch.model.hub import weights_sha256
+    from birdsearch.model.mel import FrontEndConfig
+    from birdsearch.model.standins import TINY_TEACHER_CFG, build_teacher, save_teacher
+
+    dim = TEACHER_DIMS[arch]
+    teacher_cfg = {**TINY_TEACHER_CFG, "embed_dim": dim}
+    teacher_dir = save_teacher(build_teacher(teacher_cfg), workdir / "teacher", teacher_cfg)
+    gallery = draw_gallery(workdir / "gallery", gallery_images)
+    index_root = workdir / "index"
+    run_index(
+        IndexConfig(
+            gallery=gallery, out=index_root, teacher=f"local-dir:{teacher_dir}", device="cpu", progress=False
+        )
+    )
+    config, projection_dim = audio_config(arch)
+    torch.manual_seed(0)
+    encoder = DistilledAudioEncoder(config, projection_dim, dim)
+    card = EncoderCard(
+        base_student=f"random {arch} architecture",
+        audio_config=config,
+        projection_dim=projection_dim,
+        teacher={"id": f"local-dir:{teacher_dir}", "dim": dim,
+                 "weights_sha256": weights_sha256(teacher_dir / "open_clip_model.safetensors")},
+        text_format="taxon_com",
+        templates="openai",
+        front_end=FrontEndConfig().to_dict(),
+    )  # fmt: skip
+    return {"encoder": save_encoder(encoder, card, workdir / "encoder"), "index": index_root}
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``birdsearch serve`` in a subprocess, stopped by its pid."""
+
+    def __init__(
+        self,
+        world: dict[str, Path],
+        device: str,
+        workers: int,
+        max_batch: int,
+        max_wait_ms: float,
+        compile: bool = False,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "BIRDSEARCH_INDEX_ROOT": str(world["index"]),
+            "BIRDSEARCH_CHECKPOINT": str(world["encoder"]),
+            "BIRDSEARCH_CASCADE": "never",
+            "BIRDSEARCH_DEVICE": device,
+            "BIRDSEARCH_MAX_BATCH": str(max_batch),
+            "BIRDSEARCH_MAX_WAIT_MS": str(max_wait_ms),
+            "BIRDSEARCH_WORKERS": str(workers),
+            "BIRDSEARCH_RELOAD_INTERVAL_S": "0",
+            "BIRDSEARCH_COMPILE": "1" if compile else "0",
+        }
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        import httpx
+
+        command = [
+            sys.executable,
+            "-m",
+            "birdsearch.cli",
+            "-q",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError("server not ready in 600 s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and its worker processes so far (Linux /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        tree, total = {self.process.pid}, 0.0
+        for _ in range(3):  # the server, its workers, their helpers
+            tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+        for pid in tree:
+            total += stats.get(pid, (0, 0.0))[1]
+        return total
+
+    def batches(self) -> tuple[float, float]:
+        """(forward passes, windows) counted by the server's /metrics."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+
+        def value(name: str) -> float:
+            return sum(
+                float(v) for v in re.findall(re.escape(name) + r'\{mode="distilled"\} ([0-9.e+-]+)', text)
+            )
+
+        return value("birdsearch_batch_windows_count"), value("birdsearch_batch_windows_sum")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+# -- clients ------------------------------------------------------------------------------------
+
+
+async def client_loop(url: str, clip: bytes, concurrency: int, requests: int) -> tuple[list[float], int]:
+    """``requests`` POSTs from ``concurrency`` connections; (latencies in s, failures)."""
+    import httpx
+
+    latencies: list[float] = []
+    failures = 0
+    remaining = requests
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal remaining, failures
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            r = await http.post("/query", files={"audio": ("clip.ogg", clip)}, data={"k": "12"})
+            latencies.append(time.perf_counter() - started)
+            failures += r.status_code != 200
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+    return latencies, failures
+
+
+def client_process(args: tuple[str, bytes, int, int, Any]) -> tuple[list[float], int]:
+    url, clip, concurrency, requests, start_at = args
+    while time.time() < start_at:  # every client process starts together
+        time.sleep(0.001)
+    return asyncio.run(client_loop(url, clip, concurrency, requests))
+
+
+def merge(rounds: list[tuple[list[float], int, float]]) -> dict[str, float]:
+    """One summary of several rounds: all latencies together, requests over the summed wall time."""
+    latencies = [x for lat, _, _ in rounds for x in lat]
+    elapsed = sum(t for _, _, t in rounds)
+    return {
+        "requests": len(latencies),
+        "failed": sum(f for _, f, _ in rounds),
+        "qps": len(latencies) / elapsed,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+    }
+
+
+def load_round(
+    url: str, clip: bytes, concurrency: int, requests: int, procs: int
+) -> tuple[list[float], int, float]:
+    """``requests`` from ``concurrency`` connections over ``procs`` processes: (latencies, failures, seconds)."""
+    procs = max(1, min(procs, concurrency))
+    shares = [
+        (concurrency // procs + (i < concurrency % procs), requests // procs + (i < requests % procs))
+        for i in range(procs)
+    ]
+    start_at = time.time() + (1.0 if procs > 1 else 0.0)
+    jobs = [(url, clip, c, n, start_at) for c, n in shares]
+    if procs == 1:
+        results = [client_process(jobs[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(procs) as pool:
+            results = pool.map(client_process, jobs)
+    elapsed = time.time() - start_at
+    return [x for r in results for x in r[0]], sum(r[1] for r in results), elapsed
+
+
+def compare(
+    servers: dict[str, Server], clip: bytes, args: argparse.Namespace, requests: int
+) -> dict[str, dict[str, float]]:
+    """Alternate rounds between the servers, so that a change in background load hits both alike.
+
+    Besides wall-clock figures, each server's CPU time per query is recorded: on a machine shared
+    with other work it is the steadier measure of what micro-batching saves.
+    """
+    for server in servers.values():  # warm-up
+        asyncio.run(client_loop(server.url, clip, min(args.concurrency, 8), min(args.concurrency, 8) * 2))
+    rounds: dict[str, list] = {name: [] for name in servers}
+    cpu = dict.fromkeys(servers, 0.0)
+    before = {name: server.batches() for name, server in servers.items()}
+    per_round = max(args.concurrency, requests // args.rounds)
+    for _ in range(args.rounds):
+        for name, server in servers.items():
+            started = server.cpu_seconds()
+            rounds[name].append(load_round(server.url, clip, args.concurrency, per_round, args.client_procs))
+            cpu[name] += server.cpu_seconds() - started
+    out = {}
+    for name, server in servers.items():
+        out[name] = merge(rounds[name])
+        out[name]["cpu_ms_per_query"] = 1000 * cpu[name] / out[name]["requests"]
+        passes, windows = (a - b for a, b in zip(server.batches(), before[name], strict=True))
+        out[name]["mean_batch"] = windows / passes if passes else 0.0
+    return out
+
+
+# -- model path ---------------------------------------------------------------------------------
+
+
+def model_path(
+    world: dict[str, Path], device: str, batch: int, clips: int, compile: bool = False
+) -> dict[str, float]:
+    """Features + encoder + search in-process: clips/s at ``batch`` and at batch 1."""
+    import torch
+
+    from birdsearch.indexer.store import IndexRoot
+    from birdsearch.model.device import resolve_device
+    from birdsearch.service.embedders import DistilledEmbedder
+
+    embedder = DistilledEmbedder.load(str(world["encoder"]), device)
+    if compile:
+        embedder.compile()
+    search_device = "cuda" if resolve_device(device).type == "cuda" else "cpu"
+    version = IndexRoot(world["index"]).open_current(device=search_device)
+    rng = np.random.default_rng(0)
+    windows = (0.1 * rng.standard_normal((batch, embedder.front_end.window_samples))).astype(np.float32)
+
+    def run(rows: np.ndarray) -> None:
+        vectors = embedder(rows)
+        version.search(vectors, 12)
+
+    def rate(size: int, n: int) -> float:
+        run(windows[:size])  # warm-up (CUDA kernels, allocator)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        done = 0
+        while done < n:
+            run(windows[:size])
+            done += size
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return done / (time.perf_counter() - started)
+
+    return {"batched_clips_s": rate(batch, clips), "single_clips_s": rate(1, max(4, min(clips // 8, 64)))}
+
+
+def single_clip_latency(url: str, clip: bytes, requests: int) -> dict[str, float]:
+    import httpx
+
+    latencies = []
+    with httpx.Client(base_url=url, timeout=300) as http:
+        for i in range(requests + 3):
+            started = time.perf_counter()
+            r = http.post("/query", files={"audio": ("clip.ogg", clip)})
+            if i >= 3:  # the first few warm the server up
+                latencies.append(time.perf_counter() - started)
+            assert r.status_code == 200, r.text
+    return {
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+    }
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.node()}: {os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}"
+
+
+def bench_arch(arch: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    world = build_world(workdir / arch, arch, args.gallery_images)
+    clip = CLIP.read_bytes()
+    out: dict[str, Any] = {"arch": arch}
+    out["model"] = model_path(world, args.device, args.model_batch, args.model_clips, args.compile)
+    print(f"[{arch}] model path: {out['model']}", file=sys.stderr)
+    requests = args.requests or (8 * args.concurrency if arch == "toy" else 2 * args.concurrency)
+    with (
+        Server(world, args.device, args.workers, args.max_batch, args.max_wait_ms, args.compile) as batched,
+        Server(world, args.device, args.workers, 1, 0.0, args.compile) as single,
+    ):
+        out.update(compare({"batched": batched, "one_at_a_time": single}, clip, args, requests))
+        out["single_clip"] = single_clip_latency(batched.url, clip, args.single_requests)
+    print(f"[{arch}] {out}", file=sys.stderr)
+    out["speedup"] = out["batched"]["qps"] / out["one_at_a_time"]["qps"]
+    out["cpu_saving"] = out["one_at_a_time"]["cpu_ms_per_query"] / out["batched"]["cpu_ms_per_query"]
+    return out
+
+
+def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        f"machine: {machine()}; device {args.device}; {args.workers} worker(s); "
+        f"max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms; concurrency {args.concurrency}",
+        "",
+        "| arch | path | setting | p50 ms | p99 ms | throughput | server CPU ms/query | mean batch |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for name in ("batched", "one_at_a_time"):
+            x = r[name]
+            label = "micro-batched" if name == "batched" else "one at a time"
+            failed = f" ({x['failed']} failed)" if x["failed"] else ""
+            lines.append(
+                f"| {r['arch']} | HTTP, {x['requests']} × 10 s ogg | {label} | {x['p50_ms']:.0f} | {x['p99_ms']:.0f} "
+                f"| {x['qps']:.1f} q/s{failed} | {x['cpu_ms_per_query']:.0f} | {x['mean_batch']:.1f} |"
+            )
+        lines.append(
+            f"| {r['arch']} | HTTP | micro-batched / one at a time | | | **{r['speedup']:.2f}×** | **{r['cpu_saving']:.2f}×** less | |"
+        )
+        s = r["single_clip"]
+        lines.append(
+            f"| {r['arch']} | HTTP, one client, 10 s clip | end to end | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | | | |"
+        )
+        m = r["model"]
+        lines.append(
+            f"| {r['arch']} | model path (features+encoder+search) | batch {args.model_batch} | | | {m['batched_clips_s']:.1f} clips/s | | |"
+        )
+        lines.append(f"| {r['arch']} | model path | batch 1 | | | {m['single_clips_s']:.1f} clips/s | | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=("toy", "full", "both"), default="both")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent client connections")
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="client processes sharing the connections"
+    )
+    parser.add_argument("--requests", type=int, default=0, help="requests per HTTP measurement (0: by arch)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per HTTP measurement")
+    parser.add_argument(
+        "--single-requests", type=int, default=20, help="sequential requests for the single-clip latency"
+    )
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--model-batch", type=int, default=32, help="windows per forward pass on the model path"
+    )
+    parser.add_argument("--model-clips", type=int, default=128, help="clips timed on the model path")
+    parser.add_argument("--gallery-images", type=int, default=480)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder (BIRDSEARCH_COMPILE)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    archs = ("toy", "full") if args.arch == "both" else (args.arch,)
+    with tempfile.TemporaryDirectory(prefix="birdsearch-bench-") as tmp:
+        os.environ.setdefault("BIRDSEARCH_CACHE", str(Path(tmp) / "cache"))
+        results = [bench_arch(arch, args, Path(tmp)) for arch in archs]
+    print(table(results, args))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine(), "args": vars(args) | {"json": str(args.json)}, "results": results},
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

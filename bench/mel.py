@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--gpu-clips", type=int, default=4096)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,7 +68,10 @@ def main() -> None:
         gpu_mel = LogMel(config).cuda()
         gpu_clips = torch.from_numpy(clips).cuda().repeat(max(1, args.gpu_clips // len(clips)), 1)
         rows.append(
-            ("LogMel (torch), GPU, on-device clips", clips_per_second(gpu_mel, gpu_clips, 256, sync=torch.cuda.synchronize))
+            (
+                "LogMel (torch), GPU, on-device clips",
+                clips_per_second(gpu_mel, gpu_clips, 256, sync=torch.cuda.synchronize),
+            )
         )
 
     base = rows[0][1]

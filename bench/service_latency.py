@@ -20,8 +20,7 @@ of the right dimension (search cost at this size is negligible next to the model
 
     python bench/service_latency.py                           # toy + full on this CPU
     python bench/service_latency.py --arch toy --concurrency 32
-    python bench/service_latency.py --arch full --device cuda --workers 8 --concurrency 64 \\
-        --client-procs 4 --requests 4000 --model-batch 256 --model-clips 8192   # an H100 machine
+    python bench/service_latency.py --preset h100             # an H100 machine (16 cores): full arch, CUDA
 
 Everything prints as one Markdown table (and ``--json FILE``); numbers are for the machine named
 in the table's header.
@@ -347,6 +346,10 @@ def model_path(
     windows = (0.1 * rng.standard_normal((batch, embedder.front_end.window_samples))).astype(np.float32)
 
     def run(rows: np.ndarray) -> None:
+        if embedder.staging is not None:  # as the service's batcher does: stack into pinned memory
+            staged = embedder.staging(rows.shape, rows.dtype)
+            np.copyto(staged, rows)
+            rows = staged
         vectors = embedder(rows)
         version.search(vectors, 12)
 
@@ -402,8 +405,10 @@ def bench_arch(arch: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     print(f"[{arch}] model path: {out['model']}", file=sys.stderr)
     requests = args.requests or (8 * args.concurrency if arch == "toy" else 2 * args.concurrency)
     with (
-        Server(world, args.device, args.workers, args.max_batch, args.max_wait_ms, args.compile) as batched,
-        Server(world, args.device, args.workers, 1, 0.0, args.compile) as single,
+        Server(
+            world, args.device, args.workers, args.max_batch, args.max_wait_ms, args.compile_servers
+        ) as batched,
+        Server(world, args.device, args.workers, 1, 0.0, args.compile_servers) as single,
     ):
         out.update(compare({"batched": batched, "one_at_a_time": single}, clip, args, requests))
         out["single_clip"] = single_clip_latency(batched.url, clip, args.single_requests)
@@ -466,11 +471,27 @@ def main() -> int:
     )
     parser.add_argument("--model-clips", type=int, default=128, help="clips timed on the model path")
     parser.add_argument("--gallery-images", type=int, default=480)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder on the model path")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the encoder (BIRDSEARCH_COMPILE)"
+        "--compile-servers",
+        action="store_true",
+        help="BIRDSEARCH_COMPILE=1 for the servers (each worker compiles)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--preset",
+        choices=("h100",),
+        help="h100: full architecture on CUDA (model path compiled), 8 workers, 64 connections from 4 client processes, "
+        "4000 requests, model path at batch 256 (flags given explicitly still win)",
+    )
     args = parser.parse_args()
+    if args.preset == "h100":
+        given = {a.split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
+        preset = {"arch": "full", "device": "cuda", "compile": True, "workers": 8, "concurrency": 64, "client_procs": 4,
+                  "requests": 4000, "model_batch": 256, "model_clips": 8192, "max_batch": 256, "single_requests": 50}  # fmt: skip
+        for name, value in preset.items():
+            if f"--{name.replace('_', '-')}" not in given:
+                setattr(args, name, value)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     archs = ("toy", "full") if args.arch == "both" else (args.arch,)
     with tempfile.TemporaryDirectory(prefix="birdsearch-bench-") as tmp:

@@ -36,6 +36,29 @@ class ModelFacts:
     details: dict[str, Any] = field(default_factory=dict)  # card facts: base student, training hash, metrics
 
 
+class PinnedStaging:
+    """A reusable page-locked host buffer that batches are stacked into before going to a GPU.
+
+    Stacking straight into pinned memory makes the host-to-device copy one asynchronous DMA instead
+    of a copy through a bounce buffer: at thousands of 10 s windows per second (1.9 MB each) the
+    copies, not the model, would otherwise set the pace.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        numel = int(np.prod(shape))
+        if self._buffer is None or self._buffer.numel() < numel:
+            self._buffer = torch.empty(numel, dtype=torch.float32, pin_memory=True)
+        return self._buffer[:numel].numpy().view(dtype).reshape(shape)
+
+
+def staging_for(device: torch.device) -> PinnedStaging | None:
+    """Pinned staging on CUDA; plain arrays elsewhere."""
+    return PinnedStaging() if device.type == "cuda" else None
+
+
 class DistilledEmbedder:
     """Windows (B, T) at 48 kHz to (B, teacher dim) unit vectors with a distilled encoder."""
 
@@ -45,6 +68,7 @@ class DistilledEmbedder:
         self.encoder = encoder  # birdsearch.model.encoder.LoadedEncoder
         card = encoder.card
         self.front_end: FrontEndConfig = encoder.front_end_config
+        self.staging = staging_for(encoder.device)
         self.facts = ModelFacts(
             "distilled",
             str(encoder.path),
@@ -72,7 +96,7 @@ class DistilledEmbedder:
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         with stage_timer("features"):
-            features = self.encoder.mel(windows)
+            features = self.encoder.mel(torch.from_numpy(windows))  # pinned on CUDA: an async copy
         with stage_timer("encode"):
             return self.encoder.embed_features(features).numpy()
 
@@ -85,6 +109,7 @@ class StudentEmbedder:
     def __init__(self, student: Any):
         self.student = student  # birdsearch.model.student.Student
         self.front_end: FrontEndConfig = student.front_end_config
+        self.staging = staging_for(student.device)
         self.facts = ModelFacts(
             "cascade", student.id, int(student.dim), details={"student": student.describe()}
         )
@@ -101,7 +126,7 @@ class StudentEmbedder:
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         with stage_timer("features"):
-            features = self.student.mel(windows)
+            features = self.student.mel(torch.from_numpy(windows))
         with stage_timer("encode"):
             return self.student.embed_features(features).numpy()
 

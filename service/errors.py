@@ -112,8 +112,18 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse(error_body(problems, "bad_parameter"), status_code=422)
 
 
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered in the same shape without internals."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    ERRORS.labels("internal").inc()
+    return JSONResponse(
+        error_body("internal error; the server log has the details", "internal"), status_code=500
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One JSON shape for every error the app answers with."""
+    app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_exception_handler(BirdsearchError, birdsearch_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

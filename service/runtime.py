@@ -98,6 +98,7 @@ class Runtime:
                 max_wait_s=self.settings.max_wait_ms / 1000,
                 name=mode,
                 observe=self._batch_observer(mode),
+                allocate=embedder.staging,
             )
             self.batchers[mode].start()
         self.holder = IndexHolder(
@@ -146,11 +147,12 @@ class Runtime:
         return current
 
     def readiness(self) -> tuple[bool, str | None]:
+        """(ready, detail); ready with a detail when a newer index version was refused."""
         try:
             self.served()
         except NotReadyError as e:
             return False, str(e)
-        return True, None
+        return True, self.holder.last_error if self.holder is not None else None
 
     def resolve_mode(self, mode: str) -> str:
         """'auto' to the configured default; a mode without a loaded model is a 422 saying how to get it."""

@@ -161,7 +161,9 @@ async def running_app(settings, models=None):
 
     app = create_app(settings, models)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(
+            app=app, raise_app_exceptions=False
+        )  # a bug answers 500, as on a server
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             yield app, client
 

@@ -302,3 +302,56 @@ def test_not_ready_until_an_index_is_published(settings_for, loaded_models, help
     assert before[2].status_code == 503
     assert reload.json()["changed"] is True and reload.json()["current"] == "v0001"
     assert [r.status_code for r in after] == [200, 200]
+
+
+def test_an_index_for_another_teacher_is_refused_and_the_old_one_kept(
+    api, helpers, index_root, tmp_path, settings_for, loaded_models
+):
+    from birdsearch.model.standins import TINY_TEACHER_CFG, build_teacher, save_teacher
+
+    other_cfg = {**TINY_TEACHER_CFG, "embed_dim": 16}
+    other = save_teacher(build_teacher(other_cfg, seed=3), tmp_path / "other-teacher", other_cfg)
+    root = helpers.copy_index(index_root, tmp_path / "index")
+    gallery = helpers.write_gallery(tmp_path / "gallery", species=("Pica pica",), seed=5)
+
+    async def main():
+        settings = settings_for(index_root=root, admin_key="k")
+        async with helpers.running_app(settings, loaded_models) as (_, client):
+            helpers.build_index(gallery, root, f"local-dir:{other}")  # v0002: 16-d vectors
+            reload = await client.post("/admin/reload", headers={"Authorization": "Bearer k"})
+            ready = await client.get("/readyz")
+            r = await post(client, helpers.audio_file(FOCAL))
+            return reload.json(), ready, r
+
+    reload, ready, r = helpers.run(main())
+    assert reload["changed"] is False and reload["current"] == "v0001"
+    assert "v0002 refused" in reload["detail"] and "16-d vectors" in reload["detail"]
+    assert ready.status_code == 200 and "v0002 refused" in ready.json()["detail"]
+    assert r.status_code == 200 and r.json()["query"]["index"]["name"] == "v0001"
+
+
+def test_a_failing_model_answers_500_in_the_error_shape(helpers, settings_for, loaded_models):
+    from birdsearch.service.runtime import Models
+
+    class Broken:
+        """The distilled embedder with a forward pass that raises (a bug, or a CUDA error)."""
+
+        mode = "distilled"
+
+        def __init__(self, inner):
+            self.front_end, self.facts = inner.front_end, inner.facts
+
+        def __call__(self, windows):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    async def main():
+        models = Models(Broken(loaded_models.distilled), loaded_models.student)
+        async with helpers.running_app(settings_for(), models) as (_, client):
+            failed = await post(client, helpers.audio_file(FOCAL), mode="distilled")
+            cascade = await post(client, helpers.audio_file(FOCAL), mode="cascade")
+            return failed, cascade
+
+    failed, cascade = helpers.run(main())
+    assert failed.status_code == 500
+    assert failed.json() == {"detail": "internal error; the server log has the details", "code": "internal"}
+    assert cascade.status_code == 200

@@ -234,3 +234,29 @@ def test_refuses_empty_submit_and_bad_batch_size():
 
     with pytest.raises(ValueError, match="at least one row"):
         run(main())
+
+
+def test_batches_are_stacked_where_the_allocator_says():
+    buffers = []
+
+    def allocate(shape, dtype):
+        buffers.append(np.empty(shape, dtype))
+        return buffers[-1]
+
+    seen = []
+
+    def fn(batch):
+        seen.append(batch)
+        return batch + 1
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch=8, max_wait_s=0.05, allocate=allocate)
+        outs = await asyncio.gather(batcher.submit(rows(0, 2)), batcher.submit(rows(10, 3)))
+        await batcher.stop()
+        return outs
+
+    a, b = run(main())
+    np.testing.assert_array_equal(a, rows(0, 2) + 1)
+    np.testing.assert_array_equal(b, rows(10, 3) + 1)
+    assert [buf.shape for buf in buffers] == [(5, 3)]
+    assert seen[0] is buffers[0]

@@ -70,8 +70,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def toy_shortcut(args: argparse.Namespace) -> None:
+    """``--manifest toy[:PRESET]``: the toy world's manifest, species table and (unless named) models."""
+    from birdsearch.cli import DEFAULT_STUDENT, DEFAULT_TEACHER
+    from birdsearch.toy.world import ensure_world
+
+    world = ensure_world(args.manifest.partition(":")[2] or "default", progress=not args.no_progress)
+    args.manifest, args.taxa = str(world.distill_manifest), args.taxa or str(world.taxa_csv)
+    if args.teacher == DEFAULT_TEACHER:
+        args.teacher = world.teacher_spec
+    if args.student == DEFAULT_STUDENT:
+        args.student = world.student_spec
+
+
 def run(args: argparse.Namespace) -> int:
     from birdsearch.model.distill.trainer import DistillConfig, distill
+
+    if args.manifest == "toy" or args.manifest.startswith("toy:"):
+        toy_shortcut(args)
 
     config = DistillConfig(
         manifest=args.manifest,

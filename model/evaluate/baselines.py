@@ -13,6 +13,7 @@ The student-based methods share one forward pass per batch of windows (``SharedS
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 
 from birdsearch.model.evaluate.mapping import MAPPINGS, TextMap, fit_map
 from birdsearch.model.query import CascadeQuery, QueryEmbedder
+
+log = logging.getLogger(__name__)
 
 
 class SharedStudent:
@@ -115,9 +118,18 @@ def student_methods(
 
 
 def encoder_method(
-    name: str, encoder: Any, student_species: torch.Tensor, teacher_species: torch.Tensor, teacher_id: str
+    name: str,
+    encoder: Any,
+    student_species: torch.Tensor,
+    teacher_species: torch.Tensor,
+    teacher_id: str,
+    teacher_sha: str = "",
 ) -> Method:
-    """A distilled encoder as a method; one trained into the student's text space gets the Procrustes map."""
+    """A distilled encoder as a method; one trained into the student's text space gets the Procrustes map.
+
+    An encoder distilled against other teacher weights than the evaluation's is still evaluated, but
+    its description says so (and a warning is logged): its space is not the gallery's.
+    """
     space = str(encoder.card.teacher.get("id", ""))
     target = encoder.card.training.get("target", "teacher")
     if target == "student-text" or space.startswith("student-text:"):
@@ -131,6 +143,8 @@ def encoder_method(
     description = (
         f"distilled into the teacher's text space ({encoder.card.training.get('objective', '?')} InfoNCE)"
     )
-    if space and space != teacher_id:
-        description += f" [trained against {space}, evaluated against {teacher_id}]"
+    trained_sha = str(encoder.card.teacher.get("weights_sha256", ""))
+    if (space and space != teacher_id) or (teacher_sha and trained_sha and trained_sha != teacher_sha):
+        description += f" [MISMATCH: distilled against {space} {trained_sha[:12]}, evaluated with {teacher_id} {teacher_sha[:12]}]"
+        log.warning("encoder %s was distilled against other teacher weights than the evaluation uses", name)
     return Method(name, encoder, description)

@@ -25,7 +25,7 @@ from birdsearch.errors import ConfigError
 from birdsearch.model.audio import split
 from birdsearch.model.distill.data import read_segment
 from birdsearch.model.distill.manifest import Clip
-from birdsearch.model.distill.targets import TargetSpec, species_targets
+from birdsearch.model.distill.targets import TargetSpec, species_targets, weights_checksum
 from birdsearch.model.evaluate import baselines, datasets, metrics
 from birdsearch.model.evaluate.gallery import GalleryVectors
 from birdsearch.model.mel import FrontEndConfig
@@ -150,9 +150,12 @@ def build_methods(
     methods = baselines.student_methods(
         models.student, student_species, teacher_species, tuple(cfg.methods), cfg.seed
     )
+    teacher_sha = weights_checksum(models.teacher_spec, "teacher")[1] if models.encoders else ""
     for name, encoder in models.encoders.items():
         methods.append(
-            baselines.encoder_method(name, encoder, student_species, teacher_species, models.teacher_spec)
+            baselines.encoder_method(
+                name, encoder, student_species, teacher_species, models.teacher_spec, teacher_sha
+            )
         )
     return methods, teacher_species
 
@@ -321,8 +324,6 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
 def check_teacher(gallery: GalleryVectors, teacher_spec: str) -> None:
     """Warn when the index was built by another teacher than the one the queries are compared in."""
-    from birdsearch.model.distill.targets import weights_checksum
-
     _, sha = weights_checksum(teacher_spec, "teacher")
     built_with = (gallery.facts.get("teacher") or {}).get("weights_sha256")
     if built_with and built_with != sha:

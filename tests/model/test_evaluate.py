@@ -141,3 +141,15 @@ def test_errors_name_the_fix(setup):
         evaluate(config(setup, dataset="imagenet"))
     with pytest.raises(ConfigError, match="two encoders named"):
         parse_encoders(["a/encoder", "x/a/encoder"])
+
+
+def test_an_encoder_distilled_against_other_teacher_weights_is_flagged(setup, tmp_path):
+    other = f"local-dir:{helpers.save_tiny_teacher(tmp_path / 'other_teacher', seed=1)}"
+    result = evaluate(config(setup, teacher=other, methods=("random",), encoders=setup["encoders"][:1]))
+    assert "MISMATCH" in result["queries"]["methods"]["distilled"]["description"]
+    assert (
+        "MISMATCH"
+        not in evaluate(config(setup, methods=(), encoders=setup["encoders"][:1]))["queries"]["methods"][
+            "distilled"
+        ]["description"]
+    )

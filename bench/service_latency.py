@@ -435,7 +435,7 @@ def bench_arch(arch: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"machine: {machine()}; device {args.device}; {args.workers} worker(s); "
-        f"max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms",
+        f"max_batch {args.max_batch}, max_wait {args.max_wait_ms} ms; OMP_WAIT_POLICY {args.omp_wait_policy}",
         "",
         "| arch | path | setting | p50 ms | p99 ms | throughput | server CPU ms/query | mean batch |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -493,6 +493,12 @@ def main() -> int:
         action="store_true",
         help="BIRDSEARCH_COMPILE=1 for the servers (each worker compiles)",
     )
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=("PASSIVE", "ACTIVE"),
+        default="PASSIVE",
+        help="OpenMP idle threads: sleep (PASSIVE, what `birdsearch serve` sets) or spin (ACTIVE)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--preset",
@@ -501,7 +507,7 @@ def main() -> int:
         "4000 requests, model path at batch 256 (flags given explicitly still win)",
     )
     args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `birdsearch serve` sets it, before torch loads
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # servers and model path; before torch loads
     if args.preset == "h100":
         given = {a.split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
         preset = {"arch": "full", "device": "cuda", "compile": True, "workers": 8, "concurrency": 64, "client_procs": 4,

@@ -94,7 +94,7 @@ class Runtime:
         for mode, embedder in self.models.by_mode().items():
             self.batchers[mode] = MicroBatcher(
                 embedder,
-                max_batch=self.settings.max_batch,
+                max_batch=self.settings.batch_size,
                 max_wait_s=self.settings.max_wait_ms / 1000,
                 name=mode,
                 observe=self._batch_observer(mode),

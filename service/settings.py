@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     candidates_per_window: int = Field(200, ge=1)  # images searched per window to rank species
 
     # Micro-batching and concurrency
-    max_batch: int = Field(64, ge=1)  # windows in one forward pass
+    max_batch: int = Field(
+        0, ge=0
+    )  # windows in one forward pass; 0: 64 on a GPU, 4 on a CPU (see batch_size)
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first window of a batch waits for company
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads per worker (0: CPU cores / workers)
     compile: bool = (
@@ -155,6 +157,17 @@ class Settings(BaseSettings):
     def default_mode(self) -> Mode:
         """What mode=auto means here: the distilled encoder when one is configured."""
         return "distilled" if self.checkpoint else "cascade"
+
+    @property
+    def batch_size(self) -> int:
+        """``max_batch``, or the device's default: on a CPU larger batches bought nothing per clip
+        (bench/service_latency.py: batch 32 ran at 0.7-0.9x the clips/s of batch 1), on a GPU they are
+        what makes thousands of clips per second."""
+        if self.max_batch:
+            return self.max_batch
+        from birdsearch.model.device import resolve_device
+
+        return 64 if resolve_device(self.device).type == "cuda" else 4
 
     @property
     def cores_per_worker(self) -> int:

@@ -339,7 +339,7 @@ def test_a_failing_model_answers_500_in_the_error_shape(helpers, settings_for, l
         mode = "distilled"
 
         def __init__(self, inner):
-            self.front_end, self.facts = inner.front_end, inner.facts
+            self.front_end, self.facts, self.staging = inner.front_end, inner.facts, None
 
         def __call__(self, windows):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")

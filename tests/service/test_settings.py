@@ -55,6 +55,15 @@ def test_defaults_mean_cascade_with_biolingual():
     assert s.checkpoint == "" and s.default_mode == "cascade" and s.cascade_enabled
     assert s.student == "davidrrobinson/BioLingual"
     assert s.cors_origins == [] and s.admin_key is None
+    assert s.max_batch == 0 and s.batch_size == 4  # no GPU here: the CPU default
+
+
+def test_batch_size_default_follows_the_device(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Settings(device="auto").batch_size == 64
+    assert Settings(device="auto", max_batch=16).batch_size == 16
 
 
 def test_cors_as_json_list(monkeypatch):
@@ -93,7 +102,7 @@ def test_missing_or_unknown_config_file_is_refused(monkeypatch, tmp_path):
     ("name", "value", "message"),
     [
         ("BIRDSEARCH_PORT", "70000", "BIRDSEARCH_PORT"),
-        ("BIRDSEARCH_MAX_BATCH", "0", "BIRDSEARCH_MAX_BATCH"),
+        ("BIRDSEARCH_MAX_BATCH", "-1", "BIRDSEARCH_MAX_BATCH"),
         ("BIRDSEARCH_MAX_WAIT_MS", "-1", "BIRDSEARCH_MAX_WAIT_MS"),
         ("BIRDSEARCH_DEVICE", "tpu", "tpu"),
         ("BIRDSEARCH_CHECKPOINT", "/no/such/encoder", "does not exist"),

@@ -15,8 +15,8 @@ def make_thumbnail(path: Path, size: int) -> bytes:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
             image.thumbnail((size, size))
             if image.mode != "RGB":
                 image = image.convert("RGB")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from birdsearch.cli import add_model_args
@@ -57,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training.add_argument("--seed", type=int, default=0)
     running = parser.add_argument_group("running")
     running.add_argument(
-        "--workers", type=int, default=2, help="audio decoding processes (default: %(default)s)"
+        "--workers",
+        type=int,
+        default=max(1, min(16, (os.cpu_count() or 2) - 1)),
+        help="audio decoding processes: at 2,000 clips/s a GPU needs about 8-12 (default: cores - 1 = %(default)s)",
     )
     running.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     running.add_argument("--log-every", type=int, default=10, help="steps between log lines")

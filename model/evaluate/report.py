@@ -102,6 +102,13 @@ def write(result: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Pa
     return paths
 
 
+def colour(i: int) -> tuple:
+    """Twenty distinguishable colours (matplotlib's default cycle repeats after ten methods)."""
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab20")(i % 20)
+
+
 def bar_plot(section: dict[str, Any], key: str, title: str, path: Path) -> Path:
     import matplotlib
 
@@ -118,7 +125,7 @@ def bar_plot(section: dict[str, Any], key: str, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(names) * max(1, len(methods)) ** 0.5), 5))
     x = np.arange(len(names))
     for i, method in enumerate(methods):
-        ax.bar(x + i * width - 0.4 + width / 2, values[i], width, label=method)
+        ax.bar(x + i * width - 0.4 + width / 2, values[i], width, label=method, color=colour(i))
     ax.set_xticks(x, names, rotation=75, ha="right", fontsize=7)
     ax.set_ylabel("AP")
     ax.set_ylim(0, 1)
@@ -137,10 +144,16 @@ def pr_plot(section: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 5))
-    for name, entry in section["methods"].items():
+    for i, (name, entry) in enumerate(section["methods"].items()):
         curve = entry.get("pr_curve")
         if curve:
-            ax.plot(curve["recall"], curve["precision"], label=name)
+            ax.plot(
+                curve["recall"],
+                curve["precision"],
+                label=name,
+                color=colour(i),
+                linestyle=("-", "--")[i // 10 % 2],
+            )
     ax.set_xlabel("recall")
     ax.set_ylabel("interpolated precision (mean over queries)")
     ax.set_xlim(0, 1)

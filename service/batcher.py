@@ -65,7 +65,7 @@ class MicroBatcher:
             observe: called after each batch with (rows, requests, seconds), e.g. to feed metrics.
             allocate: returns the array a batch is stacked into, given its shape and dtype (for a
                 GPU: page-locked memory, so that the copy to the device is one DMA); default: a new array.
-                Called on the event loop; the array is not used again after ``run`` returns.
+                Called on the worker thread, before ``run``; the array is not used again after it returns.
         """
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -176,30 +176,37 @@ class MicroBatcher:
             return None
 
     async def _execute(self, batch: list[_Pending]) -> None:
-        rows = self._stack([p.rows for p in batch])
+        parts = [p.rows for p in batch]
+        n_rows = sum(len(part) for part in parts)
         started = time.perf_counter()
         try:
-            output = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, rows)
+            output = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._stack_and_run, parts
+            )
         except Exception as e:  # every request of the batch learns what went wrong
-            log.exception("batch of %d rows failed in %s", len(rows), self.name)
+            log.exception("batch of %d rows failed in %s", n_rows, self.name)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(e)
             return
-        if len(output) != len(rows):
-            error = RuntimeError(f"{self.name}: batch function returned {len(output)} rows for {len(rows)}")
+        if len(output) != n_rows:
+            error = RuntimeError(f"{self.name}: batch function returned {len(output)} rows for {n_rows}")
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
         if self.observe is not None:
-            self.observe(len(rows), len(batch), time.perf_counter() - started)
+            self.observe(n_rows, len(batch), time.perf_counter() - started)
         offset = 0
         for pending in batch:
             n = len(pending.rows)
             if not pending.future.done():
                 pending.future.set_result(output[offset : offset + n])
             offset += n
+
+    def _stack_and_run(self, parts: list[np.ndarray]) -> Any:
+        """On the worker thread: stack the batch (a copy of up to hundreds of MB) and run it."""
+        return self.run(self._stack(parts))
 
     def _stack(self, parts: list[np.ndarray]) -> np.ndarray:
         """One contiguous (N, ...) array of the batch's rows (a copy, even of views): the only copy made."""

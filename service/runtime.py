@@ -61,6 +61,11 @@ class Models:
         return {m.mode: m for m in (self.distilled, self.student) if m is not None}
 
 
+def pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
+    """Windows shorter than the model's, each repeat-padded to ``length`` samples, stacked."""
+    return np.stack([audio.repeat_pad(row, length) for row in rows])
+
+
 def warm_up(embedder: Any) -> None:
     """Run batches of 2 and 1 silent windows, so that compilation happens before /readyz says ready."""
     for size in (2, 1):
@@ -271,8 +276,7 @@ class Runtime:
         outputs = []  # shorter windows are padded to the model's length one batch's worth at a time
         for part in plan.parts:
             for start in range(0, len(part), batcher.max_batch):
-                chunk = np.stack(
-                    [audio.repeat_pad(row, model_window) for row in part[start : start + batcher.max_batch]]
-                )
+                rows = part[start : start + batcher.max_batch]
+                chunk = await asyncio.to_thread(pad_rows, rows, model_window)  # a copy: off the event loop
                 outputs.append(await batcher.submit(chunk))
         return np.concatenate(outputs)

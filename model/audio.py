@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 MIN_SAMPLE_RATE = 1_000  # below this nothing a bird makes survives
 MAX_SAMPLE_RATE = 768_000  # the highest rate ultrasonic recorders write
 MAX_CHANNELS = 64
+LIBSNDFILE_PREFIX = re.compile(r"^Error opening .*?: ")
+CUT_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 TRUNCATION_TOLERANCE = 0.9  # MP3 headers estimate their length; a real cut loses far more than 10 %
 
 
@@ -90,9 +93,10 @@ def decode(source: AudioSource, limits: AudioLimits = AudioLimits()) -> tuple[np
             rate, channels, frames = f.samplerate, f.channels, f.frames
             fmt = f"{f.format}/{f.subtype}"
             check_header(name, rate, channels, frames, limits)
+            check_not_cut_short(name, f.extra_info)
             data = f.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        message = str(e)
+        message = LIBSNDFILE_PREFIX.sub("", str(e))  # drop "Error opening <_io.BytesIO object at 0x...>: "
         if "recognised" in message or "unknown format" in message.lower() or "supported" in message:
             raise UnsupportedAudioError(
                 f"{name}: not a recording libsndfile can read ({message}); use wav, flac, ogg, opus or mp3"
@@ -110,6 +114,15 @@ def decode(source: AudioSource, limits: AudioLimits = AudioLimits()) -> tuple[np
     if not np.isfinite(data).all():
         raise CorruptAudioError(f"{name}: decoded samples contain NaN or infinity")
     return data, rate, fmt
+
+
+def check_not_cut_short(name: str, header_log: str) -> None:
+    """A WAV/AIFF cut off in transfer: libsndfile trims the length to what is there, but logs the header's claim."""
+    match = CUT_SHORT.search(header_log)
+    if match and int(match.group(2)) < int(match.group(1)):
+        raise CorruptAudioError(
+            f"{name}: truncated: the header declares {match.group(1)} bytes of audio but the file holds {match.group(2)}"
+        )
 
 
 def check_header(name: str, rate: int, channels: int, frames: int, limits: AudioLimits) -> None:

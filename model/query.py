@@ -72,7 +72,11 @@ class CascadeQuery:
         return torch.softmax(self.logit_scale * audio @ self.student_species.T, dim=-1)
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        probs = self.posterior(self.student.embed_windows(windows, batch_size))
+        return self.from_audio(self.student.embed_windows(windows, batch_size))
+
+    def from_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(N, student dim) audio embeddings to (N, teacher dim) query vectors."""
+        probs = self.posterior(audio)
         if self.hard:
             return self.teacher_species[probs.argmax(dim=-1)]
         return F.normalize(probs @ self.teacher_species, dim=-1)

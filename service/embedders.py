@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from birdsearch.model.mel import FrontEndConfig
 from birdsearch.service.metrics import stage_timer
@@ -146,5 +145,4 @@ class CascadeHead:
         self.query = query  # birdsearch.model.query.CascadeQuery (soft)
 
     def __call__(self, audio_embeddings: np.ndarray) -> np.ndarray:
-        probs = self.query.posterior(torch.from_numpy(audio_embeddings))  # (N, S)
-        return F.normalize(probs @ self.query.teacher_species, dim=-1).numpy()
+        return self.query.from_audio(torch.from_numpy(audio_embeddings)).numpy()

@@ -159,3 +159,16 @@ def test_random_crop_is_seeded_and_in_bounds():
     np.testing.assert_array_equal(crop_a, crop_b)
     assert len(crop_a) == 30 and np.all(np.diff(crop_a) == 1)
     assert len(audio.random_crop(samples[:10], 30, np.random.default_rng(0))) == 30
+
+
+def test_a_cut_off_wav_is_corrupt(audio_dir):
+    """libsndfile trims a cut-off WAV's length to what is there; its header log still tells the truth."""
+    data = (audio_dir / "maad_spinetail_44k1_12s.wav").read_bytes()
+    with pytest.raises(CorruptAudioError, match="truncated: the header declares 1058400 bytes"):
+        audio.load(data[:200_000])
+
+
+def test_error_messages_do_not_leak_object_reprs():
+    with pytest.raises(UnsupportedAudioError) as info:
+        audio.load(b"definitely not audio")
+    assert "BytesIO" not in str(info.value) and "0x" not in str(info.value)

@@ -67,7 +67,7 @@ PHOTO_COLUMNS = ("path", "species", "common_name", "genus", "family", "order", "
 
 def photo_row(world: ToyWorld, path: Path, species: ToySpecies) -> list[str]:
     t = species.taxon
-    source = f"toy:{world.config.key()}"
+    source = f"toy:{world.config.data_key()}"
     return [str(path), t.scientific, t.common, t.genus, t.family, t.order, LICENSE, ATTRIBUTION, source]
 
 
@@ -146,13 +146,20 @@ def to_file_layout(samples: np.ndarray, rate: int, channels: int, rng: np.random
     return np.stack([samples, right * rng.uniform(0.7, 1.0)], axis=1)
 
 
+def recording_length(config: Any, rng: np.random.Generator) -> float:
+    """Seconds: a share ``short_fraction`` shorter than a 10 s window (log-uniform), the rest longer."""
+    low, high = config.recording_s
+    if rng.random() < config.short_fraction:
+        return float(np.exp(rng.uniform(np.log(low), np.log(min(10.0, high)))))
+    return float(rng.uniform(min(10.0, high), high))
+
+
 def write_recording(world: ToyWorld, item: AudioItem, noise: NoiseBank) -> tuple[Path, float]:
     """Synthesise and save one recording; returns its path and duration."""
     import soundfile as sf
 
     rng = item_rng(world, item.split, item.species.label, item.index)
-    low, high = world.config.recording_s
-    duration = float(np.exp(rng.uniform(np.log(low), np.log(high))))  # log-uniform: mostly short
+    duration = recording_length(world.config, rng)
     samples = recording(item.species.song, duration, rng, noise)
     container, rate, channels = choose_format(rng)
     folder = world.audio_dir / item.split / item.species.slug

@@ -146,7 +146,7 @@ class NoiseBank:
 
     def background(self, rng: np.random.Generator, n: int, sr: int = SAMPLE_RATE) -> np.ndarray:
         """Field background: pink hiss, brown rumble (wind, traffic), now and then an insect; unit RMS."""
-        noise = self.cut(self.pink, rng, n) + rng.uniform(0.2, 1.5) * self.cut(self.brown, rng, n)
+        noise = self.cut(self.pink, rng, n) + rng.uniform(0.1, 0.8) * self.cut(self.brown, rng, n)
         if rng.random() < 0.3:
             t = np.arange(n) / sr
             whine = np.sin(2 * np.pi * rng.uniform(7000, 11000) * t)
@@ -165,9 +165,9 @@ def mix(signal: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Gen
 def recording(
     song: Song, duration_s: float, rng: np.random.Generator, noise: NoiseBank, sr: int = SAMPLE_RATE
 ) -> np.ndarray:
-    """A field recording of one species: its calls over background noise at a random SNR (3–25 dB)."""
+    """A field recording of one species: its calls over background noise at a random SNR (8–30 dB)."""
     clean, _ = sing(song, duration_s, rng, sr)
-    return mix(clean, noise.background(rng, len(clean), sr), rng.uniform(3, 25), rng)
+    return mix(clean, noise.background(rng, len(clean), sr), rng.uniform(8, 30), rng)
 
 
 def soundscape(

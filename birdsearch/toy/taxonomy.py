@@ -215,7 +215,7 @@ def species_song(rng: np.random.Generator, call: dict, index: int, siblings: int
         syllable_s=float(call["syllable_s"] * rng.uniform(0.7, 1.3)),
         gap_s=float(rng.uniform(0.03, 0.2)),
         syllables=int(rng.integers(1, 6)),
-        phrase_gap_s=float(rng.uniform(0.5, 1.8)),
+        phrase_gap_s=float(rng.uniform(0.25, 1.0)),
         vibrato_hz=float(rng.uniform(0, 30)),
         vibrato_depth=float(rng.uniform(0, 0.05)),
         trill_hz=float(call["trill_hz"] * rng.uniform(0.8, 1.25)),

@@ -1,7 +1,9 @@
 """The toy world on disk: ``ensure_world`` builds it once into the cache and returns every path in it.
 
-Layout of ``cache_root()/toy/<preset>-<key>/`` (``key`` hashes the ``WorldConfig`` and the code
-version; every manifest path is ABSOLUTE, every species column holds the scientific name):
+Layout of ``cache_root()/toy/<preset>-<key>/`` (``key`` hashes the data fields of the ``WorldConfig``
+and the code version; each model directory's ``<k>`` hashes that and the model's own settings, so
+that retraining a model keeps the data; every manifest path is ABSOLUTE, every species column holds
+the scientific name):
 
 =============================  ===================================================================
 ``taxa.csv``                   label, scientific_name, common_name, genus, family, order, class, ...
@@ -13,9 +15,9 @@ version; every manifest path is ABSOLUTE, every species column holds the scienti
 ``query.csv``                  held-out query recordings: path, species
 ``soundscapes/``               30–60 s recordings mixing several species (32 kHz FLAC)
 ``soundscapes.csv``            file, start_s, end_s, species: one row per calling bout
-``models/teacher/``            open_clip format: open_clip_config.json + open_clip_model.safetensors
-``models/student-<variant>/``  transformers ClapModel format; variants "realistic" and "perfect"
-``metrics.json``               what the models achieve on held-out data, measured at build time
+``models/teacher-<k>/``        open_clip format: open_clip_config.json + open_clip_model.safetensors
+``models/student-<v>-<k>/``    transformers ClapModel format; variants ``v`` "realistic" and "perfect"
+``metrics-<k>.json``           what the models achieve on held-out data, measured at build time
 ``world.json``                 the config, its key, the code version and per-stage build times
 =============================  ===================================================================
 
@@ -41,14 +43,14 @@ from typing import Any
 from birdsearch.errors import ConfigError
 from birdsearch.model.names import Taxon
 from birdsearch.paths import cache_root
-from birdsearch.toy.config import CODE_VERSION, WorldConfig, preset, preset_name
+from birdsearch.toy.config import CODE_VERSION, PRESETS, WorldConfig, preset, preset_name
 from birdsearch.toy.taxonomy import ToySpecies, make_species, read_taxa
 
 log = logging.getLogger(__name__)
 
 STUDENT_VARIANTS = ("realistic", "perfect")  # the realistic one hears only part of the species' names
 DATA_STAGES = ("taxonomy", "images", "audio")
-MODEL_STAGES = ("teacher", "student-realistic", "student-perfect")
+MODEL_STAGES = ("teacher", "student-perfect", "student-realistic")
 ALL_STAGES = (*DATA_STAGES, *MODEL_STAGES, "metrics")
 # What each stage needs built first.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
@@ -56,7 +58,7 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "images": ("taxonomy",),
     "audio": ("taxonomy",),
     "teacher": ("images",),
-    "student-realistic": ("audio",),
+    "student-realistic": ("student-perfect",),  # it keeps the perfect student's audio tower
     "student-perfect": ("audio",),
     "metrics": MODEL_STAGES,
 }
@@ -134,7 +136,7 @@ class ToyWorld:
     # --- models ------------------------------------------------------------------------------
     @property
     def teacher_dir(self) -> Path:
-        return self.root / "models" / "teacher"
+        return self.root / "models" / f"teacher-{self.config.model_key('teacher')}"
 
     def student_dir_for(self, variant: str = "realistic") -> Path:
         """The student directory of a text-side variant: "realistic" (default) or "perfect"."""
@@ -142,7 +144,7 @@ class ToyWorld:
             raise ConfigError(
                 f"unknown toy student variant {variant!r}: use one of {', '.join(STUDENT_VARIANTS)}"
             )
-        return self.root / "models" / f"student-{variant}"
+        return self.root / "models" / f"student-{variant}-{self.config.model_key('student')}"
 
     @property
     def student_dir(self) -> Path:
@@ -194,7 +196,7 @@ class ToyWorld:
 
     @property
     def metrics_json(self) -> Path:
-        return self.root / "metrics.json"
+        return self.root / f"metrics-{self.config.key()[:8]}.json"
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -212,8 +214,17 @@ class ToyWorld:
         with Path(path).open(newline="") as f:
             return list(csv.DictReader(f))
 
+    def stage_marker(self, stage: str) -> Path:
+        """The file that says a stage is built (model stages are keyed by their settings too)."""
+        suffix = {"teacher": "teacher", "student-realistic": "student", "student-perfect": "student"}
+        if stage == "metrics":
+            return self.root / ".stages" / f"metrics-{self.config.key()[:8]}.json"
+        if stage in suffix:
+            return self.root / ".stages" / f"{stage}-{self.config.model_key(suffix[stage])}.json"
+        return self.root / ".stages" / f"{stage}.json"
+
     def is_built(self, stage: str) -> bool:
-        return (self.root / ".stages" / f"{stage}.json").is_file()
+        return self.stage_marker(stage).is_file()
 
     def describe(self) -> dict[str, Any]:
         """Config, key and paths, as JSON-able facts."""
@@ -232,7 +243,8 @@ class ToyWorld:
 
 def world_root(config: WorldConfig) -> Path:
     """Where the world of ``config`` lives in the cache."""
-    return cache_root() / "toy" / f"{preset_name(config) or 'custom'}-{config.key()}"
+    same_data = next((name for name in PRESETS if preset(name).data_key() == config.data_key()), "custom")
+    return cache_root() / "toy" / f"{same_data}-{config.data_key()}"
 
 
 def open_world(config: WorldConfig | str | None = None) -> ToyWorld:
@@ -311,13 +323,14 @@ def run_stage(world: ToyWorld, stage: str, progress: bool) -> None:
     facts = build.STAGE_BUILDERS[stage](world, progress) or {}
     seconds = time.perf_counter() - started
     log.info("toy world: %s built in %.1f s", stage, seconds)
-    marker = world.root / ".stages" / f"{stage}.json"
+    marker = world.stage_marker(stage)
     marker.parent.mkdir(exist_ok=True)
     marker.write_text(json.dumps({"seconds": round(seconds, 2), **facts}, indent=1))
 
 
 def write_world_json(world: ToyWorld) -> None:
-    facts = {"key": world.config.key(), "code_version": CODE_VERSION, "config": world.config.to_dict()}
+    data = {k: v for k, v in world.config.to_dict().items() if k not in ("teacher", "student")}
+    facts = {"data_key": world.config.data_key(), "code_version": CODE_VERSION, "data_config": data}
     world.world_json.write_text(json.dumps(facts, indent=1))
 
 
@@ -325,7 +338,7 @@ def stage_seconds(world: ToyWorld) -> dict[str, float]:
     """How long each built stage took, in seconds."""
     out = {}
     for stage in ALL_STAGES:
-        marker = world.root / ".stages" / f"{stage}.json"
+        marker = world.stage_marker(stage)
         if marker.is_file():
             out[stage] = json.loads(marker.read_text())["seconds"]
     return out

@@ -1,10 +1,11 @@
 """Distillation training throughput (clips/s) of the FULL-SIZE student, eager against torch.compile.
 
 The full-size BioLingual architecture (transformers' ClapConfig defaults: HTSAT-tiny unfused + its
-512-d projection) with random weights, a head into BioCLIP-2's 768-d space, the class-level InfoNCE
-against S species' text embeddings, fused AdamW on CUDA. One training step is exactly the trainer's
+512-d projection) with random weights, a head into BioCLIP-2's 768-d space, the trainer's default
+in-batch symmetric InfoNCE (``--objective class``: against S species' text embeddings), fused AdamW
+on CUDA. One training step is exactly the trainer's
 (``birdsearch.model.distill.trainer.forward_backward`` + ``optimizer_step``): 10 s waveforms at 48 kHz
-already on the device -> log-mel on the device -> forward (bf16 autocast on CUDA) -> loss ->
+already on the device -> log-mel on the device -> forward (bf16 autocast on CUDA) -> InfoNCE ->
 backward -> gradient clipping -> AdamW. Decoding and resampling happen in loader workers in the real
 run and are not timed here (they scale with CPU cores, about 3–6 ms per clip per core).
 
@@ -70,7 +71,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device, batch, steps, warmup, species, out_dim, compile_mode) -> dict:
+def measure(device, batch, steps, warmup, species, out_dim, compile_mode, objective="batch") -> dict:
     module, forward_module, optimizer, mel, targets = build(device, species, out_dim, compile_mode)
     waves = 0.1 * torch.randn(batch, FrontEndConfig().window_samples, device=device)
     labels = torch.randint(0, species, (batch,), device=device)
@@ -78,14 +79,14 @@ def measure(device, batch, steps, warmup, species, out_dim, compile_mode) -> dic
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     for _ in range(warmup):  # compilation, autotuning, allocator warm-up
-        forward_backward(forward_module, mel, waves, labels, targets, "class", device)
+        forward_backward(forward_module, mel, waves, labels, targets, objective, device)
         optimizer_step(module, optimizer, None, 1.0)
     sync(device)
     warmup_s = time.perf_counter() - began
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        loss = forward_backward(forward_module, mel, waves, labels, targets, "class", device)
+        loss = forward_backward(forward_module, mel, waves, labels, targets, objective, device)
         optimizer_step(module, optimizer, None, 1.0)
         sync(device)
         times.append(time.perf_counter() - start)
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument(
         "--compile-mode", default="default", help="torch.compile mode, e.g. max-autotune-no-cudagraphs"
     )
+    parser.add_argument(
+        "--objective", default="batch", choices=["batch", "class"], help="the loss (default: the trainer's)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -133,11 +137,12 @@ def main() -> None:
     modes = {"off": [None], "on": [args.compile_mode], "both": [None, args.compile_mode]}[choice]
     rows = []
     for mode in modes:
-        rows.append(measure(device, batch, steps, warmup, args.species, args.out_dim, mode))
+        rows.append(measure(device, batch, steps, warmup, args.species, args.out_dim, mode, args.objective))
         if cuda:
             torch.cuda.empty_cache()
     eager = next((r["clips_per_s"] for r in rows if r["mode"] == "eager"), None)
-    print(f"Distillation training step, full-size student, {args.species} species, on {machine(device)}\n")
+    print(f"Distillation training step, full-size student, {args.objective} InfoNCE, {args.species} species, "
+          f"on {machine(device)}\n")  # fmt: skip
     print(
         "| mode | precision | batch | clips/s | step p50 (ms) | step max (ms) | vs eager | peak GiB | warm-up (s) |"
     )

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--target", default="teacher", choices=["teacher", "student-text", "rotated-teacher"],
                           help="text space to distil into; the others are the ablation and a control (default: %(default)s)")  # fmt: skip
-    training.add_argument("--objective", default="class", choices=["class", "batch"],
+    training.add_argument("--objective", default="batch", choices=["class", "batch"],
                           help="InfoNCE over all species (class) or within the batch, symmetric (batch) (default: %(default)s)")  # fmt: skip
     training.add_argument("--head-init", default="procrustes", choices=["random", "ridge", "procrustes"],
                           help="start the head as this caption-to-target map (default: %(default)s)")  # fmt: skip

@@ -70,7 +70,7 @@ class DistillConfig:
     target: str = "teacher"  # teacher | student-text (ablation) | rotated-teacher (control)
     name_format: str = "taxon_com"  # teacher species name format
     templates: str = "openai"  # teacher template set
-    objective: str = "class"  # class (logits over all species) | batch (symmetric, in-batch)
+    objective: str = "batch"  # batch (symmetric, in-batch; README: why) | class (logits over all species)
     head_init: str = "procrustes"  # random | ridge | procrustes: the head starts as this text map
     epochs: int = 10
     batch_size: int = 256  # clips per optimizer step, over all devices and accumulation steps

@@ -89,7 +89,7 @@ def test_a_run_saves_an_encoder_with_its_card_and_a_log(world, reference):
     card = encoder.card
     manifest = load_manifest(world["manifest"], world["taxa"])
     assert card.training_data_hash == manifest.digest()
-    assert card.training["objective"] == "class" and card.training["accumulate"] == 2
+    assert card.training["objective"] == "batch" and card.training["accumulate"] == 2
     assert card.teacher["dim"] == 32 and card.teacher["id"].startswith("local-dir:")
     assert card.text_format == "taxon_com" and card.templates == "openai"
     assert set(card.metrics["val"]) >= {"val_loss", "val_top1", "val_cmAP"}

@@ -74,7 +74,7 @@ def test_every_method_side_by_side_with_report_files(setup, tmp_path):
     assert "| `cascade-soft` |" in markdown and "| `distilled` |" in markdown and '"gallery":' in markdown
     saved = json.loads((out / "report.json").read_text())
     assert saved["config"]["teacher"] == setup["teacher"]  # the full configuration is recorded
-    assert saved["models"]["encoders"]["distilled"]["card"]["training"]["objective"] == "class"
+    assert saved["models"]["encoders"]["distilled"]["card"]["training"]["objective"] == "batch"
 
 
 def test_a_perfect_gallery_embedding_scores_perfectly(setup, monkeypatch):

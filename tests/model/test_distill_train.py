@@ -110,9 +110,11 @@ def test_stopping_mid_epoch_and_resuming_gives_the_same_weights(world, reference
     second = distill(config(world, out, accumulate=2))
     assert second.steps == 8
     assert_same_weights(weights(out), weights(reference[0]))
-    losses = lambda d: [
-        json.loads(x)["loss"] for x in (Path(d) / "log.jsonl").read_text().splitlines() if '"loss"' in x
-    ]  # noqa: E731
+
+    def losses(run_dir):
+        lines = (Path(run_dir) / "log.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+
     assert losses(out) == losses(reference[0])  # the log continues where it stopped, no duplicates
 
 

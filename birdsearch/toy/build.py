@@ -222,15 +222,21 @@ def build_soundscapes(world: ToyWorld, noise: NoiseBank, progress: bool) -> None
 
 def build_teacher(world: ToyWorld, progress: bool) -> dict[str, Any]:
     from birdsearch.toy.teacher_model import train_teacher
+    from birdsearch.toy.training import torch_threads, training_threads
 
-    return train_teacher(world, progress)
+    threads = training_threads()
+    with torch_threads(threads):
+        return {**train_teacher(world, progress), "threads": threads}
 
 
 def student_builder(variant: str) -> Callable[[ToyWorld, bool], dict[str, Any]]:
     def build(world: ToyWorld, progress: bool) -> dict[str, Any]:
         from birdsearch.toy.student_model import train_student
+        from birdsearch.toy.training import torch_threads, training_threads
 
-        return train_student(world, variant, progress)
+        threads = training_threads()
+        with torch_threads(threads):
+            return {**train_student(world, variant, progress), "threads": threads}
 
     return build
 
@@ -239,8 +245,10 @@ def build_metrics(world: ToyWorld, progress: bool) -> dict[str, Any]:
     import json
 
     from birdsearch.toy.metrics import measure_world
+    from birdsearch.toy.training import torch_threads, training_threads
 
-    metrics = measure_world(world)
+    with torch_threads(training_threads()):
+        metrics = measure_world(world)
     world.metrics_json.write_text(json.dumps(metrics, indent=1))
     return {}
 

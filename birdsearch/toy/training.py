@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 def class_contrastive_loss(
@@ -64,3 +69,29 @@ def optimizer_for(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         (no_decay if flat else decay).append(param)
     groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def training_threads() -> int:
+    """Threads for toy training: ``$BIRDSEARCH_TOY_THREADS``, else the cores that are idle now.
+
+    On a busy machine, a torch thread per core is several times slower than one thread (its
+    threads wait on each other while other processes hold the cores), so count the busy ones out.
+    """
+    explicit = os.environ.get("BIRDSEARCH_TOY_THREADS")
+    if explicit:
+        return max(1, int(explicit))
+    cores = os.cpu_count() or 1
+    idle = cores - int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else cores
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    log.info("toy training on %d torch thread(s)", count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -9,7 +9,9 @@ something, with the taxa in a species table as a user would write it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +214,17 @@ def write_soundscapes(root: Path, recordings: int = 2, seconds: float = 22.0, se
         for code, t in zip(EBIRD_CODES, TAXA, strict=True):
             writer.writerow([code, t.scientific, t.common, t.order, t.family])
     return root
+
+
+@contextlib.contextmanager
+def cache_root_at(path: Path):
+    """Point BIRDSEARCH_CACHE at ``path`` for a block (module-scoped fixtures), then restore it."""
+    previous = os.environ.get("BIRDSEARCH_CACHE")
+    os.environ["BIRDSEARCH_CACHE"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("BIRDSEARCH_CACHE", None)
+        else:
+            os.environ["BIRDSEARCH_CACHE"] = previous

@@ -77,8 +77,8 @@ def assert_same_weights(a, b, exact=True):
 def reference(world, tmp_path_factory):
     """One uninterrupted run, the yardstick for the resume tests."""
     out = tmp_path_factory.mktemp("reference")
-    os.environ["BIRDSEARCH_CACHE"] = str(world["cache"])
-    result = distill(config(world, out, accumulate=2))
+    with helpers.cache_root_at(world["cache"]):
+        result = distill(config(world, out, accumulate=2))
     return out, result
 
 

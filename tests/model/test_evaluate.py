@@ -19,10 +19,12 @@ import conftest_distill as helpers  # noqa: E402
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import os
-
     root = tmp_path_factory.mktemp("eval_world")
-    os.environ["BIRDSEARCH_CACHE"] = str(root / "cache")
+    with helpers.cache_root_at(root / "cache"):
+        yield make_setup(root)
+
+
+def make_setup(root: Path) -> dict:
     paths = helpers.write_tone_world(root, clips_per_species=6, seconds=3.0)
     paths["gallery"] = helpers.write_gallery(root, per_species=3)
     paths["soundscapes"] = helpers.write_soundscapes(root / "soundscapes")

@@ -152,8 +152,8 @@ def small_config(seed: int = 0) -> WorldConfig:
         query_recordings=4,
         soundscapes=2,
         soundscape_s=(30.0, 36.0),
-        teacher=replace(TeacherTrainConfig(), steps=150, batch_size=48, text_layers=2),
-        student=replace(StudentTrainConfig(), steps=100, batch_size=24, crops_per_recording=2),
+        teacher=replace(TeacherTrainConfig(), steps=100, batch_size=32, text_layers=2),
+        student=replace(StudentTrainConfig(), steps=80, text_steps=120, batch_size=24),
     )
 
 

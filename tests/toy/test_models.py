@@ -107,3 +107,17 @@ def test_metrics_are_recorded_with_the_world(small_world):
     assert metrics == small_world.metrics
     named = small_world.captioned_species
     assert 0 < len(named) < len(small_world.taxa)
+
+
+@pytest.mark.slow
+def test_default_world_builds_and_its_models_are_good(toy_cache):
+    """The full world (24 species): a few minutes on 2 cores; its recorded metrics must hold up."""
+    from birdsearch.toy.world import ensure_world
+
+    world = ensure_world("default", progress=False)
+    metrics = world.metrics
+    assert metrics["teacher"]["zero_shot_top1_taxon_com"] >= 0.75, metrics
+    assert metrics["student_perfect"]["zero_shot_top1"] >= 0.6, metrics
+    realistic = metrics["student_realistic"]
+    assert realistic["zero_shot_top1"] < metrics["student_perfect"]["zero_shot_top1"] - 0.2, metrics
+    assert realistic["zero_shot_top1_uncaptioned"] < 3 * realistic["chance"], metrics

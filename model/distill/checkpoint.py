@@ -84,7 +84,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            np_pos,
+            np_has_gauss,
+            np_gauss,
+        ],
         "python": [py_version, list(py_state), py_gauss],
     }
 

@@ -160,7 +160,9 @@ class SpeciesTable:
                 "key": ("key", "species_code", "code", "label"),
             }.items()
         }
-        taxa, keys, seen = [], [], {}
+        taxa: list[Taxon] = []
+        keys: list[str] = []
+        seen: dict[str, int] = {}
         for row_number, row in enumerate(frame.to_dict("records"), start=2):
             scientific = re.sub(r"\s+", " ", str(row[sci])).strip()
             if scientific in seen:
@@ -233,7 +235,7 @@ def parse_time(value: object) -> float | None:
     """A time in seconds, None when blank; ValueError when not a finite number."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return None
-    number = float(value)
+    number = float(value)  # type: ignore[arg-type]  # ValueError/TypeError for what is not a number
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not finite")
     return number
@@ -280,7 +282,7 @@ def load_manifest(
         if isinstance(taxa, SpeciesTable)
         else load_species_table(taxa)
         if taxa is not None
-        else table_from_manifest(frame, species_col, source)
+        else table_from_manifest(frame, str(species_col), source)
     )
     root = Path(audio_root) if audio_root is not None else path.parent
     clips, problems = parse_rows(frame, table, root, path_col, species_col, start_col, end_col, split_col)
@@ -293,7 +295,16 @@ def load_manifest(
     return manifest
 
 
-def parse_rows(frame, table, root, path_col, species_col, start_col, end_col, split_col):
+def parse_rows(
+    frame: pd.DataFrame,
+    table: SpeciesTable,
+    root: Path,
+    path_col: str | None,
+    species_col: str | None,
+    start_col: str | None,
+    end_col: str | None,
+    split_col: str | None,
+) -> tuple[list[Clip], dict[str, list[str]]]:
     """Rows to clips, and the problems found, by kind: {kind: ["line N: detail", ...]}."""
     problems: dict[str, list[str]] = {}
     clips: list[Clip] = []

@@ -161,7 +161,8 @@ def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float):
 
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay weight matrices; leave biases, norm parameters and the temperature alone."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in module.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -179,6 +180,7 @@ class Trainer:
 
     def __init__(self, config: DistillConfig):
         config.validate()
+        self.history: list[dict[str, Any]] = []  # validation records, one per epoch
         self.cfg = config
         self.out = Path(config.out)
         self.dist = ddp.setup(config.device)
@@ -216,7 +218,7 @@ class Trainer:
         self.module.to(self.device)
         self.forward_module: nn.Module = self.module
         if cfg.compile:
-            self.forward_module = torch.compile(self.module)
+            self.forward_module = torch.compile(self.module)  # type: ignore[assignment]
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -368,7 +370,7 @@ class Trainer:
     def run(self) -> DistillResult:
         try:
             self.prepare()
-            self.history: list[dict[str, Any]] = []
+            self.history = []
             if self.dist.main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
@@ -453,7 +455,9 @@ class Trainer:
     def optimizer_step(self) -> None:
         optimizer_step(self.module, self.optimizer, self.scheduler, self.cfg.max_grad_norm)
 
-    def step_record(self, step: int, epoch: int, losses: list[torch.Tensor], clips_per_s: float) -> dict[str, Any]:
+    def step_record(
+        self, step: int, epoch: int, losses: list[torch.Tensor], clips_per_s: float
+    ) -> dict[str, Any]:
         scale = float(self.module.scale().detach())
         return {
             "step": step,

@@ -95,7 +95,11 @@ class TextMap:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(x.float(), dim=-1)
-        out = self.mlp(x) if self.mlp is not None else x @ self.weight.T
+        if self.mlp is not None:
+            out = self.mlp(x)
+        else:
+            assert self.weight is not None, "a linear TextMap holds its weight"
+            out = x @ self.weight.T
         return F.normalize(out, dim=-1)
 
 

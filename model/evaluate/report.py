@@ -69,7 +69,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"{s['segments']} segments of {s['facts'].get('segment_s', 5)} s, each labelled with every "
                      "species calling in it; classified against the teacher's species text (multi-label).")  # fmt: skip
         lines += [""] + soundscape_table(s)
-    section = result.get("queries") or result.get("soundscapes")
+    section = result.get("queries") or result["soundscapes"]
     lines += ["", "## Methods", ""]
     lines += [f"- `{name}`: {entry['description']}" for name, entry in section["methods"].items()]
     lines += ["", "## Configuration", "", "```json", json.dumps(cfg, indent=2, default=str), "```", ""]

@@ -216,7 +216,7 @@ def evaluate_queries(
         else {
             "images": len(gallery.vectors),
             **gallery.facts,
-            "images_of_evaluated_species": int((gallery_labels >= 0).sum()),
+            "images_of_evaluated_species": int((np.asarray(gallery_labels) >= 0).sum()),
         },  # fmt: skip
         "methods": results,
     }

@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class SharedStudent:
-    """A ``Student`` that remembers its embeddings of the last windows it saw.
+    """A ``Student`` (or any embedder) that remembers its embeddings of the last windows it saw.
 
     The evaluation passes the same windows object to every method in turn; the cascade and the
-    three maps then cost one student forward pass instead of five. Everything else is the student's.
+    three maps then cost one student forward pass instead of five (and an encoder and its snapped
+    variants one instead of three). Everything else is the wrapped object's.
     """
 
     def __init__(self, student: Any):
@@ -117,34 +118,54 @@ def student_methods(
     return out
 
 
-def encoder_method(
+def encoder_methods(
     name: str,
     encoder: Any,
     student_species: torch.Tensor,
     teacher_species: torch.Tensor,
     teacher_id: str,
     teacher_sha: str = "",
-) -> Method:
-    """A distilled encoder as a method; one trained into the student's text space gets the Procrustes map.
+    snap: bool = True,
+) -> list[Method]:
+    """A distilled encoder as methods: itself, and (``snap``) itself snapped onto the species' text.
+
+    One trained into the student's text space (the ablation) reaches the teacher's space through
+    the Procrustes map. One trained into the teacher's space also gives ``NAME+snap-hard`` and
+    ``NAME+snap-soft``: its embedding classifies against the teacher's species text at its own
+    learned temperature, and the top species' text embedding (or the posterior-weighted mix) is the
+    query, as in the cascade but with the distilled encoder as the classifier (``CascadeQuery``
+    reused). InfoNCE only asks an embedding to be nearer its species' text than the others', not
+    on it; the snap drops what is left over.
 
     An encoder distilled against other teacher weights than the evaluation's is still evaluated, but
     its description says so (and a warning is logged): its space is not the gallery's.
     """
     space = str(encoder.card.teacher.get("id", ""))
     target = encoder.card.training.get("target", "teacher")
+    dim = int(teacher_species.shape[1])
     if target == "student-text" or space.startswith("student-text:"):
         text_map = fit_map("procrustes", student_species, teacher_species)
         description = (
             "ablation: audio tower fine-tuned into the student's own text space, then a Procrustes map"
         )
-        return Method(name, MappedQuery(encoder, text_map, int(teacher_species.shape[1])), description)
+        return [Method(name, MappedQuery(encoder, text_map, dim), description)]
     if target == "rotated-teacher" or space.startswith("rotated-teacher:"):
-        return Method(name, encoder, "control: distilled into a randomly rotated teacher text space")
-    description = (
-        f"distilled into the teacher's text space ({encoder.card.training.get('objective', '?')} InfoNCE)"
-    )
+        return [Method(name, encoder, "control: distilled into a randomly rotated teacher text space")]
+    objective = encoder.card.training.get("objective", "?")
+    description = f"distilled into the teacher's text space ({objective} InfoNCE)"
     trained_sha = str(encoder.card.teacher.get("weights_sha256", ""))
     if (space and space != teacher_id) or (teacher_sha and trained_sha and trained_sha != teacher_sha):
         description += f" [MISMATCH: distilled against {space} {trained_sha[:12]}, evaluated with {teacher_id} {teacher_sha[:12]}]"
         log.warning("encoder %s was distilled against other teacher weights than the evaluation uses", name)
-    return Method(name, encoder, description)
+    shared = SharedStudent(encoder)
+    methods = [Method(name, shared, description)]
+    if snap:
+        temperature = float(encoder.card.training.get("final_temperature") or 0.07)
+        for hard in (True, False):
+            snapped = CascadeQuery(
+                shared, teacher_species, teacher_species, hard=hard, logit_scale=1 / temperature
+            )
+            what = "top species'" if hard else "posterior-weighted species'"
+            methods.append(Method(f"{name}+snap-{'hard' if hard else 'soft'}", snapped,
+                                  f"{name} as a classifier over the teacher's species text; the {what} text embedding queries"))  # fmt: skip
+    return methods

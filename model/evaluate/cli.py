@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queries", type=int, help="only the first N queries (a quick look)")
     parser.add_argument("--out", help="report directory")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--no-snap", action="store_true", help="skip the NAME+snap-hard/-soft variants of encoders"
+    )
     parser.add_argument("--json", action="store_true", help="print the report JSON instead of the table")
     parser.add_argument("--export-ssw60", metavar="OUT",
                         help="with --dataset ssw60:DIR: write taxa, train/test audio and gallery manifests to OUT and stop")  # fmt: skip
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         max_queries=args.max_queries,
         out=args.out,
         plots=not args.no_plots,
+        snap=not args.no_snap,
     )
     result = evaluate(config)
     if args.json:

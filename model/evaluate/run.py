@@ -58,6 +58,7 @@ class EvaluateConfig:
     max_queries: int | None = None  # evaluate on the first N queries only (a quick look)
     segment_s: float = 5.0  # soundscape segment length
     vote_k: int = 10  # images voting for the species
+    snap: bool = True  # also evaluate each distilled encoder snapped onto the species' text (NAME+snap-*)
     seed: int = 0
     out: str | None = None  # report directory (Markdown, JSON, PNG)
     plots: bool = True
@@ -152,10 +153,8 @@ def build_methods(
     )
     teacher_sha = weights_checksum(models.teacher_spec, "teacher")[1] if models.encoders else ""
     for name, encoder in models.encoders.items():
-        methods.append(
-            baselines.encoder_method(
-                name, encoder, student_species, teacher_species, models.teacher_spec, teacher_sha
-            )
+        methods += baselines.encoder_methods(
+            name, encoder, student_species, teacher_species, models.teacher_spec, teacher_sha, snap=cfg.snap
         )
     return methods, teacher_species
 

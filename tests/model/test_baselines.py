@@ -2,13 +2,20 @@
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from birdsearch.model.distill.targets import random_rotation
-from birdsearch.model.evaluate.baselines import MappedQuery, RandomQuery, SharedStudent, student_methods
+from birdsearch.model.evaluate.baselines import (
+    MappedQuery,
+    RandomQuery,
+    SharedStudent,
+    encoder_methods,
+    student_methods,
+)
 from birdsearch.model.evaluate.mapping import fit_map, fit_procrustes, fit_ridge
 from birdsearch.model.query import CascadeQuery
 
@@ -91,3 +98,36 @@ def test_methods_share_the_student_and_match_the_plain_cascade(student):
     assert isinstance(mapped, MappedQuery)
     expected = fit_map("procrustes", student_species, teacher_species)(student.embed_windows(windows))
     torch.testing.assert_close(mapped.embed_windows(windows), expected)
+
+
+class FakeEncoder:
+    """An embedder with a card, as ``load_encoder`` returns, that emits given vectors."""
+
+    def __init__(self, vectors, target="teacher", temperature=0.05):
+        self.vectors = vectors
+        self.card = SimpleNamespace(
+            teacher={"id": "t", "weights_sha256": "abc"},
+            training={"target": target, "objective": "batch", "final_temperature": temperature},
+        )
+
+    def embed_windows(self, windows, batch_size=32):
+        return self.vectors[: len(windows)]
+
+
+def test_a_distilled_encoder_and_its_snapped_variants():
+    teacher_species = unit(5, 8, seed=4)
+    audio = F.normalize(teacher_species[[2, 0, 4]] + 0.3 * unit(3, 8, seed=5), dim=-1)  # near species 2, 0, 4
+    methods = encoder_methods("d", FakeEncoder(audio), unit(5, 6), teacher_species, "t", "abc")
+    assert [m.name for m in methods] == ["d", "d+snap-hard", "d+snap-soft"]
+    assert "MISMATCH" not in methods[0].description
+    windows = torch.zeros(3, 10)
+    torch.testing.assert_close(methods[0].embedder.embed_windows(windows), audio)
+    torch.testing.assert_close(methods[1].embedder.embed_windows(windows), teacher_species[[2, 0, 4]])
+    soft = methods[2].embedder.embed_windows(windows)
+    assert ((soft @ teacher_species.T).argmax(1) == torch.tensor([2, 0, 4])).all()
+    mismatch = encoder_methods("d", FakeEncoder(audio), unit(5, 6), teacher_species, "t", "other", snap=False)
+    assert len(mismatch) == 1 and "MISMATCH" in mismatch[0].description
+    ablation = encoder_methods(
+        "a", FakeEncoder(audio[:, :6], target="student-text"), unit(5, 6), teacher_species, "t"
+    )
+    assert len(ablation) == 1 and isinstance(ablation[0].embedder, MappedQuery)

@@ -59,7 +59,13 @@ def test_every_method_side_by_side_with_report_files(setup, tmp_path):
     out = tmp_path / "report"
     result = evaluate(config(setup, soundscapes=str(setup["soundscapes"]), out=str(out)))
     methods = result["queries"]["methods"]
-    assert list(methods) == [*DEFAULT_METHODS, "distilled", "ablation"]
+    assert list(methods) == [
+        *DEFAULT_METHODS,
+        "distilled",
+        "distilled+snap-hard",
+        "distilled+snap-soft",
+        "ablation",
+    ]
     for name, entry in methods.items():
         for key in ("mAP", "R@1", "R@5", "R@10", "nDCG@10", "vote_top1"):
             assert 0.0 <= entry["retrieval"][key] <= 1.0, (name, key)
@@ -114,7 +120,19 @@ def test_cli_prints_the_table_and_json(setup, tmp_path, capsys):
     assert "| `random` |" in table and "| `distilled` |" in table and "mAP" in table
     assert main([*args, "--json", "--no-plots"]) == 0
     parsed = json.loads(capsys.readouterr().out)
-    assert set(parsed["queries"]["methods"]) == {"random", "cascade-soft", "distilled"}
+    assert set(parsed["queries"]["methods"]) == {
+        "random",
+        "cascade-soft",
+        "distilled",
+        "distilled+snap-hard",
+        "distilled+snap-soft",
+    }
+    assert main([*args, "--json", "--no-plots", "--no-snap"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["queries"]["methods"]) == {
+        "random",
+        "cascade-soft",
+        "distilled",
+    }
 
 
 def test_ssw60_against_an_index_equals_the_same_gallery_embedded_here(setup, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from birdsearch.indexer.pipeline import IndexConfig, run_index
 from birdsearch.indexer.store import IndexRoot
 
-ray = pytest.importorskip("ray", reason="Ray Data is the optional 'distributed' extra")
+ray = pytest.importorskip("ray", reason="Ray Data comes with the dev and distributed extras")
 
 
 @pytest.fixture
@@ -16,7 +16,6 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.slow  # about a minute: Ray starts its workers and actors
 def test_ray_equals_local(real_gallery, tmp_path, tiny_teacher_spec, local_ray):
     base = {"gallery": real_gallery, "teacher": tiny_teacher_spec, "device": "cpu", "progress": False}
     local = run_index(IndexConfig(out=tmp_path / "local", workers=1, batch_size=4, **base))

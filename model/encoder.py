@@ -104,7 +104,7 @@ class LoadedEncoder:
     def dim(self) -> int:
         return self.card.out_dim
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         with autocast(self.device):
             out = self.model(features.to(self.device))

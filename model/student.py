@@ -84,7 +84,7 @@ class Student:
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "dim": self.dim, "front_end": self.front_end_config.to_dict()}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """(B, 1, frames, mels) log-mel features to (B, dim) audio embeddings."""
         with autocast(self.device):
@@ -99,7 +99,7 @@ class Student:
         ]
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Captions to (N, dim) text embeddings."""
         out = []

@@ -93,7 +93,7 @@ class Teacher:
             "preprocess": self.preprocess_config,
         }
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_images(self, images: torch.Tensor | Sequence[Any]) -> torch.Tensor:
         """Images to (N, dim) embeddings.
 
@@ -107,7 +107,7 @@ class Teacher:
             features = self.model.encode_image(images.to(self.device, non_blocking=True))
         return F.normalize(features.float(), dim=-1).cpu()
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Texts to (N, dim) embeddings, in batches of ``batch_size``."""
         out = []

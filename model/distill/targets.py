@@ -109,7 +109,6 @@ def species_targets(
             log.info("target text embeddings from cache %s", path)
             return Targets(loaded[0], loaded[1], key)
     embeddings, space = compute(spec, taxa, model_spec, sha, device)
-    embeddings = embeddings.float().clone()  # a normal tensor (the models embed in inference mode)
     store(path, embeddings, space)
     return Targets(embeddings, space, key)
 

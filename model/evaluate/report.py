@@ -49,7 +49,8 @@ def soundscape_table(section: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], configuration: bool = True) -> str:
+    """The report as Markdown; ``configuration`` appends the full configuration as JSON."""
     cfg = result["config"]
     lines = ["# birdsearch evaluation", ""]
     lines.append(f"Teacher `{cfg['teacher']}`, student `{cfg['student']}`; teacher species text: "
@@ -72,7 +73,8 @@ def markdown(result: dict[str, Any]) -> str:
     section = result.get("queries") or result["soundscapes"]
     lines += ["", "## Methods", ""]
     lines += [f"- `{name}`: {entry['description']}" for name, entry in section["methods"].items()]
-    lines += ["", "## Configuration", "", "```json", json.dumps(cfg, indent=2, default=str), "```", ""]
+    if configuration:
+        lines += ["", "## Configuration", "", "```json", json.dumps(cfg, indent=2, default=str), "```", ""]
     return "\n".join(lines)
 
 

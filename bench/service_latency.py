@@ -495,9 +495,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--omp-wait-policy",
-        choices=("PASSIVE", "ACTIVE"),
-        default="PASSIVE",
-        help="OpenMP idle threads: sleep (PASSIVE, what `birdsearch serve` sets) or spin (ACTIVE)",
+        choices=("default", "PASSIVE", "ACTIVE"),
+        default="default",
+        help="OpenMP idle threads: libgomp's default (spin briefly, then sleep: what `birdsearch serve` "
+        "runs with), sleep at once (PASSIVE) or spin forever (ACTIVE)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -507,7 +508,11 @@ def main() -> int:
         "4000 requests, model path at batch 256 (flags given explicitly still win)",
     )
     args = parser.parse_args()
-    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # servers and model path; before torch loads
+    # Servers and model path alike; before torch loads.
+    if args.omp_wait_policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     if args.preset == "h100":
         given = {a.split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
         preset = {"arch": "full", "device": "cuda", "compile": True, "workers": 8, "concurrency": 64, "client_procs": 4,

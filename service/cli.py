@@ -74,9 +74,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     export_settings(args)
     settings = load_settings()  # refuses bad settings here, before any worker starts
-    # OpenMP threads that spin while they wait burn the cores the decoding threads and the other
-    # workers need: on the 2-core CPU it cost 1.2-1.8x more CPU per query (BENCHMARKS.md, service).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker counts in its own files; /metrics (from any worker) sums them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="birdsearch-metrics-")

@@ -165,14 +165,11 @@ def write_report(reports: dict[str, Any], as_json: bool) -> None:
 
 
 def serve(index_root: Path, encoder: Path, student: str, args: argparse.Namespace) -> int:
-    import os
-
     import uvicorn
 
     from birdsearch.service.app import create_app
     from birdsearch.service.settings import load_settings
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `birdsearch serve` does (see service/cli.py)
     settings = load_settings(
         index_root=index_root,
         checkpoint=str(encoder),

@@ -55,6 +55,7 @@ class MicroBatcher:
         name: str = "model",
         observe: BatchObserver | None = None,
         allocate: Allocator | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ):
         """
         Args:
@@ -66,6 +67,8 @@ class MicroBatcher:
             allocate: returns the array a batch is stacked into, given its shape and dtype (for a
                 GPU: page-locked memory, so that the copy to the device is one DMA); default: a new array.
                 Called on the worker thread, before ``run``; the array is not used again after it returns.
+            executor: a single-thread executor to run batches on, shared with the caller's other model
+                work (the service's compute thread); default: a thread of the batcher's own.
         """
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -79,6 +82,7 @@ class MicroBatcher:
         self._carry: _Pending | None = None  # a chunk that did not fit the previous batch
         self._running: list[_Pending] = []  # the batch on the worker thread now
         self._task: asyncio.Task | None = None
+        self._shared_executor = executor
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -90,7 +94,9 @@ class MicroBatcher:
         if self.running:
             return
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"birdsearch-{self.name}")
+        self._executor = self._shared_executor or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"birdsearch-{self.name}"
+        )
         self._task = asyncio.get_running_loop().create_task(
             self._collect_forever(), name=f"batcher-{self.name}"
         )
@@ -108,7 +114,7 @@ class MicroBatcher:
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(BatcherClosedError(f"batcher {self.name!r} stopped"))
-        if self._executor is not None:
+        if self._executor is not None and self._executor is not self._shared_executor:
             self._executor.shutdown(wait=False)  # a batch still on the thread finishes unobserved
             self._executor = None
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ class IndexHolder:
         open_version: Callable[[str], Any],
         prepare_version: Callable[[Any], ServedIndex],
         interval_s: float = 5.0,
+        executor: Executor | None = None,
     ):
         """
         Args:
@@ -114,6 +116,8 @@ class IndexHolder:
             open_version: version name to an opened IndexVersion.
             prepare_version: IndexVersion to ServedIndex (see ``prepare``).
             interval_s: seconds between looks at the pointer; 0 never looks (admin reload only).
+            executor: where versions are loaded and prepared (the service's compute thread);
+                default: asyncio's thread pool.
         """
         from birdsearch.indexer.store import IndexRoot
 
@@ -121,6 +125,7 @@ class IndexHolder:
         self.open_version = open_version
         self.prepare_version = prepare_version
         self.interval_s = interval_s
+        self.executor = executor
         self.current: ServedIndex | None = None
         self.last_error: str | None = None  # why the last load failed, for /readyz
         self._lock = asyncio.Lock()
@@ -138,7 +143,7 @@ class IndexHolder:
             if self.current is not None and self.current.name == name:
                 return False
             try:
-                served = await asyncio.to_thread(self._load, name)
+                served = await asyncio.get_running_loop().run_in_executor(self.executor, self._load, name)
             except BirdsearchError as e:
                 self.last_error = f"index version {name} refused: {e}"
                 INDEX_RELOADS.labels("refused").inc()

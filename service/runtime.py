@@ -83,6 +83,12 @@ class Runtime:
         self.budget = recording.MemoryBudget(settings.audio_memory_bytes, settings.max_decoded_bytes)
         self.limits = audio.AudioLimits(max_duration_s=settings.max_duration_s)
         self.decode_pool: ThreadPoolExecutor | None = None
+        # Every torch (and FAISS) computation of this process runs on this one thread: loading,
+        # batches of every model, search. libgomp counts the threads of all OpenMP teams, and once
+        # they outnumber the cores it stops spinning between parallel regions; the audio tower's
+        # hundreds of small regions then each wait for a sleeping thread to wake. One team keeps
+        # the full-size encoder at its in-process speed (BENCHMARKS.md, service: 1.5-2x per clip).
+        self.compute: ThreadPoolExecutor | None = None
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
         self.started_at = time.time()
 
@@ -91,8 +97,9 @@ class Runtime:
     async def start(self) -> None:
         if self.settings.workers > 1:  # several workers share the cores instead of each claiming all
             torch.set_num_threads(self.settings.cores_per_worker)
+        self.compute = ThreadPoolExecutor(1, thread_name_prefix="birdsearch-compute")
         if self.models is None:
-            self.models = await asyncio.to_thread(Models.load, self.settings)
+            self.models = await self.on_compute(Models.load, self.settings)
         self.decode_pool = ThreadPoolExecutor(
             self.settings.decode_thread_count, thread_name_prefix="birdsearch-decode"
         )
@@ -104,10 +111,15 @@ class Runtime:
                 name=mode,
                 observe=self._batch_observer(mode),
                 allocate=embedder.staging,
+                executor=self.compute,
             )
             self.batchers[mode].start()
         self.holder = IndexHolder(
-            self.settings.index_root, self._open_version, self._prepare, self.settings.reload_interval_s
+            self.settings.index_root,
+            self._open_version,
+            self._prepare,
+            self.settings.reload_interval_s,
+            executor=self.compute,
         )
         await self.holder.refresh()
         self.holder.start()
@@ -119,6 +131,12 @@ class Runtime:
             await batcher.stop()
         if self.decode_pool is not None:
             self.decode_pool.shutdown(wait=False)
+        if self.compute is not None:
+            self.compute.shutdown(wait=False)
+
+    async def on_compute(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the compute thread, awaited without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
 
     def _batch_observer(self, mode: str) -> Any:
         def observe(rows: int, requests: int, seconds: float) -> None:
@@ -238,8 +256,8 @@ class Runtime:
         if mode == "cascade":
             if served.cascade is None:
                 raise NotReadyError(f"index {served.name} has no species for the cascade to classify against")
-            vectors = served.cascade(vectors)
-        species, images, timeline, aggregation = await asyncio.to_thread(
+            vectors = await self.on_compute(served.cascade, vectors)
+        species, images, timeline, aggregation = await self.on_compute(
             answer.search_and_rank, served, vectors, plan, form, allowed, self.settings.candidates_per_window
         )
         t3 = time.perf_counter()

@@ -87,6 +87,14 @@ def test_front_end_implementations_agree(audio_dir, config):
     assert_parity(torch_features, numpy_features)
 
 
+def test_cpu_front_end_window_by_window_equals_one_batched_call(config):
+    windows = (0.1 * np.random.default_rng(0).standard_normal((3, config.window_samples))).astype(np.float32)
+    by_window = MelFrontEnd(config, "cpu", implementation="torch")(windows)
+    batched = LogMel(config)(torch.from_numpy(windows))
+    assert by_window.shape == batched.shape == (3, 1, 1001, config.n_mels)
+    torch.testing.assert_close(by_window, batched, rtol=0, atol=1e-4)
+
+
 def test_front_end_refuses_windows_of_the_wrong_length(config):
     with pytest.raises(ValueError, match="480000 samples"):
         MelFrontEnd(config, "cpu")(np.zeros((1, 1000), dtype=np.float32))

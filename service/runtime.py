@@ -87,7 +87,7 @@ class Runtime:
         # batches of every model, search. libgomp counts the threads of all OpenMP teams, and once
         # they outnumber the cores it stops spinning between parallel regions; the audio tower's
         # hundreds of small regions then each wait for a sleeping thread to wake. One team keeps
-        # the full-size encoder at its in-process speed (BENCHMARKS.md, service: 1.5-2x per clip).
+        # the audio tower near its speed in a plain script (BENCHMARKS.md, service).
         self.compute: ThreadPoolExecutor | None = None
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
         self.started_at = time.time()

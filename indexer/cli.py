@@ -66,6 +66,13 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (100,000,000)")
     run.add_argument("--thumbnail-size", type=int, default=256, help="thumbnail longest side; 0: none (256)")
     run.add_argument(
+        "--jpeg-decode",
+        default="auto",
+        choices=("auto", "device", "workers"),
+        help="where JPEGs are decoded: on the model's device (nvJPEG on a GPU), in the decoding "
+        "workers (PIL), or auto: the device on CUDA",
+    )
+    run.add_argument(
         "--checkpoint-every", type=int, default=2048, help="images per saved embedding shard (2048)"
     )
     run.add_argument("--refresh-urls", action="store_true", help="download URL sources again")
@@ -104,6 +111,7 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
         force=args.force,
         max_pixels=args.max_pixels,
         thumbnail_size=args.thumbnail_size,
+        jpeg_decode=args.jpeg_decode,
         checkpoint_every=args.checkpoint_every,
         refresh_urls=args.refresh_urls,
         runner=args.runner,

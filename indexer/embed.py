@@ -2,6 +2,8 @@
 
 - reader: ``decode_task`` turns one file into a (3, H, W) uint8 array at the model's input size (and
   a thumbnail), in parallel worker processes (a torch DataLoader locally, Ray tasks on a cluster);
+  with device decoding on (``DecodeConfig.device_jpeg``), a plain JPEG's bytes go to the main
+  process instead and ``birdsearch.indexer.device_decode`` decodes them on the model's device;
 - mapper: ``ImageEmbedder`` holds the teacher and turns uint8 batches into unit vectors (bf16 on
   a GPU); it is a callable class, so Ray Data can build it inside each actor;
 - writer: ``EmbeddingCache`` saves vectors by content hash in shards as they come, so a killed run
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,14 @@ import numpy as np
 
 from birdsearch.errors import ImageError
 from birdsearch.indexer import faults
+from birdsearch.indexer.device_decode import DeviceJpegDecoder, jpeg_upright_size
 from birdsearch.indexer.images import (
     DEFAULT_MAX_PIXELS,
     SplitPreprocess,
     open_image,
     split_preprocess,
     thumbnail_jpeg,
+    to_chw,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class DecodeConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels (decompression bombs)
     thumbnail_size: int = 256  # longest side of stored thumbnails; 0: store none
     root: str | None = None  # index root: thumbnails go to ROOT/thumbs/ab/<hash>.jpg
+    device_jpeg: bool = False  # plain JPEGs are decoded on the model's device, not in the workers
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Decoded:
     width: int = 0  # upright size of the original
     height: int = 0
     error: str | None = None
+    jpeg: np.ndarray | None = None  # the file's bytes, for the device decoder (pixels is then None)
 
 
 def thumbnail_relpath(content_hash: str) -> str:
@@ -78,6 +84,10 @@ def decode_task(task: EmbedTask, preprocess: SplitPreprocess, config: DecodeConf
         return Decoded(task.content_hash, None, error=f"cannot read file: {e.strerror or e}")
     if hashlib.sha256(data).hexdigest() != task.content_hash:
         return Decoded(task.content_hash, None, error="file changed while indexing (run reindex again)")
+    if config.device_jpeg:
+        handed_over = for_device(task.content_hash, data, config)
+        if handed_over is not None:
+            return handed_over
     try:
         img = open_image(data, config.max_pixels)
         pixels = preprocess.to_uint8(img)
@@ -88,6 +98,25 @@ def decode_task(task: EmbedTask, preprocess: SplitPreprocess, config: DecodeConf
     if config.thumbnail_size and config.root:
         save_thumbnail(img, Path(config.root) / thumbnail_relpath(task.content_hash), config.thumbnail_size)
     return Decoded(task.content_hash, pixels, img.width, img.height)
+
+
+def for_device(content_hash: str, data: bytes, config: DecodeConfig) -> Decoded | None:
+    """A plain JPEG's bytes for the device decoder (and its thumbnail, decoded at reduced scale).
+
+    None: not a JPEG the device decodes; the PIL path takes it and names any problem.
+    """
+    try:
+        size = jpeg_upright_size(data, config.max_pixels)
+        if size is None:
+            return None
+        if config.thumbnail_size and config.root:
+            target = Path(config.root) / thumbnail_relpath(content_hash)
+            if not target.exists():
+                img = open_image(data, config.max_pixels, draft=config.thumbnail_size)
+                save_thumbnail(img, target, config.thumbnail_size)
+    except ImageError as e:
+        return Decoded(content_hash, None, error=str(e))
+    return Decoded(content_hash, None, size[0], size[1], jpeg=np.frombuffer(data, dtype=np.uint8))
 
 
 def save_thumbnail(img: Any, target: Path, size: int) -> None:
@@ -119,22 +148,27 @@ class DecodeDataset:
 class DecodedBatch:
     """Decoded photos stacked for the model, and the ones that failed."""
 
-    hashes: list[str]
-    pixels: Any  # (B, 3, H, W) uint8 torch tensor, or None when every photo failed
+    hashes: list[str]  # the decoded photos first, then the JPEGs for the device
+    pixels: Any  # (B, 3, H, W) uint8 torch tensor, or None when no photo was decoded
     sizes: list[tuple[int, int]]  # (width, height) per hash
     failures: list[tuple[str, str]]  # (content hash, reason)
+    jpegs: list[np.ndarray] = field(default_factory=list)  # bytes for the device decoder
 
 
 def collate(items: list[Decoded]) -> DecodedBatch:
     import torch
 
     good = [d for d in items if d.pixels is not None]
+    jpegs = [d for d in items if d.jpeg is not None]
     pixels = torch.from_numpy(np.stack([d.pixels for d in good])) if good else None
     return DecodedBatch(
-        hashes=[d.content_hash for d in good],
+        hashes=[d.content_hash for d in good + jpegs],
         pixels=pixels,
-        sizes=[(d.width, d.height) for d in good],
-        failures=[(d.content_hash, d.error or "unknown error") for d in items if d.pixels is None],
+        sizes=[(d.width, d.height) for d in good + jpegs],
+        failures=[
+            (d.content_hash, d.error or "unknown error") for d in items if d.pixels is None and d.jpeg is None
+        ],
+        jpegs=[d.jpeg for d in jpegs],
     )
 
 
@@ -166,6 +200,36 @@ class ImageEmbedder:
         """(B, 3, H, W) uint8 tensor -> (B, D) float32 unit vectors."""
         batch = self.split.to_model_input(pixels, self.device)
         return self.teacher.embed_images(batch).numpy()
+
+    def jpeg_decoder(self, max_pixels: int) -> DeviceJpegDecoder:
+        """Decodes JPEG bytes on this model's device to its input size (ValueError if its transform
+        has steps the device cannot run)."""
+        return DeviceJpegDecoder(
+            self.split.pil_stage, self.device, lambda data: to_chw(open_image(data, max_pixels))
+        )
+
+    def embed_batch(
+        self, batch: DecodedBatch, jpeg_decoder: DeviceJpegDecoder | None = None
+    ) -> tuple[list[str], np.ndarray, list[tuple[int, int]], list[tuple[str, str]]]:
+        """A collated batch to (hashes, vectors, sizes, failures), device-decoding its JPEGs."""
+        decoded = 0 if batch.pixels is None else len(batch.pixels)
+        hashes, sizes = batch.hashes[:decoded], batch.sizes[:decoded]
+        failures = list(batch.failures)
+        parts = [self.embed(batch.pixels)] if decoded else []
+        if batch.jpegs:
+            if jpeg_decoder is None:
+                raise ValueError("a batch holds JPEG bytes but no device decoder was given")
+            pixels, errors = jpeg_decoder(batch.jpegs)
+            kept = [i for i, error in enumerate(errors) if error is None]
+            for i, error in enumerate(errors):
+                if error is not None:
+                    failures.append((batch.hashes[decoded + i], error))
+            hashes += [batch.hashes[decoded + i] for i in kept]
+            sizes += [batch.sizes[decoded + i] for i in kept]
+            if kept:
+                parts.append(self.embed(pixels[kept]))
+        vectors = np.concatenate(parts) if parts else np.empty((0, self.teacher.dim), dtype=np.float32)
+        return hashes, vectors.astype(np.float32), sizes, failures
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data's batch form: {'pixels' (B,3,H,W) uint8, 'ok', ...} -> the same without pixels, with 'vector'."""
@@ -201,6 +265,7 @@ def embed_local(
     if not tasks:
         return
     workers = default_workers() if workers is None else workers
+    jpeg_decoder = embedder.jpeg_decoder(config.max_pixels) if config.device_jpeg else None
     loader = DataLoader(
         DecodeDataset(tasks, embedder.split, config),  # type: ignore[arg-type]
         batch_size=batch_size,
@@ -211,10 +276,7 @@ def embed_local(
         persistent_workers=False,
     )
     for batch in loader:
-        vectors = (
-            embedder.embed(batch.pixels) if batch.pixels is not None else np.empty((0, embedder.teacher.dim))
-        )
-        on_batch(batch.hashes, vectors.astype(np.float32), batch.sizes, batch.failures)
+        on_batch(*embedder.embed_batch(batch, jpeg_decoder))
 
 
 class EmbeddingCache:

@@ -64,6 +64,7 @@ class IndexConfig:
     force: bool = False  # publish a new version even when nothing changed
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused (decompression bombs)
     thumbnail_size: int = 256  # longest side of stored thumbnails; 0 stores none
+    jpeg_decode: str = "auto"  # 'device' (nvJPEG on a GPU), 'workers' (PIL), 'auto': device on CUDA
     checkpoint_every: int = 2048  # images per saved embedding shard (what a killed run can lose)
     hash_threads: int = 8  # threads hashing files and fetching URLs
     refresh_urls: bool = False  # re-download URL sources the published version already holds
@@ -95,6 +96,7 @@ class Summary:
     recall_at_10: float | None = None
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    jpeg_decode: str = "workers"  # where this run decoded JPEGs: 'device' or 'workers'
 
     @property
     def images_per_second(self) -> float:
@@ -223,6 +225,30 @@ def clear_work(root: Path) -> None:
     shutil.rmtree(root / WORK_DIR, ignore_errors=True)
 
 
+def decode_on_device(config: IndexConfig, embedder: ImageEmbedder) -> bool:
+    """Whether plain JPEGs are decoded on the model's device (``jpeg_decode``; 'auto': on CUDA, locally)."""
+    if config.jpeg_decode not in ("auto", "device", "workers"):
+        raise ConfigError(f"unknown jpeg_decode {config.jpeg_decode!r}: use 'auto', 'device' or 'workers'")
+    if config.jpeg_decode == "workers":
+        return False
+    reason = None
+    if config.runner != "local":
+        reason = "the Ray runner decodes in its CPU tasks"
+    else:
+        try:
+            embedder.jpeg_decoder(config.max_pixels)
+        except ValueError as e:
+            reason = str(e)
+    if config.jpeg_decode == "device":
+        if reason:
+            raise ConfigError(f"--jpeg-decode device is not available: {reason}")
+        return True
+    if reason is None and embedder.device.type == "cuda":
+        log.info("decoding JPEGs on %s (nvJPEG)", embedder.device)
+        return True
+    return False
+
+
 def embed_new(
     root: Path,
     config: IndexConfig,
@@ -257,7 +283,10 @@ def embed_new(
         summary.embedded += len(hashes)
         bar.update(len(hashes) + len(batch_failures))
 
-    decode = DecodeConfig(config.max_pixels, config.thumbnail_size, str(root))
+    decode = DecodeConfig(
+        config.max_pixels, config.thumbnail_size, str(root), device_jpeg=decode_on_device(config, embedder)
+    )
+    summary.jpeg_decode = "device" if decode.device_jpeg else "workers"
     batch_size = config.batch_size or (256 if embedder.device.type == "cuda" else 32)
     started = time.perf_counter()
     if config.runner == "ray":
@@ -352,6 +381,7 @@ def assemble(
             "embedded": summary.embedded,
             "index_build_seconds": round(built.build_seconds, 3),
             "max_pixels": config.max_pixels,
+            "jpeg_decode": summary.jpeg_decode,  # of the photos embedded in this run
             "previous": previous.version.name if previous else None,
         },
     }

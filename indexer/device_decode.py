@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from birdsearch.errors import ImageError
+from birdsearch.indexer.images import check_size
 
 log = logging.getLogger(__name__)
 # Known and pinned (see above): not a warning for every batch of every indexing run.
@@ -43,7 +44,8 @@ ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # the ones that swap width and height
 def jpeg_upright_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     """The upright (width, height) of a JPEG the device can decode; None for anything else.
 
-    Reads the header only. Raises ImageError for a JPEG over the pixel limit, as the PIL path does.
+    Reads the header only. Raises ImageError for a JPEG over the pixel limit or empty, as the PIL
+    path does.
     """
     try:
         img = Image.open(io.BytesIO(data))
@@ -52,13 +54,7 @@ def jpeg_upright_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     if img.format != "JPEG" or img.mode not in DEVICE_MODES:
         return None
     width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
-            f"(a possible decompression bomb; raise --max-pixels to accept it)"
-        )
-    if width == 0 or height == 0:
-        return None
+    check_size(width, height, max_pixels)
     try:
         orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a broken EXIF block: let PIL decide what the photo is

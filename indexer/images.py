@@ -43,14 +43,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | N
         raise ImageError("not an image (unrecognised format)") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"not a readable image: {e}") from e
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
-            f"(a possible decompression bomb; raise --max-pixels to accept it)"
-        )
-    if width == 0 or height == 0:
-        raise ImageError(f"empty image ({width}x{height})")
+    check_size(*img.size, max_pixels)
     try:
         if draft and img.format == "JPEG":
             img.draft("RGB", (draft, draft))
@@ -62,6 +55,17 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | N
     except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"decoding failed: {e}") from e
     return to_rgb(img)
+
+
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse, before decoding, an image over the pixel limit (a possible decompression bomb) or empty."""
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
+            f"(a possible decompression bomb; raise --max-pixels to accept it)"
+        )
+    if width == 0 or height == 0:
+        raise ImageError(f"empty image ({width}x{height})")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -93,6 +93,45 @@ def naive(spec: str, files: list[Path], device: str, out: Path) -> float:
     return len(files) / elapsed
 
 
+def stage_costs(spec: str, files: list[Path], device: str, batch: int) -> dict[str, float]:
+    """Milliseconds per photo of each step, one core, in this process: what bounds any pipeline here."""
+    from birdsearch.indexer.embed import ImageEmbedder
+    from birdsearch.indexer.images import open_image, thumbnail_jpeg
+
+    embedder = ImageEmbedder(spec, device)
+    blobs = [f.read_bytes() for f in files[:50]]
+    images = [open_image(b) for b in blobs]
+    pixels = torch.from_numpy(np.stack([embedder.split.to_uint8(images[0])] * batch))
+
+    def per_photo(fn, items) -> float:
+        fn(items[0])
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        return 1000 * (time.perf_counter() - start) / len(items)
+
+    def sync() -> None:
+        if embedder.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def model_ms(size: int) -> float:
+        embedder.embed(pixels[:size])
+        sync()
+        start = time.perf_counter()
+        for _ in range(max(2, 64 // size)):
+            embedder.embed(pixels[:size])
+        sync()
+        return 1000 * (time.perf_counter() - start) / (max(2, 64 // size) * size)
+
+    return {
+        "decode (PIL, EXIF, RGB)": per_photo(open_image, blobs),
+        "resize + crop to the model's input (PIL)": per_photo(embedder.split.to_uint8, images),
+        "256 px thumbnail (resize + JPEG)": per_photo(lambda im: thumbnail_jpeg(im, 256), images),
+        "model, batch 1": model_ms(1),
+        f"model, batch {batch}": model_ms(batch),
+    }
+
+
 def pipeline(
     spec: str, gallery: Path, out: Path, args: argparse.Namespace, thumbnails: int, jpeg_decode: str = "auto"
 ) -> tuple[float, float]:
@@ -138,6 +177,9 @@ def main() -> None:
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
         device = "cpu" if device == "auto" else device
         naive_rate = naive(spec, files, device, work / "naive.npy")
+        costs = stage_costs(
+            spec, files, device, args.batch_size or (256 if device.startswith("cuda") else 32)
+        )
         with_thumbs = pipeline(spec, work / "gallery", work / "index-thumbs", args, thumbnails=256)
         no_thumbs = pipeline(spec, work / "gallery", work / "index", args, thumbnails=0)
         rows = [
@@ -158,6 +200,11 @@ def main() -> None:
     for label, (total, stage) in rows:
         print(f"| {label}: end to end | {total:.1f} | {total / naive_rate:.1f}x |")
         print(f"| {label}: embedding stage | {stage:.1f} | {stage / naive_rate:.1f}x |")
+    print("\nWhat one photo costs in one process (ms; the model rows use all of torch's threads):\n")
+    print("| step | ms/photo |")
+    print("|---|---:|")
+    for step, ms in costs.items():
+        print(f"| {step} | {ms:.2f} |")
 
 
 if __name__ == "__main__":

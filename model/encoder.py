@@ -27,7 +27,7 @@ from torch import nn
 
 from birdsearch.errors import CheckpointError
 from birdsearch.model.device import autocast, resolve_device
-from birdsearch.model.mel import FrontEndConfig, MelFrontEnd
+from birdsearch.model.mel import FrontEndConfig, MelFrontEnd, embed_windows_in_batches
 from birdsearch.model.student import encode_audio
 
 FORMAT = "birdsearch-distilled-audio-encoder"
@@ -112,11 +112,7 @@ class LoadedEncoder:
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, T) windows to (B, teacher dim) embeddings in the teacher's space."""
-        out = [
-            self.embed_features(self.mel(windows[i : i + batch_size]))
-            for i in range(0, len(windows), batch_size)
-        ]
-        return torch.cat(out) if out else torch.empty(0, self.dim)
+        return embed_windows_in_batches(windows, self.mel, self.embed_features, self.dim, batch_size)
 
 
 def save_encoder(encoder: DistilledAudioEncoder, card: EncoderCard, path: str | Path) -> Path:

@@ -14,6 +14,7 @@ of clips/s) and, on a CPU, whichever ``bench/mel.py`` measured faster (see ``CPU
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -189,3 +190,15 @@ class MelFrontEnd:
             step = CPU_MEL_WINDOWS_PER_CALL
             return torch.cat([self.torch_mel(tensor[i : i + step]) for i in range(0, tensor.shape[0], step)])
         return self.torch_mel(tensor)
+
+
+def embed_windows_in_batches(
+    windows: np.ndarray | torch.Tensor,
+    front_end: MelFrontEnd,
+    embed_features: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """(B, T) windows to (B, dim) embeddings: features and a forward pass per ``batch_size`` windows."""
+    out = [embed_features(front_end(windows[i : i + batch_size])) for i in range(0, len(windows), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dim)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from birdsearch.errors import CheckpointError
 from birdsearch.model import hub
 from birdsearch.model.device import autocast, resolve_device
-from birdsearch.model.mel import FrontEndConfig, MelFrontEnd
+from birdsearch.model.mel import FrontEndConfig, MelFrontEnd, embed_windows_in_batches
 from birdsearch.model.names import Taxon
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,7 @@ class Student:
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, T) windows of exactly one window each, at the front end's rate, to (B, dim) embeddings."""
-        out = [
-            self.embed_features(self.mel(windows[i : i + batch_size]))
-            for i in range(0, len(windows), batch_size)
-        ]
-        return torch.cat(out) if out else torch.empty(0, self.dim)
+        return embed_windows_in_batches(windows, self.mel, self.embed_features, self.dim, batch_size)
 
     @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -39,6 +39,9 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 DEVICE_MODES = ("RGB", "L")
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # the ones that swap width and height
+# Photos decoded per call and resized before the next call: full-size decoded photos (up to the
+# pixel limit, 100 MP = 300 MB each) must not pile up on the device for a whole batch of 256.
+DECODE_CHUNK = 32
 
 
 def jpeg_upright_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
@@ -111,10 +114,13 @@ class DeviceJpegDecoder:
         """(N, 3, H, W) uint8 on the device, and per photo None or the reason it failed (its row is zeros)."""
         import torch
 
-        images, errors = self._decode(jpegs)
         rows: list[Any] = []
-        for image, error in zip(images, errors, strict=True):
-            rows.append(None if error else self._to_uint8(self.resize(image.to(torch.float32))))
+        errors: list[str | None] = []
+        for start in range(0, len(jpegs), DECODE_CHUNK):
+            images, chunk_errors = self._decode(jpegs[start : start + DECODE_CHUNK])
+            for image, error in zip(images, chunk_errors, strict=True):
+                rows.append(None if error else self._to_uint8(self.resize(image.to(torch.float32))))
+            errors += chunk_errors
         shape = next((r.shape for r in rows if r is not None), None)
         if shape is None:
             return None, errors

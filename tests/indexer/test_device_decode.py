@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from birdsearch.errors import ConfigError, ImageError
+from birdsearch.indexer import device_decode
 from birdsearch.indexer.device_decode import jpeg_upright_size
 from birdsearch.indexer.embed import ImageEmbedder
 from birdsearch.indexer.images import open_image
@@ -55,7 +56,10 @@ def test_device_decoding_matches_pil_on_real_photos(real_fixtures, tiny_teacher_
     assert (cosine > 0.995).all(), cosine
 
 
-def test_a_rejected_jpeg_falls_back_and_the_rest_of_the_batch_decodes(real_fixtures, tiny_teacher_spec):
+def test_a_rejected_jpeg_falls_back_and_the_rest_of_the_batch_decodes(
+    real_fixtures, tiny_teacher_spec, monkeypatch
+):
+    monkeypatch.setattr(device_decode, "DECODE_CHUNK", 3)  # the batch spans two decoding calls
     embedder = ImageEmbedder(tiny_teacher_spec, "cpu")
     decoder = embedder.jpeg_decoder(max_pixels=10**8)
     good = (real_fixtures / "images/phoebe_Junco_hyemalis.jpg").read_bytes()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from birdsearch.errors import ConfigError, IndexFormatError
+from birdsearch.indexer.device_decode import device_resize
 from birdsearch.indexer.embed import (
     DecodeConfig,
     EmbeddingCache,
@@ -234,11 +235,8 @@ def decode_on_device(config: IndexConfig, embedder: ImageEmbedder) -> bool:
     reason = None
     if config.runner != "local":
         reason = "the Ray runner decodes in its CPU tasks"
-    else:
-        try:
-            embedder.jpeg_decoder(config.max_pixels)
-        except ValueError as e:
-            reason = str(e)
+    elif device_resize(embedder.split.pil_stage) is None:
+        reason = f"the teacher's transform has steps the device cannot run: {embedder.split.pil_stage}"
     if config.jpeg_decode == "device":
         if reason:
             raise ConfigError(f"--jpeg-decode device is not available: {reason}")

@@ -7,7 +7,9 @@ What it measures, for each model architecture asked for:
   queue for the model); clients POST a 10 s compressed clip (Ogg/Vorbis, 16 kHz: decoding and
   resampling included) from ``--concurrency`` connections (over ``--client-procs`` processes), in
   rounds alternating between the two servers so that background load hits both alike. p50/p99
-  latency and queries/s.
+  latency and queries/s. ``--all-cores-row`` adds a third server, micro-batched with torch on
+  every core for every model call (``BIRDSEARCH_COMPUTE_THREADS``), against the default that gives
+  a model call only the cores no other query is using.
 - **Model path** (in-process, no HTTP): features + encoder + search for batches of 10 s windows
   (``--model-batch``) against batch 1, in clips/s.
 - **Single clip, end to end**: one client, sequential requests of the 10 s clip; p50/p99 (``full``).
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +146,7 @@ class Server:
         max_batch: int,
         max_wait_ms: float,
         compile: bool = False,
+        compute_threads: int = 0,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -158,6 +162,7 @@ class Server:
             "BIRDSEARCH_WORKERS": str(workers),
             "BIRDSEARCH_RELOAD_INTERVAL_S": "0",
             "BIRDSEARCH_COMPILE": "1" if compile else "0",
+            "BIRDSEARCH_COMPUTE_THREADS": str(compute_threads),
         }
         self.process: subprocess.Popen | None = None
 
@@ -418,14 +423,20 @@ def bench_arch(arch: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     args = argparse.Namespace(**{**vars(args), "concurrency": concurrency})
     out["concurrency"] = concurrency
     requests = args.requests or (8 * concurrency if arch == "toy" else 4 * concurrency)
-    with (
-        Server(
-            world, args.device, args.workers, args.max_batch, args.max_wait_ms, args.compile_servers
-        ) as batched,
-        Server(world, args.device, args.workers, 1, 0.0, args.compile_servers) as single,
-    ):
-        out.update(compare({"batched": batched, "one_at_a_time": single}, clip, args, requests))
-        out["single_clip"] = single_clip_latency(batched.url, clip, args.single_requests)
+    settings = (args.device, args.workers)
+    with ExitStack() as stack:
+        servers = {
+            "batched": Server(world, *settings, args.max_batch, args.max_wait_ms, args.compile_servers),
+            "one_at_a_time": Server(world, *settings, 1, 0.0, args.compile_servers),
+        }
+        if args.all_cores_row:  # the same micro-batched server with torch on every core, busy or not
+            every_core = max(1, (os.cpu_count() or 1) // args.workers)
+            servers["all_cores"] = Server(
+                world, *settings, args.max_batch, args.max_wait_ms, args.compile_servers, every_core
+            )
+        servers = {name: stack.enter_context(server) for name, server in servers.items()}
+        out.update(compare(servers, clip, args, requests))
+        out["single_clip"] = single_clip_latency(servers["batched"].url, clip, args.single_requests)
     print(f"[{arch}] {out}", file=sys.stderr)
     out["speedup"] = out["batched"]["qps"] / out["one_at_a_time"]["qps"]
     out["cpu_saving"] = out["one_at_a_time"]["cpu_ms_per_query"] / out["batched"]["cpu_ms_per_query"]
@@ -440,10 +451,16 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "| arch | path | setting | p50 ms | p99 ms | throughput | server CPU ms/query | mean batch |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
+    labels = {
+        "batched": "micro-batched",
+        "one_at_a_time": "one at a time",
+        "all_cores": "micro-batched, torch on every core",
+    }
     for r in results:
-        for name in ("batched", "one_at_a_time"):
+        for name, label in labels.items():
+            if name not in r:
+                continue
             x = r[name]
-            label = "micro-batched" if name == "batched" else "one at a time"
             failed = f" ({x['failed']} failed)" if x["failed"] else ""
             lines.append(
                 f"| {r['arch']} | HTTP, {x['requests']} × 10 s ogg, {r['concurrency']} connections | {label} | {x['p50_ms']:.0f} | {x['p99_ms']:.0f} "
@@ -499,6 +516,12 @@ def main() -> int:
         default="default",
         help="OpenMP idle threads: libgomp's default (spin briefly, then sleep: what `birdsearch serve` "
         "runs with), sleep at once (PASSIVE) or spin forever (ACTIVE)",
+    )
+    parser.add_argument(
+        "--all-cores-row",
+        action="store_true",
+        help="also measure the micro-batched server with BIRDSEARCH_COMPUTE_THREADS = every core "
+        "(the default gives model calls only the cores no decode is using)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -26,6 +29,7 @@ from birdsearch.service.batcher import MicroBatcher
 from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
 from birdsearch.service.errors import BadParameterError, ModeUnavailableError, NotReadyError
 from birdsearch.service.index_state import IndexHolder, ServedIndex, prepare
+from birdsearch.service.load import RecentLoad
 from birdsearch.service.metrics import BATCH_REQUESTS, BATCH_ROWS, observe_stage
 from birdsearch.service.schemas import IndexInfo, ModelInfo, QueryFacts, QueryForm, QueryResponse
 from birdsearch.service.settings import Settings
@@ -89,14 +93,13 @@ class Runtime:
         # hundreds of small regions then each wait for a sleeping thread to wake. One team keeps
         # the audio tower near its speed in a plain script (BENCHMARKS.md, service).
         self.compute: ThreadPoolExecutor | None = None
+        self.load = RecentLoad()  # queries in flight, and how many lately worked off the compute thread
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
         self.started_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.settings.workers > 1:  # several workers share the cores instead of each claiming all
-            torch.set_num_threads(self.settings.cores_per_worker)
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="birdsearch-compute")
         if self.models is None:
             self.models = await self.on_compute(Models.load, self.settings)
@@ -105,7 +108,7 @@ class Runtime:
         )
         for mode, embedder in self.models.by_mode().items():
             self.batchers[mode] = MicroBatcher(
-                embedder,
+                partial(self.run_sized, embedder),
                 max_batch=self.settings.batch_size,
                 max_wait_s=self.settings.max_wait_ms / 1000,
                 name=mode,
@@ -136,7 +139,27 @@ class Runtime:
 
     async def on_compute(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` on the compute thread, awaited without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.compute, self.run_sized, fn, *args)
+
+    def compute_thread_count(self) -> int:
+        """Torch threads for the next model call: the setting, else the cores no decode is using now.
+
+        Under load the decode threads keep cores busy; a torch thread sharing a core with them makes
+        each of the model's many parallel regions wait for it (or spin against it), which cost the
+        toy server a fifth of its throughput. Alone, a call gets every core: one clip's latency.
+        Each query lately working elsewhere keeps a decode thread or the event loop busy.
+        """
+        if self.settings.compute_threads:
+            return self.settings.compute_threads
+        busy = min(round(self.load.average_elsewhere()), self.settings.decode_thread_count + 1)
+        return max(1, self.settings.cores_per_worker - busy)
+
+    def run_sized(self, fn: Any, *args: Any) -> Any:
+        """On the compute thread: set torch's thread count for this call, then ``fn(*args)``."""
+        threads = self.compute_thread_count()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return fn(*args)
 
     def _batch_observer(self, mode: str) -> Any:
         def observe(rows: int, requests: int, seconds: float) -> None:
@@ -225,6 +248,22 @@ class Runtime:
 
     async def query(self, upload: BinaryIO, form: QueryForm) -> QueryResponse:
         """Decode, window, embed (micro-batched), search and rank one uploaded recording."""
+        self.load.change(active=+1)
+        try:
+            return await self._answer(upload, form)
+        finally:
+            self.load.change(active=-1)
+
+    @contextmanager
+    def waiting_on_compute(self) -> Iterator[None]:
+        """Count the query among those whose work is queued or running on the compute thread."""
+        self.load.change(computing=+1)
+        try:
+            yield
+        finally:
+            self.load.change(computing=-1)
+
+    async def _answer(self, upload: BinaryIO, form: QueryForm) -> QueryResponse:
         started = time.perf_counter()
         served = self.served()
         mode = self.resolve_mode(form.mode)
@@ -251,15 +290,23 @@ class Runtime:
                 self.settings.max_windows,
                 front_end.window_samples,
             )
-            vectors = await self.embed(mode, plan, front_end.window_samples)
+            with self.waiting_on_compute():
+                vectors = await self.embed(mode, plan, front_end.window_samples)
             t2 = time.perf_counter()
-        if mode == "cascade":
-            if served.cascade is None:
-                raise NotReadyError(f"index {served.name} has no species for the cascade to classify against")
-            vectors = await self.on_compute(served.cascade, vectors)
-        species, images, timeline, aggregation = await self.on_compute(
-            answer.search_and_rank, served, vectors, plan, form, allowed, self.settings.candidates_per_window
-        )
+        if mode == "cascade" and served.cascade is None:
+            raise NotReadyError(f"index {served.name} has no species for the cascade to classify against")
+        with self.waiting_on_compute():
+            if mode == "cascade":
+                vectors = await self.on_compute(served.cascade, vectors)
+            species, images, timeline, aggregation = await self.on_compute(
+                answer.search_and_rank,
+                served,
+                vectors,
+                plan,
+                form,
+                allowed,
+                self.settings.candidates_per_window,
+            )
         t3 = time.perf_counter()
         facts = QueryFacts(
             duration_s=round(rec.duration_s, 3),

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     )  # windows in one forward pass; 0: 64 on a GPU, 4 on a CPU (see batch_size)
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first window of a batch waits for company
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads per worker (0: CPU cores / workers)
+    compute_threads: int = Field(
+        0, ge=0
+    )  # torch threads per model call; 0: the worker's cores not busy decoding at that moment (Runtime)
     compile: bool = (
         False  # torch.compile the audio tower at start (CUDA: ~2x the eager forward; start takes longer)
     )

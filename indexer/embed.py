@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ class Decoded:
     height: int = 0
     error: str | None = None
     jpeg: np.ndarray | None = None  # the file's bytes, for the device decoder (pixels is then None)
+    cpu_seconds: float = 0.0  # the worker's CPU time on this photo (decode, resize, thumbnail)
 
 
 def thumbnail_relpath(content_hash: str) -> str:
@@ -141,7 +144,10 @@ class DecodeDataset:
         return len(self.tasks)
 
     def __getitem__(self, i: int) -> Decoded:
-        return decode_task(self.tasks[i], self.preprocess, self.config)
+        started = time.thread_time()
+        decoded = decode_task(self.tasks[i], self.preprocess, self.config)
+        decoded.cpu_seconds = time.thread_time() - started
+        return decoded
 
 
 @dataclass
@@ -153,6 +159,7 @@ class DecodedBatch:
     sizes: list[tuple[int, int]]  # (width, height) per hash
     failures: list[tuple[str, str]]  # (content hash, reason)
     jpegs: list[np.ndarray] = field(default_factory=list)  # bytes for the device decoder
+    decode_cpu_seconds: float = 0.0  # the workers' CPU time on these photos
 
 
 def collate(items: list[Decoded]) -> DecodedBatch:
@@ -169,6 +176,7 @@ def collate(items: list[Decoded]) -> DecodedBatch:
             (d.content_hash, d.error or "unknown error") for d in items if d.pixels is None and d.jpeg is None
         ],
         jpegs=[d.jpeg for d in jpegs],
+        decode_cpu_seconds=sum(d.cpu_seconds for d in items),
     )
 
 
@@ -275,8 +283,67 @@ def embed_local(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    for batch in loader:
-        on_batch(*embedder.embed_batch(batch, jpeg_decoder))
+    sizer = ModelThreads(workers) if embedder.device.type == "cpu" and workers else None
+    with torch_threads_restored():
+        for batch in loader:
+            started = time.perf_counter()
+            result = embedder.embed_batch(batch, jpeg_decoder)
+            if sizer is not None:
+                sizer.observe(batch.decode_cpu_seconds, time.perf_counter() - started)
+            on_batch(*result)
+
+
+class ModelThreads:
+    """Sizes torch's threads on a CPU so that the decoding workers keep the cores they need.
+
+    Per photo, decoding costs ``d`` CPU seconds in the workers and the model ``m`` in this process;
+    both share the cores, so the model should hold the share m / (d + m) of them. More threads
+    than that only wait on the workers' cores in each of the model's parallel regions: with a
+    small teacher on 2 cores, one thread instead of two indexed 20-30 % more photos per second
+    (BENCHMARKS.md). A full-size teacher, whose model is nearly all the work, keeps every core.
+    Costs are smoothed over batches; the count for each batch follows from the ones before it.
+    """
+
+    def __init__(self, workers: int, cores: int | None = None, smoothing: float = 0.3):
+        self.workers = workers
+        self.cores = cores or os.cpu_count() or 1
+        self.smoothing = smoothing
+        self.decode_cpu = 0.0  # smoothed CPU seconds per batch, workers
+        self.model_cpu = 0.0  # smoothed CPU seconds per batch, model (wall time x threads)
+
+    def observe(self, decode_cpu_seconds: float, model_seconds: float) -> None:
+        """Fold in one batch's costs and set torch's thread count for the next batch."""
+        import torch
+
+        model_cpu = model_seconds * torch.get_num_threads()
+        if self.model_cpu == 0.0:
+            self.decode_cpu, self.model_cpu = decode_cpu_seconds, model_cpu
+        else:
+            a = self.smoothing
+            self.decode_cpu += a * (decode_cpu_seconds - self.decode_cpu)
+            self.model_cpu += a * (model_cpu - self.model_cpu)
+        threads = self.threads()
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+    def threads(self) -> int:
+        total = self.decode_cpu + self.model_cpu
+        if total <= 0:
+            return self.cores
+        decoding = min(self.workers, self.cores * self.decode_cpu / total)  # cores the workers need
+        return max(1, self.cores - round(decoding))
+
+
+@contextmanager
+def torch_threads_restored() -> Iterator[None]:
+    """Put torch's thread count back afterwards: indexing is also a library call."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class EmbeddingCache:

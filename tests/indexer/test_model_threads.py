@@ -1,0 +1,55 @@
+"""Torch's threads while indexing on a CPU: the model leaves the decoding workers the cores they need."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from birdsearch.indexer.embed import ModelThreads
+from birdsearch.indexer.pipeline import IndexConfig, run_index
+
+
+@pytest.fixture(autouse=True)
+def threads_kept():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def sized(workers: int, cores: int, decode_s: float, model_s: float, batches: int = 10) -> int:
+    """The thread count after ``batches`` batches costing these CPU seconds each (the model's wall
+    time is its CPU time over the threads it was given: perfect scaling)."""
+    sizer = ModelThreads(workers, cores=cores)
+    for _ in range(batches):
+        sizer.observe(decode_s, model_s / torch.get_num_threads())
+    return sizer.threads()
+
+
+def test_a_small_teacher_leaves_the_workers_their_cores():
+    # The bench's small ViT on 2 cores: ~7 ms of decoding, resizing and thumbnail per photo in the
+    # workers against ~3 ms of model: the model gets one core, and torch is set to it.
+    assert sized(workers=2, cores=2, decode_s=0.22, model_s=0.05) == 1
+    assert torch.get_num_threads() == 1
+
+
+def test_a_full_size_teacher_keeps_every_core():
+    assert sized(workers=2, cores=2, decode_s=0.3, model_s=50.0) == 2
+    assert sized(workers=16, cores=16, decode_s=0.3, model_s=50.0) == 16
+
+
+def test_the_share_follows_the_costs_and_the_workers_cap_it():
+    assert sized(workers=16, cores=16, decode_s=1.0, model_s=1.0) == 8  # half the CPU time decodes
+    assert sized(workers=1, cores=8, decode_s=10.0, model_s=0.01) == 7  # one worker needs one core
+    assert sized(workers=8, cores=8, decode_s=10.0, model_s=0.001) == 1  # never fewer than one
+
+
+def test_indexing_puts_torch_threads_back(tmp_path, tiny_teacher_spec, synthetic_photos):
+    gallery = tmp_path / "gallery"
+    synthetic_photos(gallery / "Turdus_migratorius", 40, seed=1)
+    torch.set_num_threads(2)
+    summary = run_index(
+        IndexConfig(gallery=gallery, out=tmp_path / "idx", teacher=tiny_teacher_spec, device="cpu",
+                    batch_size=8, workers=2, progress=False)
+    )  # fmt: skip
+    assert summary.count == 40
+    assert torch.get_num_threads() == 2

@@ -133,7 +133,13 @@ def stage_costs(spec: str, files: list[Path], device: str, batch: int) -> dict[s
 
 
 def pipeline(
-    spec: str, gallery: Path, out: Path, args: argparse.Namespace, thumbnails: int, jpeg_decode: str = "auto"
+    spec: str,
+    gallery: Path,
+    out: Path,
+    args: argparse.Namespace,
+    thumbnails: int,
+    jpeg_decode: str = "auto",
+    model_threads: int = 0,
 ) -> tuple[float, float]:
     """run_index end to end (teacher load included); returns (images/s end to end, images/s embedding stage)."""
     from birdsearch.indexer.pipeline import IndexConfig, run_index
@@ -147,6 +153,7 @@ def pipeline(
         workers=args.workers,
         thumbnail_size=thumbnails,
         jpeg_decode=jpeg_decode,
+        model_threads=model_threads,
         progress=False,
     )
     start = time.perf_counter()
@@ -186,6 +193,16 @@ def main() -> None:
             ("pipeline, thumbnails off", no_thumbs),
             ("pipeline, 256 px thumbnails (default)", with_thumbs),
         ]
+        if not device.startswith("cuda"):  # the model on every core, as before its threads were sized
+            every_core = pipeline(
+                spec,
+                work / "gallery",
+                work / "index-cores",
+                args,
+                thumbnails=0,
+                model_threads=os.cpu_count() or 1,
+            )
+            rows.append(("pipeline, thumbnails off, torch on every core (--model-threads)", every_core))
         if device.startswith("cuda"):  # the GPU decodes JPEGs by default: the workers' PIL path beside it
             pil = pipeline(
                 spec, work / "gallery", work / "index-pil", args, thumbnails=0, jpeg_decode="workers"

@@ -60,6 +60,12 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: one per core, ≤16)"
     )
+    run.add_argument(
+        "--model-threads",
+        type=int,
+        default=0,
+        help="torch threads for the model on a CPU; 0: its share of the cores beside the workers (0)",
+    )
     run.add_argument("--keep", type=int, default=3, help="versions to keep, the published one included (3)")
     run.add_argument("--full", action="store_true", help="embed every photo again instead of reusing vectors")
     run.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
@@ -99,6 +105,10 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
     for name in ("keep", "checkpoint_every", "ray_actors"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.model_threads < 0:
+        raise ConfigError(
+            f"--model-threads must be 0 (sized automatically) or more, got {args.model_threads}"
+        )
     return IndexConfig(
         gallery=gallery,
         out=args.out,
@@ -106,6 +116,7 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
         device=args.device,
         batch_size=args.batch_size,
         workers=args.workers,
+        model_threads=args.model_threads,
         keep=args.keep,
         incremental=not args.full,
         force=args.force,

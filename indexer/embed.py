@@ -266,8 +266,13 @@ def embed_local(
     on_batch: OnBatch,
     batch_size: int = 64,
     workers: int | None = None,
+    model_threads: int = 0,
 ) -> None:
-    """Decode in worker processes, embed in this one; ``on_batch(hashes, vectors, sizes, failures)`` per batch."""
+    """Decode in worker processes, embed in this one; ``on_batch(hashes, vectors, sizes, failures)`` per batch.
+
+    On a CPU the model runs on ``model_threads`` torch threads, or (0) on its share of the cores.
+    """
+    import torch
     from torch.utils.data import DataLoader
 
     if not tasks:
@@ -283,8 +288,11 @@ def embed_local(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    sizer = ModelThreads(workers) if embedder.device.type == "cpu" and workers else None
+    on_cpu = embedder.device.type == "cpu"
+    sizer = ModelThreads(workers) if on_cpu and workers and not model_threads else None
     with torch_threads_restored():
+        if on_cpu and model_threads:
+            torch.set_num_threads(model_threads)
         for batch in loader:
             started = time.perf_counter()
             result = embedder.embed_batch(batch, jpeg_decoder)

@@ -60,6 +60,7 @@ class IndexConfig:
     device: str = "auto"  # where the image tower runs
     batch_size: int | None = None  # images per forward pass (default: 256 on CUDA, 32 on CPU)
     workers: int | None = None  # decoding processes (default: one per CPU core, at most 16)
+    model_threads: int = 0  # torch threads on a CPU; 0: the model's share of the cores (ModelThreads)
     keep: int = 3  # versions kept, the published one included
     incremental: bool = True  # reuse the published version's vectors for unchanged images
     force: bool = False  # publish a new version even when nothing changed
@@ -292,7 +293,9 @@ def embed_new(
 
         embed_ray(list(tasks.values()), config, teacher, decode, on_batch, batch_size)
     elif config.runner == "local":
-        embed_local(list(tasks.values()), embedder, decode, on_batch, batch_size, config.workers)
+        embed_local(
+            list(tasks.values()), embedder, decode, on_batch, batch_size, config.workers, config.model_threads
+        )
     else:
         raise ConfigError(f"unknown runner {config.runner!r}: use 'local' or 'ray'")
     cache.flush()

@@ -53,3 +53,36 @@ def test_indexing_puts_torch_threads_back(tmp_path, tiny_teacher_spec, synthetic
     )  # fmt: skip
     assert summary.count == 40
     assert torch.get_num_threads() == 2
+
+
+def test_model_threads_pins_the_count(tmp_path, tiny_teacher_spec, synthetic_photos, monkeypatch):
+    from birdsearch.indexer.embed import ImageEmbedder
+
+    seen = []
+    embed_batch = ImageEmbedder.embed_batch
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return embed_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageEmbedder, "embed_batch", spy)
+    synthetic_photos(tmp_path / "gallery" / "Turdus_migratorius", 24, seed=2)
+    torch.set_num_threads(2)
+    run_index(
+        IndexConfig(gallery=tmp_path / "gallery", out=tmp_path / "idx", teacher=tiny_teacher_spec,
+                    device="cpu", batch_size=8, workers=2, model_threads=3, progress=False)
+    )  # fmt: skip
+    assert seen == [3, 3, 3]
+    assert torch.get_num_threads() == 2
+
+
+def test_a_negative_thread_count_is_refused(tmp_path, tiny_teacher_spec):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "birdsearch.cli", "index", "--gallery", str(tmp_path), "--out",
+         str(tmp_path / "idx"), "--teacher", tiny_teacher_spec, "--model-threads", "-1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode != 0 and "--model-threads must be 0" in r.stderr

@@ -142,12 +142,12 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self.compute, self.run_sized, fn, *args)
 
     def compute_thread_count(self) -> int:
-        """Torch threads for the next model call: the setting, else the cores no decode is using now.
+        """Torch threads for the next model call: the setting, else the worker's cores less those
+        that queries working elsewhere (decoding, answering) kept busy over the last seconds.
 
         Under load the decode threads keep cores busy; a torch thread sharing a core with them makes
         each of the model's many parallel regions wait for it (or spin against it), which cost the
-        toy server a fifth of its throughput. Alone, a call gets every core: one clip's latency.
-        Each query lately working elsewhere keeps a decode thread or the event loop busy.
+        toy server a quarter of its CPU per query. Alone, a call gets every core: one clip's latency.
         """
         if self.settings.compute_threads:
             return self.settings.compute_threads

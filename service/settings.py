@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads per worker (0: CPU cores / workers)
     compute_threads: int = Field(
         0, ge=0
-    )  # torch threads per model call; 0: the worker's cores not busy decoding at that moment (Runtime)
+    )  # torch threads per model call; 0: the worker's cores that other queries did not keep busy lately
     compile: bool = (
         False  # torch.compile the audio tower at start (CUDA: ~2x the eager forward; start takes longer)
     )

@@ -303,7 +303,7 @@ def merge(rounds: list[Round]) -> dict[str, float]:
     steady = []
     for r in rounds:
         start, end = steady_window(r)
-        steady += [b - a for a, b in r.spans if a >= start and b <= end]
+        steady += [b - a for a, b in r.spans if start <= a <= end]  # by send time: slow answers count too
     every = [b - a for r in rounds for a, b in r.spans]
     if len(steady) < 20:  # rounds too short to have a steady part: every request counts
         steady = every
@@ -571,6 +571,8 @@ def main() -> int:
         "4000 requests, model path at batch 256 (flags given explicitly still win)",
     )
     args = parser.parse_args()
+    if args.rounds < 1 or args.concurrency < 0 or args.requests < 0:
+        parser.error("--rounds must be at least 1, --concurrency and --requests at least 0")
     # Servers and model path alike; before torch loads.
     if args.omp_wait_policy == "default":
         os.environ.pop("OMP_WAIT_POLICY", None)

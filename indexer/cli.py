@@ -105,10 +105,6 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
     for name in ("keep", "checkpoint_every", "ray_actors"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.model_threads < 0:
-        raise ConfigError(
-            f"--model-threads must be 0 (sized automatically) or more, got {args.model_threads}"
-        )
     return IndexConfig(
         gallery=gallery,
         out=args.out,

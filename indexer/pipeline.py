@@ -141,6 +141,10 @@ class Previous:
 def run_index(config: IndexConfig) -> Summary:
     """Index a gallery into ``config.out`` and publish a new version when anything changed."""
     start = time.perf_counter()
+    if config.model_threads < 0:
+        raise ConfigError(
+            f"model_threads (--model-threads) must be 0 (sized automatically) or more, got {config.model_threads}"
+        )
     root = Path(config.out).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     with IndexLock(root):

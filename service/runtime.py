@@ -119,8 +119,8 @@ class Runtime:
             self.batchers[mode].start()
         self.holder = IndexHolder(
             self.settings.index_root,
-            self._open_version,
-            self._prepare,
+            partial(self.run_sized, self._open_version),
+            partial(self.run_sized, self._prepare),
             self.settings.reload_interval_s,
             executor=self.compute,
         )
@@ -151,7 +151,8 @@ class Runtime:
         """
         if self.settings.compute_threads:
             return self.settings.compute_threads
-        busy = min(round(self.load.average_elsewhere()), self.settings.decode_thread_count + 1)
+        elsewhere = max(0, round(self.load.average_elsewhere()))  # a read racing an update may dip below 0
+        busy = min(elsewhere, self.settings.decode_thread_count + 1)
         return max(1, self.settings.cores_per_worker - busy)
 
     def run_sized(self, fn: Any, *args: Any) -> Any:

@@ -35,7 +35,9 @@ def docker_compose(*args: str, cwd: Path = DOCKER) -> subprocess.CompletedProces
     if not shutil.which("docker-compose"):
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDSEARCH_")}
-    return subprocess.run(["docker-compose", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        ["docker-compose", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def compose_config(*files: Path) -> dict:
@@ -115,7 +117,9 @@ def dockerfile_commands() -> list[list[str]]:
         if line.startswith("CMD ["):
             commands.append(json.loads(line[len("CMD ") :]))
         for match in re.finditer(r"(birdsearch (?:models|serve|index|reindex|query)[^&;]*)", line):
-            commands.append(shlex.split(match.group(1).replace('"${TEACHER}"', "t").replace('"${STUDENT}"', "s")))
+            commands.append(
+                shlex.split(match.group(1).replace('"${TEACHER}"', "t").replace('"${STUDENT}"', "s"))
+            )
     return commands
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from birdsearch.errors import ConfigError
 from birdsearch.indexer.embed import ModelThreads
 from birdsearch.indexer.pipeline import IndexConfig, run_index
 
@@ -85,4 +86,8 @@ def test_a_negative_thread_count_is_refused(tmp_path, tiny_teacher_spec):
          str(tmp_path / "idx"), "--teacher", tiny_teacher_spec, "--model-threads", "-1"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert r.returncode != 0 and "--model-threads must be 0" in r.stderr
+    assert r.returncode != 0 and "--model-threads) must be 0" in r.stderr
+    with pytest.raises(ConfigError, match="model_threads"):
+        run_index(
+            IndexConfig(gallery=tmp_path, out=tmp_path / "idx", teacher=tiny_teacher_spec, model_threads=-2)
+        )

@@ -115,3 +115,22 @@ def test_the_counts_return_to_zero_after_answers_and_refusals(api, helpers):
     codes, counts = helpers.run(main())
     assert codes == [200, 422] * 3 + [415]
     assert counts == (0, 0)
+
+
+def test_the_counts_return_to_zero_when_the_search_fails(api, helpers, monkeypatch):
+    from birdsearch.service import answer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("search broke")
+
+    monkeypatch.setattr(answer, "search_and_rank", broken)
+    good = helpers.audio_file("perch_21100_36_48_16k_10s.flac")
+
+    async def main():
+        async with api() as (app, client):
+            r = await client.post("/query", files={"audio": (good.name, good.read_bytes())})
+            return r.status_code, (app.state.runtime.load.active, app.state.runtime.load.computing)
+
+    status, counts = helpers.run(main())
+    assert status == 500
+    assert counts == (0, 0)

@@ -7,12 +7,15 @@ the gallery and teacher its manifest records, unless told otherwise.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from birdsearch.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -37,13 +40,21 @@ def register(subparsers: Any) -> None:
         help="update a published index from its gallery (incremental by content hash)",
         description="Re-read the gallery a published index was built from, embed only new or changed "
         "photos, drop removed ones, and publish a new version; the gallery and teacher default to the "
-        "published manifest's.",
+        "published manifest's. On an index root with nothing published yet, --gallery (and --teacher, "
+        "default BIRDSEARCH_TEACHER or BioCLIP-2) build the first version.",
     )
     reindex.add_argument("--out", "--index", dest="out", required=True, type=Path, help="index root")
     reindex.add_argument(
-        "--gallery", type=Path, default=None, help="default: the published version's gallery"
+        "--gallery",
+        type=Path,
+        default=None,
+        help="default: the published version's gallery; required on an empty index root",
     )
-    reindex.add_argument("--teacher", default=None, help="default: the published version's teacher")
+    reindex.add_argument(
+        "--teacher",
+        default=None,
+        help="default: the published version's teacher (on an empty root: BIRDSEARCH_TEACHER or BioCLIP-2)",
+    )
     reindex.add_argument(
         "--device", default=os.environ.get("BIRDSEARCH_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N"
     )
@@ -144,12 +155,34 @@ def run_index_command(args: argparse.Namespace) -> int:
 
 def run_reindex_command(args: argparse.Namespace) -> int:
     from birdsearch.indexer.pipeline import run_index
+
+    gallery, teacher = reindex_sources(args)
+    summary = run_index(build_config(args, gallery, teacher))
+    sys.stdout.write(summary.render() + "\n")
+    return 0 if summary.version else 1
+
+
+def reindex_sources(args: argparse.Namespace) -> tuple[Path, str]:
+    """The gallery and teacher a reindex reads: the flags, else the published manifest's.
+
+    An index root with nothing published yet (a fresh volume) gets its first version from
+    ``--gallery``, so that one scheduled command both creates and maintains an index.
+    """
+    from birdsearch.cli import DEFAULT_TEACHER
     from birdsearch.indexer.store import IndexRoot
 
-    manifest = IndexRoot(args.out).open_current().manifest
+    root = IndexRoot(args.out)
+    if root.current_name() is None:
+        if args.gallery is None:
+            raise ConfigError(
+                f"nothing is published in {args.out} yet, so there is no gallery to reindex: "
+                "pass --gallery GALLERY to build the first version"
+            )
+        teacher = args.teacher or os.environ.get("BIRDSEARCH_TEACHER", DEFAULT_TEACHER)
+        log.info("no published index in %s: building the first version from %s", args.out, args.gallery)
+        return args.gallery, teacher
+    manifest = root.open_current().manifest
     gallery = args.gallery or Path(manifest.get("gallery", {}).get("location", ""))
     if not str(gallery) or not gallery.exists():
         raise ConfigError(f"the gallery {gallery} recorded in {args.out}'s manifest is gone: pass --gallery")
-    summary = run_index(build_config(args, gallery, args.teacher or manifest["teacher"]["id"]))
-    sys.stdout.write(summary.render() + "\n")
-    return 0 if summary.version else 1
+    return gallery, args.teacher or manifest["teacher"]["id"]

@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
+    from birdsearch.cpus import available_cpus
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -200,7 +202,7 @@ def main() -> None:
                 work / "index-cores",
                 args,
                 thumbnails=0,
-                model_threads=os.cpu_count() or 1,
+                model_threads=available_cpus(),
             )
             rows.append(("pipeline, thumbnails off, torch on every core (--model-threads)", every_core))
         if device.startswith("cuda"):  # the GPU decodes JPEGs by default: the workers' PIL path beside it

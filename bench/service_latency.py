@@ -454,6 +454,8 @@ def machine() -> str:
 
 
 def bench_arch(arch: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from birdsearch.cpus import available_cpus
+
     world = build_world(workdir / arch, arch, args.gallery_images)
     clip = CLIP.read_bytes()
     out: dict[str, Any] = {"arch": arch}
@@ -470,7 +472,7 @@ def bench_arch(arch: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
             "one_at_a_time": Server(world, *settings, 1, 0.0, args.compile_servers),
         }
         if args.all_cores_row:  # the same micro-batched server with torch on every core, busy or not
-            every_core = max(1, (os.cpu_count() or 1) // args.workers)
+            every_core = max(1, available_cpus() // args.workers)
             servers["all_cores"] = Server(
                 world, *settings, args.max_batch, args.max_wait_ms, args.compile_servers, every_core
             )

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from birdsearch.cpus import available_cpus
 from birdsearch.errors import ImageError
 from birdsearch.indexer import faults
 from birdsearch.indexer.device_decode import DeviceJpegDecoder, jpeg_upright_size
@@ -256,7 +257,7 @@ OnBatch = Callable[[list[str], np.ndarray, list[tuple[int, int]], list[tuple[str
 
 
 def default_workers() -> int:
-    return max(1, min(16, (os.cpu_count() or 2)))
+    return max(1, min(16, available_cpus()))
 
 
 def embed_local(
@@ -314,7 +315,7 @@ class ModelThreads:
 
     def __init__(self, workers: int, cores: int | None = None, smoothing: float = 0.3):
         self.workers = workers
-        self.cores = cores or os.cpu_count() or 1
+        self.cores = cores or available_cpus()
         self.smoothing = smoothing
         self.decode_cpu = 0.0  # smoothed CPU seconds per batch, workers
         self.model_cpu = 0.0  # smoothed CPU seconds per batch, model (wall time x threads)

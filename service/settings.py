@@ -28,6 +28,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from birdsearch.cpus import available_cpus
 from birdsearch.errors import ConfigError
 from birdsearch.paths import cache_root
 
@@ -174,8 +175,9 @@ class Settings(BaseSettings):
 
     @property
     def cores_per_worker(self) -> int:
-        """CPU cores each worker process may keep busy (decoding threads, torch's CPU threads)."""
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        """CPU cores each worker process may keep busy (decoding threads, torch's CPU threads): the
+        cores the process may use (affinity and cgroup quota, ``birdsearch.cpus``) split between workers."""
+        return max(1, available_cpus() // self.workers)
 
     @property
     def decode_thread_count(self) -> int:

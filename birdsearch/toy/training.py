@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from birdsearch.cpus import available_cpus
+
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +82,7 @@ def training_threads() -> int:
     explicit = os.environ.get("BIRDSEARCH_TOY_THREADS")
     if explicit:
         return max(1, int(explicit))
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
     idle = cores - int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else cores
     return max(1, min(torch.get_num_threads(), idle))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from birdsearch.cli import add_model_args
+from birdsearch.cpus import available_cpus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     running.add_argument(
         "--workers",
         type=int,
-        default=max(1, min(16, (os.cpu_count() or 2) - 1)),
+        default=max(1, min(16, available_cpus() - 1)),
         help="audio decoding processes: at 2,000 clips/s a GPU needs about 8-12 (default: cores - 1 = %(default)s)",
     )
     running.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")

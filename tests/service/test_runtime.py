@@ -19,7 +19,7 @@ def runtime_on_cores(settings_for, monkeypatch):
     made = []
 
     def make(cores: int, **overrides):
-        monkeypatch.setattr("os.cpu_count", lambda: cores)
+        monkeypatch.setattr("birdsearch.service.settings.available_cpus", lambda: cores)
         runtime = Runtime(settings_for(**overrides))
         runtime.compute = ThreadPoolExecutor(1)
         made.append(runtime)

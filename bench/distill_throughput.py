@@ -7,7 +7,7 @@ on CUDA. One training step is exactly the trainer's
 (``birdsearch.model.distill.trainer.forward_backward`` + ``optimizer_step``): 10 s waveforms at 48 kHz
 already on the device -> log-mel on the device -> forward (bf16 autocast on CUDA) -> InfoNCE ->
 backward -> gradient clipping -> AdamW. Decoding and resampling happen in loader workers in the real
-run and are not timed here (they scale with CPU cores, about 3–6 ms per clip per core).
+run and are not timed here (they scale with CPU cores; BENCHMARKS.md, Distillation training throughput).
 
 The naive way, for the ratio: the same step, eager (no torch.compile). Target on an H100 (bf16):
 at least 2,000 training clips/s.

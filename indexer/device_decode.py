@@ -10,7 +10,7 @@ photo is never lost to the faster path.
 
 The result is not bit-identical to PIL's: another IDCT and a tensor resize (antialiased bicubic,
 as Pillow's) move pixel values by a few levels. ``tests/indexer/test_device_decode.py`` bounds the
-difference in embedding space (cosine against the PIL path) on real photos, on this machine's CPU
+difference in embedding space (cosine against the PIL path) on real photos, with the CPU
 build of the same function; on CUDA the decoder is nvJPEG.
 
 torchvision marks its image decoders deprecated from 0.29 in favour of TorchCodec; they work in the

@@ -308,8 +308,9 @@ class ModelThreads:
     Per photo, decoding costs ``d`` CPU seconds in the workers and the model ``m`` in this process;
     both share the cores, so the model should hold the share m / (d + m) of them. More threads
     than that only wait on the workers' cores in each of the model's parallel regions: with a
-    small teacher on 2 cores, one thread instead of two indexed 20-30 % more photos per second
-    (BENCHMARKS.md). A full-size teacher, whose model is nearly all the work, keeps every core.
+    small teacher on 2 cores, one thread instead of two indexed more photos per second
+    (BENCHMARKS.md, Indexing throughput). A full-size teacher, whose model is nearly all the work,
+    keeps every core.
     Costs are smoothed over batches; the count for each batch follows from the ones before it.
     """
 

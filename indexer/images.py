@@ -106,8 +106,8 @@ def to_chw(img: Image.Image) -> np.ndarray:
 def thumbnail_jpeg(img: Image.Image, size: int, quality: int = 85) -> bytes:
     """A JPEG whose longest side is at most ``size`` (upright, RGB: browsers show it as indexed)."""
     thumb = img.copy()
-    # Bicubic, Pillow's default here: Lanczos took 3.1 of the 4.4 ms a 500x375 photo's thumbnail cost
-    # on the 2-core CPU, for no difference a viewer sees at 256 px.
+    # Bicubic, Pillow's default here: Lanczos took most of a thumbnail's cost on a CPU (BENCHMARKS.md,
+    # Indexing throughput), for no difference a viewer sees at 256 px.
     thumb.thumbnail((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     thumb.save(out, format="JPEG", quality=quality)  # no optimize pass: it costs a second encode

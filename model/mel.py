@@ -8,8 +8,8 @@ CPU or GPU. ``tests/test_mel.py`` holds it equal to the extractor on real record
 ``PARITY_ATOL_DB`` dB everywhere. The difference is float32 (torch) against float64 (numpy)
 rounding, which grows as a bin's energy falls towards 100 dB below the frame's.
 
-``MelFrontEnd`` picks the implementation for the device: the torch one on a GPU (tens of thousands
-of clips/s) and, on a CPU, whichever ``bench/mel.py`` measured faster (see ``CPU_IMPLEMENTATION``).
+``MelFrontEnd`` picks the implementation for the device: the torch one on a GPU and, on a CPU,
+whichever ``bench/mel.py`` measured faster (``CPU_IMPLEMENTATION``; BENCHMARKS.md, Log-mel front end).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ PARITY_RANGE_DB = 80.0
 PARITY_ATOL_DB_SIGNAL = 5e-3
 PARITY_ATOL_DB = 0.1
 
-# Measured by bench/mel.py on the project's 2-core CPU machine (see BENCHMARKS.md): the batched torch
+# Measured by bench/mel.py on a 2-core CPU (see BENCHMARKS.md, Log-mel front end): the batched torch
 # STFT beat the extractor's per-frame numpy loop, so the CPU uses torch too. Set to "numpy" to use
 # the Hugging Face extractor instead.
 CPU_IMPLEMENTATION = "torch"
 
 # On a CPU the torch mel runs one window at a time: a batch's STFT intermediates (4 MB of complex
 # spectrum per 10 s window) pass glibc's mmap threshold, and each call then pays page faults on
-# fresh memory. bench/mel.py, 2-core CPU: batch 32 at once ran about 3x slower than window by window.
+# fresh memory, which made a whole batch at once slower than window by window (BENCHMARKS.md,
+# Log-mel front end).
 CPU_MEL_WINDOWS_PER_CALL = 1
 
 

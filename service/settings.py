@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         0, ge=0
     )  # torch threads per model call; 0: the worker's cores that other queries did not keep busy lately
     compile: bool = (
-        False  # torch.compile the audio tower at start (CUDA: ~2x the eager forward; start takes longer)
+        False  # torch.compile the audio tower at start (a GPU lever; start takes longer)
     )
 
     # Index hot reload and admin
@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     @property
     def batch_size(self) -> int:
         """``max_batch``, or the device's default: on a CPU larger batches bought nothing per clip
-        (bench/service_latency.py: batch 32 ran at 0.7-0.9x the clips/s of batch 1), on a GPU they are
+        (BENCHMARKS.md, Query service: the model path at batch 32 against batch 1), on a GPU they are
         what makes thousands of clips per second."""
         if self.max_batch:
             return self.max_batch

@@ -71,7 +71,7 @@ def fit_mlp(
     s, t = source.float(), F.normalize(target.float(), dim=-1)
     labels = torch.arange(len(s))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # matrices of a few hundred rows: threads cost more than they give (6× here)
+    torch.set_num_threads(1)  # matrices of a few hundred rows: threads cost more than they give
     try:
         for _ in range(steps):
             out = mlp(s)

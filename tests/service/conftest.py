@@ -124,7 +124,7 @@ def index_root(tmp_path_factory, tiny_models) -> Path:
 def loaded_models(tiny_models):
     """Both query models, loaded once and shared by every in-process app."""
     from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
-    from birdsearch.service.runtime import Models
+    from birdsearch.service.lifecycle import Models
 
     return Models(
         DistilledEmbedder.load(str(tiny_models["encoder"]), "cpu"),
@@ -182,14 +182,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def audio_file(name: str, real_fixtures_dir: Path | None = None) -> Path:
-    """A test recording from tests/data/audio (committed), else from ../shared/fixtures/real/audio."""
+def audio_file(name: str) -> Path:
+    """A test recording from tests/data/audio (committed with its license: tests/data/ATTRIBUTION.md)."""
     path = TEST_AUDIO / name
-    if path.is_file():
-        return path
-    if real_fixtures_dir is not None and (real_fixtures_dir / "audio" / name).is_file():
-        return real_fixtures_dir / "audio" / name
-    pytest.skip(f"test recording {name} not found in {TEST_AUDIO}")
+    if not path.is_file():
+        raise FileNotFoundError(f"test recording {name} not found in {TEST_AUDIO}")
+    return path
 
 
 def free_port() -> int:

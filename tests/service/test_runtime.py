@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from birdsearch.service.load import RecentLoad
+from birdsearch.service.cpu_share import RecentLoad
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def runtime_on_cores(settings_for, monkeypatch):
     def make(cores: int, **overrides):
         monkeypatch.setattr("birdsearch.service.settings.available_cpus", lambda: cores)
         runtime = Runtime(settings_for(**overrides))
-        runtime.compute = ThreadPoolExecutor(1)
+        runtime.compute.start()
         made.append(runtime)
         return runtime
 
@@ -43,13 +42,13 @@ class Clock:
 def steady(runtime, active: int, computing: int) -> None:
     """The runtime's queries at these counts for long enough that the recent average equals them."""
     clock = Clock()
-    runtime.load = RecentLoad(horizon_s=0.5, clock=clock)
-    runtime.load.change(active=active, computing=computing)
+    runtime.compute.load = RecentLoad(horizon_s=0.5, clock=clock)
+    runtime.compute.load.change(active=active, computing=computing)
     clock.now = 60.0
 
 
 def threads_of_next_model_call(runtime) -> int:
-    return asyncio.run(runtime.on_compute(torch.get_num_threads))
+    return asyncio.run(runtime.compute.run(torch.get_num_threads))
 
 
 def test_a_lone_query_gets_every_core(runtime_on_cores):
@@ -73,10 +72,10 @@ def test_a_burst_of_decoding_as_a_long_batch_starts_leaves_it_every_core(runtime
     takes milliseconds of a batch that runs for hundreds."""
     runtime = runtime_on_cores(2, decode_threads=2)
     steady(runtime, active=4, computing=4)
-    runtime.load.clock.now += 0.01
-    runtime.load.change(active=+4)  # four new uploads start decoding now
+    runtime.compute.load.clock.now += 0.01
+    runtime.compute.load.change(active=+4)  # four new uploads start decoding now
     assert threads_of_next_model_call(runtime) == 2
-    runtime.load.clock.now += 2.0  # ...and if they kept the cores busy for a while, they get them
+    runtime.compute.load.clock.now += 2.0  # ...and if they kept the cores busy for a while, they get them
     assert threads_of_next_model_call(runtime) == 1
 
 
@@ -110,7 +109,10 @@ def test_the_counts_return_to_zero_after_answers_and_refusals(api, helpers):
                 ),
                 client.post("/query", files={"audio": ("x.wav", b"not audio")}),
             )
-            return [r.status_code for r in answers], (runtime.load.active, runtime.load.computing)
+            return [r.status_code for r in answers], (
+                runtime.compute.load.active,
+                runtime.compute.load.computing,
+            )
 
     codes, counts = helpers.run(main())
     assert codes == [200, 422] * 3 + [415]
@@ -129,7 +131,10 @@ def test_the_counts_return_to_zero_when_the_search_fails(api, helpers, monkeypat
     async def main():
         async with api() as (app, client):
             r = await client.post("/query", files={"audio": (good.name, good.read_bytes())})
-            return r.status_code, (app.state.runtime.load.active, app.state.runtime.load.computing)
+            return r.status_code, (
+                app.state.runtime.compute.load.active,
+                app.state.runtime.compute.load.computing,
+            )
 
     status, counts = helpers.run(main())
     assert status == 500

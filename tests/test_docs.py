@@ -76,6 +76,15 @@ def broken_links(path: Path) -> list[str]:
     return problems
 
 
+REPO_PATH = re.compile(r"`((?:model|indexer|service|birdsearch|bench|tests|docker|docs|\.ci)/[\w./-]*)`")
+
+
+def missing_repo_paths(path: Path) -> list[str]:
+    """Files (with a suffix) and folders (ending in /) of the repository named in backticks that do not exist."""
+    named = REPO_PATH.findall(path.read_text(encoding="utf-8"))
+    return sorted({p for p in named if (Path(p).suffix or p.endswith("/")) and not (ROOT / p).exists()})
+
+
 def test_readme_is_at_most_12_kb():
     size = len((ROOT / "README.md").read_bytes())
     assert size <= README_MAX_BYTES, (
@@ -95,6 +104,12 @@ def test_readme_holds_the_commands_ci_runs():
 @pytest.mark.parametrize("path", documentation_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_link_resolves(path):
     assert broken_links(path) == []
+
+
+@pytest.mark.parametrize("path", documentation_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_named_exists(path):
+    """A renamed module or test must not leave the documentation pointing at its old name."""
+    assert missing_repo_paths(path) == []
 
 
 def test_docs_folder_is_linked_from_the_readme():
@@ -132,3 +147,11 @@ def test_the_checker_finds_planted_broken_links(tmp_path):
         "#nowhere",
     ]
     assert all(p.startswith("page.md:8: ") for p in problems)
+
+
+def test_the_checker_finds_a_renamed_file(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`model/mel.py` and `service/static/`, `service/gone.py`, `docker/gallery`\n", encoding="utf-8"
+    )
+    assert missing_repo_paths(page) == ["service/gone.py"]

@@ -1,7 +1,9 @@
 """Audio front end, part one: any recording to mono float32 at the model's rate, cut into windows.
 
 Decoding is libsndfile (through ``soundfile``): wav, flac, ogg/vorbis, opus and mp3, any sample
-rate and channel count. Resampling is libsoxr (through ``soxr``) at its "HQ" quality: a
+rate and channel count. What libsndfile does not recognise (m4a/AAC from phones, webm, wma, and
+anything else FFmpeg reads) is decoded through PyAV (the ``av`` package, which ships FFmpeg), under
+the same limits and with the same typed errors. Resampling is libsoxr (through ``soxr``) at its "HQ" quality: a
 band-limited polyphase resampler with a linear-phase low-pass, aliasing rejection beyond 100 dB,
 faster than real time by three orders of magnitude on one core, and the default of librosa
 (``soxr_hq``), which much of bioacoustics (BirdNET, Perch, opensoundscape) already trusts.
@@ -19,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -39,6 +41,8 @@ MAX_CHANNELS = 64
 LIBSNDFILE_PREFIX = re.compile(r"^Error opening .*?: ")
 CUT_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 TRUNCATION_TOLERANCE = 0.9  # MP3 headers estimate their length; a real cut loses far more than 10 %
+AAC_SLACK_FRAMES = 4096  # AAC adds encoder priming and padding (a frame or two of 1024) to the length
+FORMATS_HINT = "use wav, flac, ogg, opus or mp3 (or m4a/AAC, webm and the other formats FFmpeg reads)"
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,35 @@ class Windows:
 AudioSource = str | Path | bytes | BinaryIO
 
 
+class NotForLibsndfile(Exception):
+    """libsndfile does not recognise the container: the FFmpeg decoder gets a try."""
+
+
+def source_name(source: AudioSource) -> str:
+    return str(source) if isinstance(source, str | Path) else "upload"
+
+
 def decode(source: AudioSource, limits: AudioLimits = AudioLimits()) -> tuple[np.ndarray, int, str]:
     """Decode a file, bytes or file object into (frames × channels float32, sample rate, format).
 
-    Raises UnsupportedAudioError for what libsndfile cannot read, CorruptAudioError for damaged
-    data, EmptyAudioError for zero frames and AudioTooLongError before decoding anything too long.
+    libsndfile first; what it does not recognise goes to FFmpeg (PyAV). Raises
+    UnsupportedAudioError for what neither can read, CorruptAudioError for damaged data,
+    EmptyAudioError for zero frames and AudioTooLongError before decoding anything too long.
     """
+    try:
+        return decode_libsndfile(source, limits)
+    except NotForLibsndfile as e:
+        if not isinstance(source, str | Path | bytes):
+            source.seek(0)  # libsndfile read part of the header
+        return decode_ffmpeg(source, limits, libsndfile_reason=str(e))
+
+
+def decode_libsndfile(source: AudioSource, limits: AudioLimits) -> tuple[np.ndarray, int, str]:
+    """libsndfile's decode; raises NotForLibsndfile for a container it does not recognise."""
     import soundfile as sf
 
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
-    name = str(source) if isinstance(source, str | Path) else "upload"
+    name = source_name(source)
     try:
         with sf.SoundFile(handle) as f:
             rate, channels, frames = f.samplerate, f.channels, f.frames
@@ -98,22 +121,108 @@ def decode(source: AudioSource, limits: AudioLimits = AudioLimits()) -> tuple[np
     except sf.LibsndfileError as e:
         message = LIBSNDFILE_PREFIX.sub("", str(e))  # drop "Error opening <_io.BytesIO object at 0x...>: "
         if "recognised" in message or "unknown format" in message.lower() or "supported" in message:
-            raise UnsupportedAudioError(
-                f"{name}: not a recording libsndfile can read ({message}); use wav, flac, ogg, opus or mp3"
-            ) from e
+            raise NotForLibsndfile(message) from e
         raise CorruptAudioError(f"{name}: could not decode ({message})") from e
     except (RuntimeError, ValueError, EOFError) as e:  # truncated streams surface as these
         raise CorruptAudioError(f"{name}: could not decode ({e})") from e
+    check_decoded(name, data, frames)
+    return data, rate, fmt
+
+
+def decode_ffmpeg(
+    source: AudioSource, limits: AudioLimits, libsndfile_reason: str = ""
+) -> tuple[np.ndarray, int, str]:
+    """FFmpeg's decode (through PyAV) of the first audio stream, under the same limits as libsndfile's.
+
+    The header's duration is checked before decoding; since a container's duration can lie, the
+    decoded length is checked again as it grows, so that decoding stops at the limit.
+    """
+    name = source_name(source)
+    try:
+        import av
+    except ImportError as e:
+        raise UnsupportedAudioError(
+            f"{name}: not a recording libsndfile can read ({libsndfile_reason}); use wav, flac, ogg, opus or "
+            "mp3, or install PyAV (pip install av) for m4a/AAC and the other formats FFmpeg reads"
+        ) from e
+    if isinstance(source, str | Path):
+        with open(source, "rb") as file:  # a file object: FFmpeg never sees a name it could take for a URL
+            return decode_av(av, file, name, limits)
+    return decode_av(av, io.BytesIO(source) if isinstance(source, bytes) else source, name, limits)
+
+
+def decode_av(av: Any, handle: BinaryIO, name: str, limits: AudioLimits) -> tuple[np.ndarray, int, str]:
+    refused = f"{name}: not a recording libsndfile or FFmpeg can read"
+    try:
+        # No protocol may be opened from inside the stream (playlists, concat lists): only these bytes.
+        container = av.open(handle, mode="r", options={"protocol_whitelist": "none"})
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise UnsupportedAudioError(f"{refused} ({ffmpeg_reason(e)}); {FORMATS_HINT}") from e
+    with container:
+        if not container.streams.audio:
+            raise UnsupportedAudioError(
+                f"{refused}: its {container.format.name} container holds no audio stream; {FORMATS_HINT}"
+            )
+        stream = container.streams.audio[0]
+        rate, channels = int(stream.codec_context.sample_rate), len(stream.codec_context.layout.channels)
+        check_format(name, rate, channels)
+        declared = declared_frames(stream, container, rate)
+        if declared:
+            check_duration(name, declared, rate, limits)
+        data = decode_stream(av, container, stream, name, limits.max_duration_s)
+        fmt = f"{container.format.name}/{stream.codec_context.name}"
+    check_decoded(name, data, declared)
+    check_duration(name, data.shape[0], rate, limits)
+    return data, rate, fmt
+
+
+def decode_stream(av: Any, container: Any, stream: Any, name: str, max_duration_s: float) -> np.ndarray:
+    """All frames of ``stream`` as (frames, channels) float32; AudioTooLongError past ``max_duration_s``."""
+    rate = int(stream.codec_context.sample_rate)
+    max_frames = round(max_duration_s * rate) + AAC_SLACK_FRAMES
+    resampler = av.AudioResampler(format="fltp")  # planar float at the stream's own rate and layout
+    chunks, total = [], 0
+    try:
+        for frame in container.decode(stream):
+            for converted in resampler.resample(frame):
+                chunks.append(converted.to_ndarray())  # (channels, n)
+                total += chunks[-1].shape[1]
+            if total > max_frames:
+                raise AudioTooLongError(
+                    f"{name}: longer than the {max_duration_s:g} s limit (its header did not say so); cut it first"
+                )
+    except av.FFmpegError as e:
+        raise CorruptAudioError(f"{name}: could not decode ({ffmpeg_reason(e)})") from e
+    if not chunks:
+        return np.zeros((0, 1), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks, axis=1).T, dtype=np.float32)
+
+
+def declared_frames(stream: Any, container: Any, rate: int) -> int:
+    """Frames the container says the stream holds (0 when it does not say)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return int(stream.duration * stream.time_base * rate)
+    if container.duration is not None:  # microseconds (AV_TIME_BASE)
+        return int(container.duration * rate / 1_000_000)
+    return 0
+
+
+def ffmpeg_reason(error: Exception) -> str:
+    """FFmpeg's reason without the file name PyAV appends ('<none>' for file objects)."""
+    return str(getattr(error, "strerror", None) or error)
+
+
+def check_decoded(name: str, data: np.ndarray, declared_frames: int) -> None:
+    """What every decoder's output must satisfy: samples, as many as the header declared, all finite."""
     if data.shape[0] == 0:
         raise EmptyAudioError(f"{name}: the recording holds no samples")
-    if data.shape[0] < TRUNCATION_TOLERANCE * frames:
-        # libsndfile stops quietly at the end of a cut-off upload; the header still tells the length.
+    if data.shape[0] < TRUNCATION_TOLERANCE * declared_frames:
+        # Decoders stop quietly at the end of a cut-off upload; the header still tells the length.
         raise CorruptAudioError(
-            f"{name}: truncated: the header declares {frames} frames but only {data.shape[0]} could be decoded"
+            f"{name}: truncated: the header declares {declared_frames} frames but only {data.shape[0]} could be decoded"
         )
     if not np.isfinite(data).all():
         raise CorruptAudioError(f"{name}: decoded samples contain NaN or infinity")
-    return data, rate, fmt
 
 
 def check_not_cut_short(name: str, header_log: str) -> None:
@@ -126,12 +235,21 @@ def check_not_cut_short(name: str, header_log: str) -> None:
 
 
 def check_header(name: str, rate: int, channels: int, frames: int, limits: AudioLimits) -> None:
+    """Refuse a recording from its header alone: rate, channels and duration."""
+    check_format(name, rate, channels)
+    check_duration(name, frames, rate, limits)
+
+
+def check_format(name: str, rate: int, channels: int) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise UnsupportedAudioError(
             f"{name}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz"
         )
     if not 1 <= channels <= MAX_CHANNELS:
         raise UnsupportedAudioError(f"{name}: {channels} channels (1–{MAX_CHANNELS} supported)")
+
+
+def check_duration(name: str, frames: int, rate: int, limits: AudioLimits) -> None:
     if frames <= 0:
         raise EmptyAudioError(f"{name}: the recording holds no samples (0 frames)")
     duration = frames / rate
@@ -174,7 +292,7 @@ def load(
     data, rate, fmt = decode(source, limits)
     mono = to_mono(data)
     if not allow_silence and peak_dbfs(mono) < limits.silence_dbfs:
-        name = str(source) if isinstance(source, str | Path) else "upload"
+        name = source_name(source)
         raise SilentAudioError(
             f"{name}: silent (peak {peak_dbfs(mono):.1f} dBFS, below {limits.silence_dbfs:g} dBFS)"
         )

@@ -87,3 +87,30 @@ class IndexFormatError(BirdsearchError):
 
     code = "bad_index"
     http_status = 500
+
+
+class IncompleteCheckpointError(CheckpointError):
+    """Weights whose names do not match the architecture: loading them would leave some weights random.
+
+    Typical causes: a checkpoint saved by a library version that named its weights otherwise, or the
+    weights of another model beside this model's config.
+    """
+
+    code = "incomplete_checkpoint"
+    shown = 8  # keys named per list in the message; the counts are always complete
+
+    def __init__(self, what: str, weights: str, missing: list[str], unexpected: list[str]):
+        self.missing, self.unexpected = sorted(missing), sorted(unexpected)
+        parts = [f"{len(keys)} {label} ({self.sample(keys)})" for label, keys in
+                 (("missing", self.missing), ("unexpected", self.unexpected)) if keys]  # fmt: skip
+        super().__init__(
+            f"{what}: the weights in {weights} do not match the model's config: " + "; ".join(parts) + ". "
+            "Loading stopped, because those weights would be left random. Use weights saved for this "
+            "architecture (download them again, or re-save the model with the library version that "
+            "trained it)."
+        )
+
+    @classmethod
+    def sample(cls, keys: list[str]) -> str:
+        more = f", and {len(keys) - cls.shown} more" if len(keys) > cls.shown else ""
+        return ", ".join(keys[: cls.shown]) + more

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from birdsearch.errors import CheckpointError
+from birdsearch.errors import CheckpointError, IncompleteCheckpointError
 from birdsearch.model import hub
 from birdsearch.model.device import autocast, resolve_device
 from birdsearch.model.mel import FrontEndConfig, MelFrontEnd, embed_windows_in_batches
@@ -23,7 +23,7 @@ from birdsearch.model.names import Taxon
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STUDENT = "davidrrobinson/BioLingual"
+DEFAULT_STUDENT = hub.DEFAULT_STUDENT  # defined once, in hub
 PROMPT = "Sound of a {}"  # BioLingual's caption style
 
 
@@ -31,6 +31,29 @@ def encode_audio(audio_model: Any, audio_projection: Any, features: torch.Tensor
     """CLAP audio tower + its projection: (B, 1, frames, mels) features to (B, projection_dim), unnormalised."""
     pooled = audio_model(input_features=features).pooler_output
     return audio_projection(pooled)
+
+
+# Buffers that ClapModel computes from its config when a checkpoint lacks them (older transformers
+# versions saved some, newer ones others): positions, all-zero token types, Swin's relative position
+# table indices, and a BatchNorm step counter that inference never reads. Any other missing key —
+# a parameter, or BatchNorm's learned running statistics — would stay random.
+DERIVED_BUFFER_SUFFIXES = ("position_ids", "token_type_ids", "relative_position_index", "num_batches_tracked")
+
+
+def refuse_unmatched_keys(model: Any, loading: dict[str, Any], resolved: hub.ResolvedModel) -> None:
+    """Raise IncompleteCheckpointError when ``from_pretrained`` left weights random or ignored some.
+
+    transformers only logs a report for missing and unexpected keys; it already leaves out the keys
+    its model classes declare ignorable (e.g. ``position_ids`` saved by older versions) and raises
+    on shape mismatches itself.
+    """
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = [key for key in loading["missing_keys"]
+               if not (key in buffers and key.endswith(DERIVED_BUFFER_SUFFIXES))]  # fmt: skip
+    unexpected = list(loading["unexpected_keys"])
+    if missing or unexpected:
+        weights = resolved.weights_file.name
+        raise IncompleteCheckpointError(f"student {resolved.spec}", weights, missing, unexpected)
 
 
 class Student:
@@ -61,11 +84,13 @@ class Student:
         resolved = hub.resolve_or_download(spec, "student") if download else hub.resolve(spec, "student")
         target = resolve_device(device)
         try:
-            model = ClapModel.from_pretrained(resolved.path).to(target)
+            model, loading = ClapModel.from_pretrained(resolved.path, output_loading_info=True)
+            model = model.to(target)
             tokenizer = AutoTokenizer.from_pretrained(resolved.path)
             extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"student {resolved.spec} at {resolved.path} failed to load: {e}") from e
+        refuse_unmatched_keys(model, loading, resolved)
         if model.config.audio_config.enable_fusion:
             raise CheckpointError(
                 f"student {resolved.spec} is a fusion CLAP model; only unfused models are supported"

@@ -9,21 +9,59 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from birdsearch.errors import CheckpointError
+from birdsearch.errors import CheckpointError, IncompleteCheckpointError
 from birdsearch.model import hub
 from birdsearch.model.device import autocast, resolve_device
 from birdsearch.model.names import Taxon, templates_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
+DEFAULT_TEACHER = hub.DEFAULT_TEACHER  # defined once, in hub
+
+
+# open_clip warns on the root logger that a model built without weights is random; here the
+# weights are loaded right after, so the warning would be false.
+RANDOM_INIT_WARNING = "No pretrained weights loaded"
+
+
+@contextmanager
+def dropping_log_records(prefix: str) -> Iterator[None]:
+    """Drop root-logger records whose message starts with ``prefix``, for the duration."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def load_weights(model: Any, resolved: hub.ResolvedModel) -> None:
+    """Load ``resolved``'s weights into ``model``; IncompleteCheckpointError if any key does not match.
+
+    open_clip's own ``load_checkpoint`` reads the file and applies its format conversions (older
+    checkpoints, other publishers' layouts); ``strict=False`` so that every missing and unexpected
+    key is listed in one error, instead of torch's first failure.
+    """
+    from open_clip.factory import load_checkpoint
+
+    weights = resolved.weights_file
+    incompatible = load_checkpoint(model, str(weights), strict=False)
+    if incompatible.missing_keys or incompatible.unexpected_keys:
+        raise IncompleteCheckpointError(
+            f"teacher {resolved.spec}", weights.name, incompatible.missing_keys, incompatible.unexpected_keys
+        )
 
 
 class Teacher:
@@ -53,7 +91,13 @@ class Teacher:
         target = resolve_device(device)
         local = f"local-dir:{resolved.path}"
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(local, device=target)
+            # The architecture and transforms from the config alone; the weights are loaded below,
+            # from the file hub chose (the one whose checksum indexes record), and checked key by key.
+            with dropping_log_records(RANDOM_INIT_WARNING):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    local, device=target, load_weights=False, pretrained_text=False
+                )
+            load_weights(model, resolved)
             tokenizer = open_clip.get_tokenizer(local)
         except (RuntimeError, ValueError, KeyError, OSError) as e:
             raise CheckpointError(f"teacher {resolved.spec} at {resolved.path} failed to load: {e}") from e

@@ -20,6 +20,7 @@ import torch
 
 from birdsearch.model.mel import FrontEndConfig
 from birdsearch.service.metrics import stage_timer
+from birdsearch.service.redact import model_name
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ModelFacts:
     """What a query response and /version say about a model."""
 
     mode: str  # "distilled" or "cascade"
-    id: str  # checkpoint path or student spec
+    id: str  # the spec the model was given, without server paths (``redact.model_name``)
     dim: int  # output dimension of the batch function
     teacher: dict[str, Any] = field(default_factory=dict)  # the teacher space it targets (distilled only)
     details: dict[str, Any] = field(default_factory=dict)  # card facts: base student, training hash, metrics
@@ -68,13 +69,16 @@ class DistilledEmbedder:
         card = encoder.card
         self.front_end: FrontEndConfig = encoder.front_end_config
         self.staging = staging_for(encoder.device)
+        teacher = dict(card.teacher)
+        if "id" in teacher:
+            teacher["id"] = model_name(str(teacher["id"]))
         self.facts = ModelFacts(
             "distilled",
-            str(encoder.path),
+            model_name(str(encoder.path)),
             int(encoder.dim),
-            teacher=dict(card.teacher),
+            teacher=teacher,
             details={
-                "base_student": card.base_student,
+                "base_student": model_name(str(card.base_student)),
                 "text_format": card.text_format,
                 "training_data_hash": card.training_data_hash,
                 "created": card.created,
@@ -105,19 +109,21 @@ class StudentEmbedder:
 
     mode = "cascade"
 
-    def __init__(self, student: Any):
+    def __init__(self, student: Any, spec: str | None = None):
+        """``spec``: what the settings named (``toy`` resolves to a directory; answers show ``toy``)."""
         self.student = student  # birdsearch.model.student.Student
         self.front_end: FrontEndConfig = student.front_end_config
         self.staging = staging_for(student.device)
+        name = model_name(spec or str(student.id))
         self.facts = ModelFacts(
-            "cascade", student.id, int(student.dim), details={"student": student.describe()}
+            "cascade", name, int(student.dim), details={"student": {**student.describe(), "id": name}}
         )
 
     @classmethod
     def load(cls, spec: str, device: str) -> StudentEmbedder:
         from birdsearch.model.student import Student
 
-        return cls(Student.load(spec, device))
+        return cls(Student.load(spec, device), spec)
 
     def compile(self) -> None:
         """Compile the student's audio tower with torch.compile (dynamic batch size)."""

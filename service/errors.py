@@ -1,7 +1,8 @@
 """The service's own typed errors, and how every error becomes a JSON answer.
 
 Every error answer has the same shape, ``{"detail": "<what and the fix>", "code": "<stable name>"}``:
-``code`` is what clients and tests branch on; ``detail`` names the bad value. Request validation
+``code`` is what clients and tests branch on; ``detail`` names the bad value, with any server path
+shortened to its base name (``redact``). Request validation
 errors keep FastAPI's list-of-problems ``detail`` and get ``code: "bad_parameter"``.
 """
 
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from birdsearch.errors import BirdsearchError
 from birdsearch.service.metrics import ERRORS
+from birdsearch.service.redact import redact_paths
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +97,15 @@ async def birdsearch_error_handler(request: Request, exc: Exception) -> JSONResp
     ERRORS.labels(exc.code).inc()
     if status >= 500 and not isinstance(exc, NotReadyError):
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
-    return JSONResponse(error_body(str(exc), exc.code), status_code=status)
+    return JSONResponse(error_body(redact_paths(str(exc)), exc.code), status_code=status)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = getattr(exc, "code", None) or ("not_found" if exc.status_code == 404 else "http_error")
     ERRORS.labels(code).inc()
-    return JSONResponse(error_body(exc.detail, code), status_code=exc.status_code, headers=exc.headers)
+    detail = redact_paths(exc.detail) if isinstance(exc.detail, str) else exc.detail
+    return JSONResponse(error_body(detail, code), status_code=exc.status_code, headers=exc.headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

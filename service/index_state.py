@@ -28,6 +28,7 @@ from birdsearch.errors import BirdsearchError, IndexFormatError
 from birdsearch.model.student import PROMPT
 from birdsearch.service.embedders import CascadeHead, DistilledEmbedder, StudentEmbedder
 from birdsearch.service.metrics import INDEX_IMAGES, INDEX_RELOADS
+from birdsearch.service.redact import model_name
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ServedIndex:
             "dim": int(self.version.dim),
             "species": len(self.species),
             "index_type": str(manifest.get("index_type", "")),
-            "teacher": str(manifest.get("teacher", {}).get("id", "")),
+            "teacher": model_name(str(manifest.get("teacher", {}).get("id", ""))),
             "created": str(manifest.get("created", "")),
         }
 

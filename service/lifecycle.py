@@ -23,6 +23,7 @@ from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
 from birdsearch.service.errors import NotReadyError
 from birdsearch.service.index_state import IndexHolder, ServedIndex, prepare
 from birdsearch.service.metrics import BATCH_REQUESTS, BATCH_ROWS
+from birdsearch.service.redact import redact_paths
 from birdsearch.service.schemas import IndexInfo
 from birdsearch.service.settings import Settings
 
@@ -149,7 +150,7 @@ class Lifecycle:
         current = self.holder.current if self.holder is not None else None
         if current is None:
             reason = self.holder.last_error if self.holder is not None else None
-            raise NotReadyError(reason or "the server is still starting")
+            raise NotReadyError(redact_paths(reason) if reason else "the server is still starting")
         return current
 
     def readiness(self) -> tuple[bool, str | None]:
@@ -158,7 +159,8 @@ class Lifecycle:
             self.served()
         except NotReadyError as e:
             return False, str(e)
-        return True, self.holder.last_error if self.holder is not None else None
+        refused = self.holder.last_error if self.holder is not None else None
+        return True, redact_paths(refused) if refused else None
 
     def versions(self) -> dict[str, Any]:
         assert self.models is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from birdsearch.service.deps import AdminDep, RuntimeDep
+from birdsearch.service.redact import redact_paths
 from birdsearch.service.schemas import ReloadResult, error_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
@@ -22,4 +23,9 @@ async def reload(runtime: RuntimeDep) -> ReloadResult:
     previous = runtime.holder.current.name if runtime.holder.current else None
     changed = await runtime.holder.refresh()
     current = runtime.holder.current.name if runtime.holder.current else None
-    return ReloadResult(changed=changed, previous=previous, current=current, detail=runtime.holder.last_error)
+    return ReloadResult(
+        changed=changed,
+        previous=previous,
+        current=current,
+        detail=runtime.holder.last_error and redact_paths(runtime.holder.last_error),
+    )

@@ -7,6 +7,8 @@ it is a 422 that says where to look, not an empty answer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from birdsearch.service import ranking
@@ -76,42 +78,86 @@ def search_and_rank(
     candidates_per_window: int,
 ) -> tuple[list[SpeciesHit], list[ImageHit], list[TimelineWindow], Aggregation]:
     """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts."""
-    pool = len(allowed) if allowed is not None else served.version.count
-    candidates = max(1, min(max(form.k, candidates_per_window), pool))
-    with stage_timer("search"):
-        scores, ids = served.version.search(vectors, candidates, ids=allowed)
+    scores, ids, candidates = search(served, vectors, form.k, allowed, candidates_per_window)
     species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species))
     top_rows = ranking.top_species(species_scores.recording, form.species_k)
     images = ranking.best_images(scores, ids, form.k)
     species_images = [
         ranking.best_image_of_species(scores, ids, served.image_species, int(row)) for row in top_rows
     ]
-    records = served.version.images([hit.id for hit in images] + species_images) if pool else []
-    by_id = {record.id: record for record in records}
+    records = image_records(served, [hit.id for hit in images] + species_images)
+    return (
+        species_hits(served, species_scores, top_rows, species_images, records),
+        image_hits(images, records),
+        timeline(served, species_scores, plan, form.species_k),
+        Aggregation(**ranking.AGGREGATION, candidates_per_window=candidates),
+    )
 
-    image_hits = []
+
+def search(
+    served: ServedIndex, vectors: np.ndarray, k: int, allowed: np.ndarray | None, candidates_per_window: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each window's nearest images among those allowed: (scores (W, C), ids (W, C), C).
+
+    C is enough candidates both to rank species (``candidates_per_window``) and to fill ``k`` photos,
+    and never more than the images there are to search.
+    """
+    pool = len(allowed) if allowed is not None else served.version.count
+    candidates = max(1, min(max(k, candidates_per_window), pool))
+    with stage_timer("search"):
+        scores, ids = served.version.search(vectors, candidates, ids=allowed)
+    return scores, ids, candidates
+
+
+def image_records(served: ServedIndex, image_ids: list[int]) -> dict[int, Any]:
+    """The index's records of these images, by id (an empty index has none to read)."""
+    records = served.version.images(image_ids) if served.version.count else []
+    return {record.id: record for record in records}
+
+
+def image_hits(images: list[ranking.ImageScore], records: dict[int, Any]) -> list[ImageHit]:
+    """The best photos over all windows, as the answer lists them."""
+    hits = []
     for hit in images:
-        record = by_id[hit.id]
+        record = records[hit.id]
         url, thumb = image_urls(hit.id, record.content_hash)
-        image_hits.append(
+        hits.append(
             ImageHit(
                 id=hit.id, url=url, thumbnail_url=thumb, species=record.species, common_name=record.common_name,
                 score=round(hit.score, 6), window=hit.window, license=record.license,
                 attribution=record.attribution, source=record.source,
             )
         )  # fmt: skip
-    species_hits = []
+    return hits
+
+
+def species_hits(
+    served: ServedIndex,
+    scores: ranking.SpeciesScores,
+    top_rows: np.ndarray,
+    species_images: list[int],
+    records: dict[int, Any],
+) -> list[SpeciesHit]:
+    """The recording's top species, each with its lineage, score and best photo."""
+    hits = []
     for row, image_id in zip(top_rows, species_images, strict=True):
         record = served.species[int(row)]
-        species_hits.append(
+        hits.append(
             SpeciesHit(
                 species=record.scientific, common_name=record.common_name, genus=record.genus,
-                family=record.family, order=record.order, score=round(float(species_scores.recording[row]), 6),
-                windows=int(species_scores.top_windows[row]), best_window=int(species_scores.best_window[row]),
-                image_id=image_id, thumbnail_url=image_urls(image_id, by_id[image_id].content_hash)[1],
+                family=record.family, order=record.order, score=round(float(scores.recording[row]), 6),
+                windows=int(scores.top_windows[row]), best_window=int(scores.best_window[row]),
+                image_id=image_id, thumbnail_url=image_urls(image_id, records[image_id].content_hash)[1],
             )
         )  # fmt: skip
-    timeline = [
+    return hits
+
+
+def timeline(
+    served: ServedIndex, scores: ranking.SpeciesScores, plan: WindowPlan, species_k: int
+) -> list[TimelineWindow]:
+    """Each window's time span and its own top species."""
+    return [
         TimelineWindow(
             index=w,
             start_s=round(float(start), 3),
@@ -120,12 +166,10 @@ def search_and_rank(
                 WindowSpecies(
                     species=served.species[int(row)].scientific,
                     common_name=served.species[int(row)].common_name,
-                    score=round(float(species_scores.per_window[w, row]), 6),
+                    score=round(float(scores.per_window[w, row]), 6),
                 )
-                for row in ranking.top_species(species_scores.per_window[w], form.species_k)
+                for row in ranking.top_species(scores.per_window[w], species_k)
             ],
         )
         for w, start in enumerate(plan.starts_s)
     ]
-    aggregation = Aggregation(**ranking.AGGREGATION, candidates_per_window=candidates)
-    return species_hits, image_hits, timeline, aggregation

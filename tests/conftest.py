@@ -8,12 +8,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REAL_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+# Real recordings and photos, committed with their licenses (tests/data/ATTRIBUTION.md).
+REAL_FIXTURES = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def real_fixtures() -> Path:
-    """../shared/fixtures/real (real recordings and photos); tests skip when it is absent."""
-    if not REAL_FIXTURES.is_dir():
-        pytest.skip(f"real fixtures not found at {REAL_FIXTURES}")
+    """tests/data: real recordings (audio/), photos (images/) and conversions of them (derived/)."""
     return REAL_FIXTURES

@@ -13,7 +13,7 @@ TINY_TEACHER_CFG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
 
-# Real photos by species folder (../shared/fixtures/real): every odd image, and the plain ones.
+# Real photos by species folder (tests/data): every odd image, and the plain ones.
 REAL_GALLERY = {
     "Ara ararauna": [
         "images/kodim23_macaws.png",

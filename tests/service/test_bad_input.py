@@ -92,12 +92,12 @@ def test_non_audio_and_truncated_uploads(api, helpers, make, status, code):
     assert after == 200
 
 
-def test_truncated_mp3_is_corrupt(api, helpers, real_fixtures):
-    data = (real_fixtures / "audio" / "phoebe_XC137480_Junco_hyemalis.mp3").read_bytes()
+def test_truncated_mp3_is_corrupt(api, helpers):
+    data = helpers.audio_file("derived_spinetail_stereo_44k1.mp3").read_bytes()
 
     async def main():
         async with api() as (_, client):
-            return await post_bytes(client, data[: len(data) // 3], "junco.mp3")
+            return await post_bytes(client, data[: len(data) // 3], "spinetail.mp3")
 
     r = helpers.run(main())
     assert (r.status_code, r.json()["code"]) == (422, "corrupt_audio")

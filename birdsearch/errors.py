@@ -114,3 +114,13 @@ class IncompleteCheckpointError(CheckpointError):
     def sample(cls, keys: list[str]) -> str:
         more = f", and {len(keys) - cls.shown} more" if len(keys) > cls.shown else ""
         return ", ".join(keys[: cls.shown]) + more
+
+
+class FrontEndSettingError(ConfigError):
+    """A feature-extractor setting (``preprocessor_config.json``) that the audio front end does not implement."""
+
+    code = "unsupported_front_end"
+
+    def __init__(self, setting: str, value: object, reason: str):
+        self.setting, self.value = setting, value
+        super().__init__(f"feature extractor setting {setting}={value!r} is not supported: {reason}")

@@ -3,7 +3,7 @@
 ``LogMel`` is a torch implementation of ``transformers.ClapFeatureExtractor`` (HTSAT, unfused,
 ``truncation="rand_trunc"``): periodic Hann window, centred STFT with reflect padding, power
 spectrum, the extractor's own mel filter bank, ``10·log10(max(mel, 1e-10))``. It runs batched on
-CPU or GPU. ``tests/test_mel.py`` holds it equal to the extractor on real recordings: within
+CPU or GPU. ``tests/model/test_mel.py`` holds it equal to the extractor on real recordings: within
 ``PARITY_ATOL_DB_SIGNAL`` dB on every bin within 80 dB of the window's loudest, and within
 ``PARITY_ATOL_DB`` dB everywhere. The difference is float32 (torch) against float64 (numpy)
 rounding, which grows as a bin's energy falls towards 100 dB below the frame's.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from birdsearch.errors import ConfigError
+from birdsearch.errors import ConfigError, FrontEndSettingError
 
 # Maximum absolute difference, in dB, between LogMel and ClapFeatureExtractor on real recordings:
 # on bins within PARITY_RANGE_DB of the window's loudest bin, and on all bins.
@@ -53,8 +53,15 @@ class FrontEndConfig:
     n_mels: int = 64  # mel bins (feature_size)
     f_min: float = 0.0  # lowest mel filter edge, Hz
     f_max: float = 14_000.0  # highest mel filter edge, Hz
-    mel_scale: str = "slaney"  # "slaney" (rand_trunc models, as librosa) or "htk" (fusion models)
-    padding: str = "repeatpad"  # how windows shorter than window_s are filled
+    mel_scale: str = "slaney"  # the extractor's filters for unfused models (as librosa); "htk" is fusion's
+    padding: str = "repeatpad"  # how windows shorter than window_s are filled (by birdsearch.model.audio)
+
+    def __post_init__(self) -> None:
+        # Cards and manifests are read back with from_dict: refuse what LogMel does not compute.
+        if self.mel_scale != "slaney":
+            raise FrontEndSettingError("mel_scale", self.mel_scale, "only 'slaney' (unfused CLAP models)")
+        if self.padding != "repeatpad":
+            raise FrontEndSettingError("padding", self.padding, "only 'repeatpad'")
 
     @property
     def window_samples(self) -> int:
@@ -74,9 +81,13 @@ class FrontEndConfig:
 
     @classmethod
     def from_feature_extractor(cls, fe: Any) -> FrontEndConfig:
-        """Read the settings of a ``ClapFeatureExtractor`` (as loaded from preprocessor_config.json)."""
-        if fe.padding != "repeatpad":
-            raise ConfigError(f"feature extractor padding {fe.padding!r} is not supported (only 'repeatpad')")
+        """Read the settings of a ``ClapFeatureExtractor`` (as loaded from preprocessor_config.json).
+
+        Every setting that changes the features is either carried over (and held equal to the
+        extractor by ``tests/model/test_mel.py``) or refused with FrontEndSettingError; see
+        ``refuse_unsupported_settings``.
+        """
+        refuse_unsupported_settings(fe)
         return cls(
             sample_rate=int(fe.sampling_rate),
             window_s=float(fe.max_length_s),
@@ -85,7 +96,6 @@ class FrontEndConfig:
             n_mels=int(fe.feature_size),
             f_min=float(fe.frequency_min),
             f_max=float(fe.frequency_max),
-            mel_scale="htk" if fe.truncation == "fusion" else "slaney",
         )
 
     def mel_filters(self) -> np.ndarray:
@@ -116,8 +126,65 @@ class FrontEndConfig:
             fft_window_size=self.n_fft,
             frequency_min=self.f_min,
             frequency_max=self.f_max,
-            truncation="fusion" if self.mel_scale == "htk" else "rand_trunc",
+            truncation="rand_trunc",
             padding=self.padding,
+        )
+
+
+def refuse_unsupported_settings(fe: Any) -> None:
+    """Raise FrontEndSettingError for any ClapFeatureExtractor setting this front end would not honour.
+
+    Carried over, and proven equal to the extractor: ``sampling_rate``, ``max_length_s``,
+    ``fft_window_size``, ``hop_length``, ``feature_size``, ``frequency_min``/``frequency_max``. The
+    rest either has one supported value or is refused here. ``padding_side`` and
+    ``return_attention_mask`` do not reach CLAP's features.
+    """
+    if fe.truncation != "rand_trunc":
+        reason = (
+            "it stacks four mel views for a fusion CLAP model (enable_fusion=true), and an unfused "
+            "model's audio tower cannot take them (transformers fails on that input); fusion models "
+            "are not supported, and an unfused one is trained with truncation 'rand_trunc'"
+            if fe.truncation == "fusion"
+            else "the only truncation of an unfused CLAP model is 'rand_trunc'"
+        )
+        raise FrontEndSettingError("truncation", fe.truncation, reason)
+    if fe.padding != "repeatpad":
+        raise FrontEndSettingError(
+            "padding", fe.padding, "only 'repeatpad' is implemented (whole repeats, then zeros)"
+        )
+    # Stored by ClapFeatureExtractor but never applied to the features (transformers 4.x to 5.x): with
+    # either set, what the model was trained on cannot be told from the file.
+    for name, default, fix in (("top_db", None, "null"), ("padding_value", 0.0, "0.0")):
+        value = getattr(fe, name)
+        if value != default:
+            raise FrontEndSettingError(
+                name,
+                value,
+                "transformers' ClapFeatureExtractor stores it without applying it, so the features the "
+                f"model was trained on are ambiguous; set it to {fix} if it was trained with that extractor",
+            )
+    check_frame_settings(fe)
+
+
+def check_frame_settings(fe: Any) -> None:
+    """The sizes and frequencies: positive, a whole number of samples per window, filters under Nyquist."""
+    for name in ("sampling_rate", "fft_window_size", "hop_length", "feature_size"):
+        value = getattr(fe, name)
+        if not float(value).is_integer() or value < 1:
+            raise FrontEndSettingError(name, value, "must be a positive whole number")
+    samples = float(fe.max_length_s) * fe.sampling_rate
+    if fe.max_length_s <= 0 or not samples.is_integer():
+        raise FrontEndSettingError(
+            "max_length_s",
+            fe.max_length_s,
+            f"must be positive and a whole number of samples at {fe.sampling_rate} Hz",
+        )
+    nyquist = fe.sampling_rate / 2
+    if not 0 <= fe.frequency_min < fe.frequency_max <= nyquist:
+        raise FrontEndSettingError(
+            "frequency_min/frequency_max",
+            (fe.frequency_min, fe.frequency_max),
+            f"need 0 <= frequency_min < frequency_max <= {nyquist:g} Hz (half of sampling_rate)",
         )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from birdsearch.errors import CheckpointError, IncompleteCheckpointError
+from birdsearch.errors import CheckpointError, FrontEndSettingError, IncompleteCheckpointError
 from birdsearch.model import hub
 from birdsearch.model.device import autocast, resolve_device
 from birdsearch.model.mel import FrontEndConfig, MelFrontEnd, embed_windows_in_batches
@@ -95,8 +95,16 @@ class Student:
             raise CheckpointError(
                 f"student {resolved.spec} is a fusion CLAP model; only unfused models are supported"
             )
+        front_end = FrontEndConfig.from_feature_extractor(extractor)
+        mel_bins = model.config.audio_config.num_mel_bins
+        if front_end.n_mels != mel_bins:
+            raise FrontEndSettingError(
+                "feature_size",
+                front_end.n_mels,
+                f"student {resolved.spec}'s audio tower takes {mel_bins} mel bins",
+            )
         log.info("student %s loaded on %s (dim %d)", resolved.spec, target, model.config.projection_dim)
-        return cls(model, tokenizer, FrontEndConfig.from_feature_extractor(extractor), resolved, target)
+        return cls(model, tokenizer, front_end, resolved, target)
 
     @property
     def id(self) -> str:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from birdsearch.errors import FrontEndSettingError
 from birdsearch.model import audio, standins
 from birdsearch.model.mel import (
     PARITY_ATOL_DB,
@@ -107,11 +108,114 @@ def test_config_reads_the_extractor_settings():
     config = FrontEndConfig.from_feature_extractor(fe)
     assert (config.f_max, config.hop_length, config.mel_scale) == (12_000, 320, "slaney")
     np.testing.assert_allclose(config.mel_filters(), fe.mel_filters_slaney, rtol=1e-6)
-    fusion_fe = ClapFeatureExtractor(**{**standins.BIOLINGUAL_FEATURES, "truncation": "fusion"})
-    fusion = FrontEndConfig.from_feature_extractor(fusion_fe)
-    assert fusion.mel_scale == "htk"
-    np.testing.assert_allclose(fusion.mel_filters(), fusion_fe.mel_filters, rtol=1e-6)
     assert FrontEndConfig.from_dict(config.to_dict()) == config
+
+
+# Every feature-changing setting the front end carries over, each away from BioLingual's value.
+IMPLEMENTED_SETTINGS = {
+    "sampling_rate": {"sampling_rate": 32_000, "frequency_max": 16_000},
+    "max_length_s": {"max_length_s": 5},
+    "frequency_min/max": {"frequency_min": 500, "frequency_max": 9_000},
+    "fft_window_size": {"fft_window_size": 2048},
+    "hop_length": {"hop_length": 320},
+    "feature_size": {"feature_size": 80},
+}
+
+
+@pytest.mark.parametrize("changes", IMPLEMENTED_SETTINGS.values(), ids=IMPLEMENTED_SETTINGS.keys())
+def test_each_implemented_setting_equals_the_extractor(audio_dir, changes):
+    from transformers import ClapFeatureExtractor
+
+    extractor = ClapFeatureExtractor(**{**standins.BIOLINGUAL_FEATURES, **changes})
+    config = FrontEndConfig.from_feature_extractor(extractor)
+    rec = audio.load(audio_dir / "maad_spinetail_44k1_12s.wav", sample_rate=config.sample_rate)
+    window = rec.samples[: config.window_samples][None]  # exactly one window: no truncation draw
+    ours = LogMel(config)(torch.from_numpy(window)).numpy()
+    reference = np.asarray(
+        extractor(list(window), sampling_rate=config.sample_rate, return_tensors="np")["input_features"]
+    )
+    assert ours.shape == (1, 1, config.n_frames, config.n_mels)
+    assert_parity(ours, reference)
+
+
+REFUSED_SETTINGS = [
+    ("top_db", 80),
+    ("padding_value", 0.5),
+    ("truncation", "fusion"),
+    ("truncation", "head"),
+    ("padding", "pad"),
+    ("padding", "repeat"),
+    ("max_length_s", 0),
+    ("hop_length", 0),
+]
+
+
+@pytest.mark.parametrize(("setting", "value"), REFUSED_SETTINGS)
+def test_each_unsupported_setting_is_refused_by_name(setting, value):
+    from transformers import ClapFeatureExtractor
+
+    fe = ClapFeatureExtractor(**standins.BIOLINGUAL_FEATURES)
+    setattr(fe, setting, value)  # as from_pretrained sets it from preprocessor_config.json
+    with pytest.raises(FrontEndSettingError, match=f"{setting}={value!r}") as caught:
+        FrontEndConfig.from_feature_extractor(fe)
+    assert (caught.value.setting, caught.value.value) == (setting, value)
+
+
+def test_fusion_is_refused_where_transformers_fails_on_an_unfused_model(tiny_student_dir):
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    model = ClapModel.from_pretrained(tiny_student_dir).eval()
+    assert not model.config.audio_config.enable_fusion
+    fusion = ClapFeatureExtractor(**{**standins.BIOLINGUAL_FEATURES, "truncation": "fusion"})
+    features = fusion([np.ones(48_000 * 12, dtype=np.float32)], sampling_rate=48_000, return_tensors="pt")
+    with pytest.raises(RuntimeError), torch.no_grad():
+        model.get_audio_features(**features)
+    with pytest.raises(FrontEndSettingError, match="truncation='fusion'.*fusion CLAP model"):
+        FrontEndConfig.from_feature_extractor(fusion)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("frequency_max", 30_000), ("max_length_s", 10.00001)],
+)
+def test_impossible_sizes_are_refused(field, value):
+    from transformers import ClapFeatureExtractor
+
+    fe = ClapFeatureExtractor(**standins.BIOLINGUAL_FEATURES)
+    setattr(fe, field, value)
+    with pytest.raises(FrontEndSettingError, match=field):
+        FrontEndConfig.from_feature_extractor(fe)
+
+
+def test_a_saved_card_with_fusion_filters_is_refused():
+    with pytest.raises(FrontEndSettingError, match="mel_scale='htk'"):
+        FrontEndConfig.from_dict({**FrontEndConfig().to_dict(), "mel_scale": "htk"})
+
+
+def student_with_preprocessor(source, directory, **changes):
+    import json
+    import shutil
+
+    shutil.copytree(source, directory)
+    path = directory / "preprocessor_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return f"local-dir:{directory}"
+
+
+def test_a_student_whose_preprocessor_config_sets_top_db_is_refused(tiny_student_dir, tmp_path):
+    from birdsearch.model.student import Student
+
+    spec = student_with_preprocessor(tiny_student_dir, tmp_path / "s", top_db=80)
+    with pytest.raises(FrontEndSettingError, match="top_db=80"):
+        Student.load(spec, device="cpu")
+
+
+def test_a_student_whose_feature_size_does_not_fit_its_audio_tower_is_refused(tiny_student_dir, tmp_path):
+    from birdsearch.model.student import Student
+
+    spec = student_with_preprocessor(tiny_student_dir, tmp_path / "s", feature_size=80)
+    with pytest.raises(FrontEndSettingError, match="feature_size=80.*takes 64 mel bins"):
+        Student.load(spec, device="cpu")
 
 
 @pytest.mark.gpu

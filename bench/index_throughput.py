@@ -176,7 +176,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     from birdsearch.cpus import available_cpus
+    from birdsearch.toy.plugin import register as register_toy
 
+    register_toy()  # `--teacher toy` resolves as under the console script
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

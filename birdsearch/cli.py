@@ -2,7 +2,9 @@
 
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``; it adds its parser and sets
 ``func`` to a function that does the heavy imports (torch, open_clip, ...) itself, so that
-``birdsearch --help`` answers at once.
+``birdsearch --help`` answers at once. Arguments several subcommands share are in
+``birdsearch.cli_args``; nothing imports this module. ``main`` plugs the toy world in first, so that
+every subcommand accepts ``toy`` model specs and data sets.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from birdsearch import __version__
 from birdsearch.errors import BirdsearchError
+from birdsearch.toy import plugin as toy_plugin
 
 COMMAND_MODULES = (
     "birdsearch.toy.cli",  # demo
@@ -25,29 +27,6 @@ COMMAND_MODULES = (
     "birdsearch.model.evaluate.cli",  # evaluate
     "birdsearch.model.cli",  # models
 )
-
-DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
-DEFAULT_STUDENT = "davidrrobinson/BioLingual"
-
-
-def add_model_args(parser: argparse.ArgumentParser, teacher: bool = True, student: bool = True) -> None:
-    """The model arguments shared by every subcommand that loads a model."""
-    if teacher:
-        parser.add_argument(
-            "--teacher",
-            default=os.environ.get("BIRDSEARCH_TEACHER", DEFAULT_TEACHER),
-            help="image-text teacher: 'hf-hub:org/repo', 'local-dir:/path' or 'toy' (default: %(default)s)",
-        )
-    if student:
-        parser.add_argument(
-            "--student",
-            default=os.environ.get("BIRDSEARCH_STUDENT", DEFAULT_STUDENT),
-            help="audio-text student: a Hugging Face id, 'hf-hub:org/repo', 'local-dir:/path', a directory "
-            "or 'toy' (default: %(default)s)",
-        )
-    parser.add_argument(
-        "--device", default=os.environ.get("BIRDSEARCH_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +55,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    toy_plugin.register()  # cheap: the world is built only when a toy spec or data set is used
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

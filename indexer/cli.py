@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from birdsearch.cli import add_model_args
+    from birdsearch.cli_args import add_model_args
 
     index = subparsers.add_parser(
         "index",
@@ -168,8 +168,8 @@ def reindex_sources(args: argparse.Namespace) -> tuple[Path, str]:
     An index root with nothing published yet (a fresh volume) gets its first version from
     ``--gallery``, so that one scheduled command both creates and maintains an index.
     """
-    from birdsearch.cli import DEFAULT_TEACHER
     from birdsearch.indexer.store import IndexRoot
+    from birdsearch.model.hub import DEFAULT_TEACHER
 
     root = IndexRoot(args.out)
     if root.current_name() is None:

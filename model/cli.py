@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from birdsearch.cli import add_model_args
+from birdsearch.cli_args import add_model_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

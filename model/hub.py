@@ -4,8 +4,8 @@ A spec names where a model's files are:
 
 - ``hf-hub:org/repo`` (or a bare ``org/repo``): the Hugging Face Hub, through its local cache;
 - ``local-dir:/path`` (or a path to an existing directory): files already on disk;
-- ``toy`` (or ``toy:VARIANT``): the project's small synthetic-world models, built on first use (see
-  ``birdsearch.toy``).
+- ``NAME`` or ``NAME:VARIANT``: a source that code above the core registered with
+  ``register_spec_source`` (the toy world registers ``toy``; see ``birdsearch.model.registry``).
 
 Every spec resolves to a directory that holds the publisher's on-disk format, and the loaders read
 only that directory. So hub weights, a copied cache and a local directory all take the same code
@@ -19,16 +19,22 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from birdsearch.errors import ConfigError, ModelUnavailableError
+from birdsearch.model.registry import NAME, Registry
 from birdsearch.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["teacher", "student"]
+
+# The models the project is about; every default in the code and the CLI names these two.
+DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
+DEFAULT_STUDENT = "davidrrobinson/BioLingual"
 
 # Files each publisher's format needs, and the weight files in order of preference.
 CONFIG_FILE = {"teacher": "open_clip_config.json", "student": "config.json"}
@@ -45,12 +51,31 @@ SIDE_FILE_PATTERNS = ["*.json", "*.txt", "*.model"]
 
 
 @dataclass(frozen=True)
+class SpecSource:
+    """A registered spec source: ``resolve(kind, variant)`` returns a local model directory."""
+
+    resolve: Callable[[Kind, str | None], Path]
+    hint: str = ""  # for provisioning hints; "{flag}" becomes --teacher or --student
+
+
+SPEC_SOURCES: Registry[SpecSource] = Registry("model spec source", builtin=("hf-hub", "local-dir"))
+
+
+def register_spec_source(name: str, resolve: Callable[[Kind, str | None], Path], hint: str = "") -> None:
+    """Make ``NAME`` and ``NAME:VARIANT`` specs resolve through ``resolve(kind, variant)``.
+
+    ``resolve`` returns a directory in the publisher's format (config and weights); it may build it.
+    """
+    SPEC_SOURCES.register(name, SpecSource(resolve, hint))
+
+
+@dataclass(frozen=True)
 class ResolvedModel:
     """A model spec and the directory its files are in."""
 
-    spec: str  # normalised: "hf-hub:org/repo", "local-dir:/abs/path", "toy" or "toy:VARIANT"
+    spec: str  # normalised: "hf-hub:org/repo", "local-dir:/abs/path", or a registered "NAME[:VARIANT]"
     kind: Kind
-    source: Literal["hf-hub", "local-dir", "toy"]
+    source: str  # "hf-hub", "local-dir" or a registered source's name
     path: Path  # directory holding the config and weights
     repo_id: str | None = None  # for hub specs
 
@@ -63,9 +88,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """Split a spec into (source, identifier); raises ConfigError on an empty or malformed spec."""
     spec = (spec or "").strip()
     if not spec:
-        raise ConfigError("empty model spec: use 'hf-hub:org/repo', 'local-dir:/path' or 'toy'")
-    if spec == "toy" or spec.startswith("toy:"):
-        return "toy", spec[len("toy:") :] if spec.startswith("toy:") else ""
+        raise ConfigError(
+            f"empty model spec: use 'hf-hub:org/repo' or 'local-dir:/path'; {SPEC_SOURCES.known()}"
+        )
     if spec.startswith("hf-hub:"):
         repo = spec[len("hf-hub:") :].strip("/")
         if repo.count("/") != 1:
@@ -76,12 +101,18 @@ def parse_spec(spec: str) -> tuple[str, str]:
         if not path:
             raise ConfigError("empty path after 'local-dir:'")
         return "local-dir", str(Path(path).expanduser().resolve())
+    name, colon, variant = spec.partition(":")
+    if NAME.fullmatch(name) and SPEC_SOURCES.find(name) is not None:
+        return name, variant
     if Path(spec).expanduser().is_dir():
         return "local-dir", str(Path(spec).expanduser().resolve())
+    if colon and NAME.fullmatch(name):
+        raise ConfigError(f"unknown model spec source {name!r} in {spec!r}: {SPEC_SOURCES.known()}")
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return "hf-hub", spec
     raise ConfigError(
-        f"cannot read model spec {spec!r}: use 'hf-hub:org/repo', 'local-dir:/path' (an existing directory) or 'toy'"
+        f"cannot read model spec {spec!r}: use 'hf-hub:org/repo' or 'local-dir:/path' (an existing "
+        f"directory); {SPEC_SOURCES.known()}"
     )
 
 
@@ -98,10 +129,13 @@ def find_weights(directory: Path, kind: Kind) -> Path:
 
 def provisioning_hint(kind: Kind) -> str:
     flag = "--teacher" if kind == "teacher" else "--student"
+    hints = [SPEC_SOURCES.get(name).hint for name in SPEC_SOURCES.names()[len(SPEC_SOURCES.builtin) :]]
     return (
         f"To provision it: on a connected machine run 'birdsearch models download {flag} SPEC' and copy the "
         f"Hugging Face cache (HF_HOME, default ~/.cache/huggingface) to this one, or save the model to a "
-        f"directory and pass {flag} local-dir:/that/dir; '{flag} toy' uses the offline toy model."
+        f"directory and pass {flag} local-dir:/that/dir"
+        + "".join(f"; {hint.format(flag=flag)}" for hint in hints if hint)
+        + "."
     )
 
 
@@ -116,16 +150,16 @@ def resolve(spec: str, kind: Kind) -> ResolvedModel:
     Hub specs are looked up in the local Hugging Face cache only; use ``download`` to fetch them.
     """
     source, ident = parse_spec(spec)
-    if source == "toy":
-        from birdsearch.toy.models import toy_model_dir  # built on first use
-
-        return ResolvedModel(spec.strip(), kind, "toy", toy_model_dir(kind, ident or None))
     if source == "local-dir":
         path = Path(ident)
         check_model_dir(path, kind, spec)
         return ResolvedModel(f"local-dir:{path}", kind, "local-dir", path)
-    path = cached_snapshot(ident, kind)
-    return ResolvedModel(f"hf-hub:{ident}", kind, "hf-hub", path, repo_id=ident)
+    if source == "hf-hub":
+        path = cached_snapshot(ident, kind)
+        return ResolvedModel(f"hf-hub:{ident}", kind, "hf-hub", path, repo_id=ident)
+    path = Path(SPEC_SOURCES.get(source).resolve(kind, ident or None))  # may build the model
+    check_model_dir(path, kind, spec)
+    return ResolvedModel(spec.strip(), kind, source, path)
 
 
 def resolve_or_download(spec: str, kind: Kind) -> ResolvedModel:

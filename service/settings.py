@@ -30,10 +30,10 @@ from pydantic_settings import (
 
 from birdsearch.cpus import available_cpus
 from birdsearch.errors import ConfigError
+from birdsearch.model.hub import DEFAULT_STUDENT
 from birdsearch.paths import cache_root
 
 CONFIG_ENV = "BIRDSEARCH_CONFIG"
-DEFAULT_STUDENT = "davidrrobinson/BioLingual"
 Mode = Literal["distilled", "cascade"]
 
 

@@ -1,5 +1,6 @@
-"""The console script: --help is instant, every subcommand answers --help."""
+"""The console script: --help is instant, every subcommand answers --help, shared flags and plug-ins."""
 
+import os
 import subprocess
 import sys
 import time
@@ -44,3 +45,28 @@ def test_every_subcommand_has_help(command):
 def test_all_command_modules_are_registered():
     assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
     assert "models" in subcommands()
+
+
+def test_shared_model_flags_default_to_the_environment_then_the_core(monkeypatch):
+    import argparse
+
+    from birdsearch.cli_args import add_model_args
+    from birdsearch.model import hub
+
+    monkeypatch.setenv("BIRDSEARCH_TEACHER", "toy")
+    monkeypatch.delenv("BIRDSEARCH_STUDENT", raising=False)
+    monkeypatch.delenv("BIRDSEARCH_DEVICE", raising=False)
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    args = parser.parse_args([])
+    assert (args.teacher, args.student, args.device) == ("toy", hub.DEFAULT_STUDENT, "auto")
+
+
+def test_the_console_script_plugs_the_toy_world_in():
+    code = (
+        "import contextlib, io\nfrom birdsearch.cli import main\nfrom birdsearch.model import hub\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    main([])\nprint(hub.parse_spec('toy'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BIRDSEARCH_PLUGINS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == "('toy', '')", result.stderr

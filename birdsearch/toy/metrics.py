@@ -9,14 +9,17 @@ heard that species' name in training. These figures go into ``metrics.json`` and
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from birdsearch.model.names import NAME_FORMATS
-from birdsearch.toy.world import STUDENT_VARIANTS, ToyWorld
+
+# Annotations only: the world imports the builders, so a runtime import would close a circle.
+if TYPE_CHECKING:
+    from birdsearch.toy.world import ToyWorld
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ def measure_student(world: ToyWorld, variant: str, device: str = "cpu") -> dict[
 def measure_world(world: ToyWorld, device: str = "cpu") -> dict[str, Any]:
     """Every metric above, as one JSON-able dict."""
     metrics: dict[str, Any] = {"teacher": measure_teacher(world, device)}
-    for variant in STUDENT_VARIANTS:
+    for variant in world.student_dirs():  # every student variant
         metrics[f"student_{variant}"] = measure_student(world, variant, device)
     log.info("toy world metrics: %s", metrics)
     return metrics

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,10 @@ from birdsearch.model.student import PROMPT, encode_audio
 from birdsearch.toy.config import StudentTrainConfig
 from birdsearch.toy.taxonomy import COLOURS, PARTS, ToySpecies
 from birdsearch.toy.training import batches, class_contrastive_loss, optimizer_for, warmup_cosine
-from birdsearch.toy.world import ToyWorld
+
+# Annotations only: the world imports the builders, so a runtime import would close a circle.
+if TYPE_CHECKING:
+    from birdsearch.toy.world import ToyWorld
 
 log = logging.getLogger(__name__)
 

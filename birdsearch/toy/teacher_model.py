@@ -9,7 +9,7 @@ in open_clip's format and loads through ``Teacher.load`` like BioCLIP-2.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,10 @@ from birdsearch.model.names import NAME_FORMATS, OPENAI_TEMPLATES, TEMPLATE_SETS
 from birdsearch.model.standins import OPENAI_PREPROCESS_CFG, build_teacher, save_teacher
 from birdsearch.toy.config import TeacherTrainConfig
 from birdsearch.toy.training import batches, class_contrastive_loss, optimizer_for, warmup_cosine
-from birdsearch.toy.world import ToyWorld
+
+# Annotations only: the world imports the builders, so a runtime import would close a circle.
+if TYPE_CHECKING:
+    from birdsearch.toy.world import ToyWorld
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Bundled reference data: ``birds.csv``, scientific and common names with order and family (Clements/eBird)."""
+"""Bundled reference data: ``birds.csv``, names with order and family (Clements/eBird); installs as birdsearch.indexer.data."""

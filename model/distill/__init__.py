@@ -1,1 +1,1 @@
-"""Text distillation: the student's audio tower trained into the teacher's text space."""
+"""Text distillation: the student's audio tower trained into the teacher's text space; installs as birdsearch.model.distill."""

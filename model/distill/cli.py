@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from birdsearch.cli import add_model_args
+from birdsearch.cli_args import add_model_args
 from birdsearch.cpus import available_cpus
 
 
@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Several GPUs: torchrun --nproc_per_node N -m birdsearch.cli distill ...",
     )
     parser.add_argument(
-        "--manifest", required=True, help="CSV/TSV/Parquet: path, species, [start_s, end_s, split]"
+        "--manifest",
+        required=True,
+        help="CSV/TSV/Parquet: path, species, [start_s, end_s, split]; or a data set: toy, toy:small",
     )
     parser.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, encoder/)")
     parser.add_argument("--taxa", help="species table CSV (scientific_name, common_name, order, family, key)")
@@ -74,25 +76,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def toy_shortcut(args: argparse.Namespace) -> None:
-    """``--manifest toy[:PRESET]``: the toy world's manifest, species table and (unless named) models."""
-    from birdsearch.cli import DEFAULT_STUDENT, DEFAULT_TEACHER
-    from birdsearch.toy.world import ensure_world
+def data_set_shortcut(args: argparse.Namespace) -> bool:
+    """``--manifest NAME[:VARIANT]`` naming a registered data set (the toy world's ``toy[:PRESET]``):
+    its training manifest, species table and (unless named) models. False when no data set is named."""
+    from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
+    from birdsearch.model.registry import data_set
 
-    world = ensure_world(args.manifest.partition(":")[2] or "default", progress=not args.no_progress)
-    args.manifest, args.taxa = str(world.distill_manifest), args.taxa or str(world.taxa_csv)
-    if args.teacher == DEFAULT_TEACHER:
-        args.teacher = world.teacher_spec
-    if args.student == DEFAULT_STUDENT:
-        args.student = world.student_spec
+    bundle = data_set(args.manifest, progress=not args.no_progress)
+    if bundle is None:
+        return False
+    args.manifest, args.taxa = str(bundle.train_manifest), args.taxa or str(bundle.taxa)
+    if args.teacher == DEFAULT_TEACHER and "teacher" in bundle.models:
+        args.teacher = bundle.models["teacher"]
+    if args.student == DEFAULT_STUDENT and "student" in bundle.models:
+        args.student = bundle.models["student"]
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
     from birdsearch.model.distill.trainer import DistillConfig, distill
 
-    if args.manifest == "toy" or args.manifest.startswith("toy:"):
-        toy_shortcut(args)
-
+    data_set_shortcut(args)
     config = DistillConfig(
         manifest=args.manifest,
         out=args.out,

@@ -48,9 +48,9 @@ from birdsearch.model.distill.targets import Targets, TargetSpec, species_target
 from birdsearch.model.encoder import DistilledAudioEncoder, EncoderCard, save_encoder
 from birdsearch.model.evaluate import metrics
 from birdsearch.model.evaluate.mapping import fit_map
+from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 from birdsearch.model.mel import MelFrontEnd
 from birdsearch.model.student import PROMPT, Student
-from birdsearch.model.teacher import DEFAULT_TEACHER
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class DistillConfig:
     manifest: str  # CSV/TSV/Parquet: path, species, [start_s, end_s, split]
     out: str  # run directory
     teacher: str = DEFAULT_TEACHER  # image-text model whose text space is the target
-    student: str = "davidrrobinson/BioLingual"  # audio-text model whose audio tower is fine-tuned
+    student: str = DEFAULT_STUDENT  # audio-text model whose audio tower is fine-tuned
     taxa: str | None = None  # species table; None: species from the manifest
     audio_root: str | None = None  # folder relative audio paths are under (default: the manifest's)
     target: str = "teacher"  # teacher | student-text (ablation) | rotated-teacher (control)

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from birdsearch.cli import DEFAULT_STUDENT, DEFAULT_TEACHER, add_model_args
+from birdsearch.cli_args import add_model_args
+from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     parser.add_argument("--name-format", default="taxon_com", help="teacher species name format")
     parser.add_argument("--templates", default="openai", help="teacher template set")
-    parser.add_argument("--split", default="test", help="audio split to query with (SSW60, manifests)")
+    parser.add_argument("--split", default="test",
+                        help="audio split to query with: test (held out), val or train; a manifest without rows "
+                        "of it is refused (default: %(default)s)")  # fmt: skip
     parser.add_argument("--image-sources", default="nabirds,inat", help="SSW60 photos in the gallery")
-    parser.add_argument("--max-queries", type=int, help="only the first N queries (a quick look)")
+    parser.add_argument("--max-queries", type=int,
+                        help="at most N queries, spread evenly across species (a quick look)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the --max-queries sample, the random baseline and the learned maps")  # fmt: skip
     parser.add_argument("--out", help="report directory")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         image_sources=tuple(args.image_sources.split(",")),
         max_queries=args.max_queries,
+        seed=args.seed,
         out=args.out,
         plots=not args.no_plots,
         snap=not args.no_snap,

@@ -1,6 +1,7 @@
 """Evaluation data: query recordings with species, photo galleries, soundscapes; one reader per layout.
 
-- ``toy``: the toy world's held-out queries, gallery and soundscapes (``birdsearch.toy``).
+- a registered data set (``NAME[:VARIANT]``, e.g. the toy world's ``toy:small``; see
+  ``birdsearch.model.registry``): its held-out queries, gallery and soundscapes, and its models.
 - SSW60, as released (github.com/visipedia/ssw60)::
 
       taxa.csv                    label, species_code, ..., common_name, scientific_name, family, order
@@ -15,13 +16,16 @@
   and one annotation per call (file, start, end, species), cut into 5 s segments labelled with every
   species whose call overlaps them. Recordings without annotations count: all their segments are
   negatives.
-- a plain query manifest (``manifest:PATH``): the distillation manifest format, its test rows.
+- a plain query manifest (``manifest:PATH``): the distillation manifest format, the rows of one
+  split (``test`` unless asked). A manifest without such rows is refused, never read whole: its
+  other rows may be what a model trained on.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from birdsearch.model.distill.manifest import (
     write_species_table,
 )
 from birdsearch.model.names import Taxon
+from birdsearch.model.registry import DATA_SETS, DataBundle, data_set
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +136,11 @@ def load_ssw60(
     check_ssw60_root(root)
     table, labels = ssw60_species(root)
     rows = ssw60_rows(root, "audio_ml", labels, split)
-    clips = [Clip(root / "audio_ml" / f"{r['asset_id']}.wav", r["species"], split="test") for r in rows]
+    clips = [Clip(root / "audio_ml" / f"{r['asset_id']}.wav", r["species"], split=split) for r in rows]
+    if not clips:
+        raise ConfigError(
+            f"{root / 'audio_ml.csv'}: no audio in split {split!r}; SSW60's splits are train and test"
+        )
     missing = [c.path for c in clips if not c.path.is_file()]
     if missing:
         raise ConfigError(f"{len(missing)} SSW60 audio files are missing, e.g. {missing[0]}")
@@ -201,39 +210,96 @@ def export_ssw60(
     return paths
 
 
-# ---- plain manifests and the toy world ----------------------------------------------------------
+# ---- plain manifests and registered data sets --------------------------------------------------
 
 
-def load_query_manifest(
-    path: str | Path, taxa: str | Path | None = None, split: str | None = "test"
-) -> QuerySet:
-    """Query recordings from a manifest in the distillation format (its ``split`` rows, or all)."""
+def select_split(clips: list[Clip], split: str, source: str | Path) -> list[Clip]:
+    """The clips of one split; raises ConfigError, naming the splits there are, when it has none.
+
+    Never falls back to every row: those may include the recordings a model trained on.
+    """
+    chosen = [c for c in clips if c.split == split]
+    if not chosen:
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(Counter(c.split for c in clips).items()))
+        raise ConfigError(
+            f"{source}: no {split!r} rows to evaluate on (rows per split: {counts or 'none'}; rows without "
+            f"a split count as train). Mark the held-out recordings with a 'split' column set to '{split}'"
+            + (", or choose another split with --split" if split == "test" else "")
+        )
+    return chosen
+
+
+def load_query_manifest(path: str | Path, taxa: str | Path | None = None, split: str = "test") -> QuerySet:
+    """Query recordings from a manifest in the distillation format: its rows of ``split``."""
     manifest = load_manifest(path, taxa, val_fraction=0.0)
-    clips = [c for c in manifest.clips if split is None or c.split == split] or manifest.clips
-    return QuerySet(Path(path).stem, manifest.taxa, clips, None, {"manifest": str(path)})
+    clips = select_split(manifest.clips, split, path)
+    return QuerySet(Path(path).stem, manifest.taxa, clips, None, {"manifest": str(path), "split": split})
 
 
-def load_toy(preset: str = "default") -> tuple[QuerySet, SoundscapeSet, dict[str, str]]:
-    """The toy world's queries (with its gallery manifest), soundscapes, and model specs."""
-    from birdsearch.toy.world import ensure_world
+def load_bundle(bundle: DataBundle, split: str = "test") -> tuple[QuerySet, SoundscapeSet | None]:
+    """A registered data set's queries of one split (with its gallery), and its soundscapes.
 
-    world = ensure_world(preset)
-    table = load_species_table(world.taxa_csv)
-    manifest = load_manifest(world.query_manifest, table, val_fraction=0.0)
-    queries = QuerySet(
-        f"toy-{preset}", table.taxa, manifest.clips, world.gallery_manifest, {"world": str(world.root)}
-    )
-    soundscapes = load_soundscapes(
-        world.soundscape_annotations, world.soundscape_dir, table, name=f"toy-{preset}"
-    )
-    specs = {
-        "teacher": world.teacher_spec,
-        "student": world.student_spec,
-        "perfect_student": world.perfect_student_spec,
-        "distill_manifest": str(world.distill_manifest),
-        "taxa": str(world.taxa_csv),
-    }
-    return queries, soundscapes, specs
+    Split "test" is the held-out query manifest, every row of it; "train" and "val" are those rows of
+    the training manifest (what distillation learns from, and what it may choose settings on).
+    """
+    table = load_species_table(bundle.taxa)
+    if split == "test":
+        clips = [
+            replace(c, split="test")
+            for c in load_manifest(bundle.query_manifest, table, val_fraction=0.0).clips
+        ]
+    else:
+        training = load_manifest(bundle.train_manifest, table, val_fraction=0.0)
+        clips = select_split(training.clips, split, bundle.train_manifest)
+    name = bundle.name if split == "test" else f"{bundle.name}-{split}"
+    queries = QuerySet(name, table.taxa, clips, bundle.gallery_manifest, dict(bundle.facts))
+    soundscapes = None
+    if bundle.soundscape_annotations and bundle.soundscape_dir:
+        soundscapes = load_soundscapes(
+            bundle.soundscape_annotations, bundle.soundscape_dir, table, name=bundle.name
+        )
+    return queries, soundscapes
+
+
+def load_data_set(
+    spec: str, split: str = "test", progress: bool = True
+) -> tuple[QuerySet, SoundscapeSet | None, dict[str, str]]:
+    """A registered data set by spec (``toy``, ``toy:small``): queries, soundscapes, default model specs."""
+    bundle = data_set(spec, progress=progress)
+    if bundle is None:
+        raise ConfigError(f"unknown data set {spec!r}: {DATA_SETS.known()}")
+    queries, soundscapes = load_bundle(bundle, split)
+    return queries, soundscapes, dict(bundle.models)
+
+
+def sample_queries(clips: list[Clip], limit: int | None, seed: int = 0) -> list[Clip]:
+    """At most ``limit`` clips, spread evenly across species, deterministic for a seed.
+
+    Species take turns, in a seeded order, each giving its next clip in a seeded order, until
+    ``limit`` are taken: every species is represented once ``limit`` reaches the number of species,
+    and no species has more than one clip more than another unless it runs out. The chosen clips
+    keep their original order.
+    """
+    if limit is None or limit >= len(clips):
+        return list(clips)
+    if limit < 1:
+        raise ConfigError(
+            f"--max-queries {limit}: give a positive number of queries, or leave it out for all"
+        )
+    rng = np.random.default_rng(seed)
+    by_species: dict[int, list[int]] = {}
+    for i, clip in enumerate(clips):
+        by_species.setdefault(clip.species, []).append(i)
+    queues = [rng.permutation(indices).tolist() for _, indices in sorted(by_species.items())]
+    turns = rng.permutation(len(queues)).tolist()
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        for q in turns:
+            if depth < len(queues[q]) and len(chosen) < limit:
+                chosen.append(queues[q][depth])
+        depth += 1
+    return [clips[i] for i in sorted(chosen)]
 
 
 # ---- soundscapes ----------------------------------------------------------------------------------

@@ -28,8 +28,10 @@ from birdsearch.model.distill.manifest import Clip
 from birdsearch.model.distill.targets import TargetSpec, species_targets, weights_checksum
 from birdsearch.model.evaluate import baselines, datasets, metrics
 from birdsearch.model.evaluate.gallery import GalleryVectors
+from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 from birdsearch.model.mel import FrontEndConfig
 from birdsearch.model.names import Taxon
+from birdsearch.model.registry import DATA_SETS, data_set
 from birdsearch.model.student import PROMPT
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,8 @@ DEFAULT_METHODS = ("random", "cascade-hard", "cascade-soft", "map-ridge", "map-p
 class EvaluateConfig:
     """What to evaluate, on what, with which models."""
 
-    dataset: str = "toy"  # toy | toy:PRESET | ssw60:DIR | manifest:PATH | none
-    soundscapes: str | None = None  # a BirdSet-style folder, or "toy" (default with a toy dataset)
+    dataset: str = "toy"  # ssw60:DIR | manifest:PATH | none | a registered data set: toy, toy:PRESET
+    soundscapes: str | None = None  # a BirdSet-style folder, or "toy" (default with a registered data set)
     taxa: str | None = None  # species table for manifest: and soundscape data sets
     index: str | None = None  # an index root built by 'birdsearch index' (the gallery to search)
     gallery: str | None = None  # or a gallery manifest (path, species) embedded here with the teacher
@@ -53,13 +55,13 @@ class EvaluateConfig:
     device: str = "auto"
     name_format: str = "taxon_com"  # teacher species names for classification and the cascade
     templates: str = "openai"
-    split: str = "test"  # which audio split queries (SSW60, manifests)
+    split: str = "test"  # which audio split queries; never falls back to other rows
     image_sources: tuple[str, ...] = ("nabirds", "inat")  # SSW60 photos in the gallery
-    max_queries: int | None = None  # evaluate on the first N queries only (a quick look)
+    max_queries: int | None = None  # at most N queries, spread evenly across species (seeded)
     segment_s: float = 5.0  # soundscape segment length
     vote_k: int = 10  # images voting for the species
     snap: bool = True  # also evaluate each distilled encoder snapped onto the species' text (NAME+snap-*)
-    seed: int = 0
+    seed: int = 0  # the random baseline, learned maps and the --max-queries sample
     out: str | None = None  # report directory (Markdown, JSON, PNG)
     plots: bool = True
 
@@ -173,7 +175,7 @@ def evaluate_queries(
 ) -> dict[str, Any]:
     """Retrieval and classification for every method on one query set."""
     methods, teacher_species = build_methods(cfg, models, queries.taxa)
-    clips = queries.clips[: cfg.max_queries] if cfg.max_queries else queries.clips
+    clips = datasets.sample_queries(queries.clips, cfg.max_queries, cfg.seed)
     labels = np.array([c.species for c in clips])
     embeddings = embed_clips(clips, methods, models.student.front_end_config)
     gallery_labels = gallery.labels(queries.taxa) if gallery is not None else None
@@ -249,16 +251,14 @@ def resolve_data(
     cfg: EvaluateConfig,
 ) -> tuple[datasets.QuerySet | None, datasets.SoundscapeSet | None, dict[str, str]]:
     """The query set, soundscape set and default model specs a configuration names."""
-    from birdsearch.cli import DEFAULT_STUDENT, DEFAULT_TEACHER
-
     defaults = {"teacher": DEFAULT_TEACHER, "student": DEFAULT_STUDENT}
     queries = soundscapes = None
     kind, _, arg = cfg.dataset.partition(":")
-    if kind == "toy":
-        queries, toy_soundscapes, specs = datasets.load_toy(arg or "default")
-        defaults.update(specs)
-        if cfg.soundscapes in (None, "toy"):
-            soundscapes = toy_soundscapes
+    if kind not in ("ssw60", "manifest", "none") and (bundle := data_set(cfg.dataset)) is not None:
+        queries, bundle_soundscapes = datasets.load_bundle(bundle, cfg.split)
+        defaults.update(bundle.models)
+        if cfg.soundscapes in (None, kind, cfg.dataset):
+            soundscapes = bundle_soundscapes
     elif kind == "ssw60":
         if not arg:
             raise ConfigError("--dataset ssw60:DIR needs the SSW60 folder")
@@ -267,13 +267,25 @@ def resolve_data(
         queries = datasets.load_query_manifest(arg, cfg.taxa, cfg.split)
     elif kind != "none":
         raise ConfigError(
-            f"unknown data set {cfg.dataset!r}: use toy, toy:small, ssw60:DIR, manifest:PATH or none"
+            f"unknown data set {cfg.dataset!r}: use ssw60:DIR, manifest:PATH, none or a registered one; "
+            f"{DATA_SETS.known()}"
         )
-    if cfg.soundscapes and cfg.soundscapes != "toy":
-        soundscapes = datasets.load_soundscape_dir(cfg.soundscapes, cfg.taxa, cfg.segment_s)
+    if cfg.soundscapes and soundscapes is None:
+        soundscapes = soundscapes_of(cfg)
     if queries is None and soundscapes is None:
         raise ConfigError("nothing to evaluate: give --dataset and/or --soundscapes")
     return queries, soundscapes, defaults
+
+
+def soundscapes_of(cfg: EvaluateConfig) -> datasets.SoundscapeSet:
+    """``--soundscapes``: a registered data set's soundscapes (``toy``), else a BirdSet-style folder."""
+    bundle = data_set(cfg.soundscapes or "")
+    if bundle is None:
+        return datasets.load_soundscape_dir(cfg.soundscapes, cfg.taxa, cfg.segment_s)
+    soundscapes = datasets.load_bundle(bundle, "test")[1]
+    if soundscapes is None:
+        raise ConfigError(f"data set {cfg.soundscapes!r} has no soundscapes: pass a soundscape folder")
+    return soundscapes
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""HTTP routes, one router per concern; each route is thin and calls the runtime."""
+"""HTTP routes, one thin router per concern calling the runtime; installs as birdsearch.service.routes."""

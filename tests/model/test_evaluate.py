@@ -1,5 +1,6 @@
 """``birdsearch evaluate`` end to end on tiny models: every method side by side, report files, CLI, index."""
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -10,8 +11,12 @@ import torch
 
 from birdsearch.cli import main
 from birdsearch.errors import ConfigError
+from birdsearch.model import registry
+from birdsearch.model.distill.manifest import Clip
 from birdsearch.model.distill.trainer import DistillConfig, distill
+from birdsearch.model.evaluate import datasets
 from birdsearch.model.evaluate.run import DEFAULT_METHODS, EvaluateConfig, evaluate, parse_encoders
+from birdsearch.model.registry import DataBundle
 
 sys.path.insert(0, str(Path(__file__).parent))
 import conftest_distill as helpers  # noqa: E402
@@ -173,3 +178,114 @@ def test_an_encoder_distilled_against_other_teacher_weights_is_flagged(setup, tm
             "distilled"
         ]["description"]
     )
+
+
+# ---- which recordings are queries: the split, the refusal, the sample --------------------------
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def manifest_rows(setup) -> list[dict]:
+    with Path(setup["manifest"]).open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_manifest_without_test_rows_is_refused_never_read_whole(setup):
+    rows = [r for r in manifest_rows(setup) if r["split"] != "test"]
+    train_only = write_rows(Path(setup["manifest"]).with_name("no_test.csv"), rows)
+    with pytest.raises(ConfigError, match=r"no 'test' rows.*train 16, val 4.*'split' column set to 'test'"):
+        evaluate(config(setup, dataset=f"manifest:{train_only}"))
+    no_split = write_rows(
+        train_only.with_name("no_split.csv"), [{"path": r["path"], "species": r["species"]} for r in rows]
+    )
+    with pytest.raises(ConfigError, match=r"no 'test' rows.*rows without a split count as train"):
+        datasets.load_query_manifest(no_split, setup["taxa"])
+    assert main(["evaluate", "--dataset", f"manifest:{no_split}", "--taxa", str(setup["taxa"]), "--gallery",
+                 str(setup["gallery"]), "--teacher", setup["teacher"], "--student", setup["student"]]) == 2  # fmt: skip
+
+
+def test_the_split_chooses_the_queries(setup, monkeypatch):
+    from birdsearch.model.evaluate import run
+
+    for split, per_species in (("test", 1), ("val", 1), ("train", 4)):
+        queries = datasets.load_query_manifest(setup["manifest"], setup["taxa"], split=split)
+        assert {c.split for c in queries.clips} == {split} and len(queries.clips) == 4 * per_species
+    seen = capture_queries(monkeypatch, run)
+    result = evaluate(config(setup, split="val", methods=("random",), encoders=[]))
+    assert {c.split for c in seen} == {"val"} and result["queries"]["queries"] == 4
+    assert result["config"]["split"] == "val" and result["queries"]["facts"]["split"] == "val"
+
+
+def capture_queries(monkeypatch, run) -> list:
+    """Record the query clips ``evaluate`` embeds (the soundscape segments are not passed through)."""
+    seen: list = []
+    original = run.embed_clips
+
+    def recording(clips, methods, front_end, chunk=32):
+        seen.extend(c for c in clips if c.species >= 0)
+        return original(clips, methods, front_end, chunk)
+
+    monkeypatch.setattr(run, "embed_clips", recording)
+    return seen
+
+
+def clips_per_species(counts: list[int]) -> list[Clip]:
+    return [Clip(Path(f"s{s}_{i}.wav"), s) for s, n in enumerate(counts) for i in range(n)]
+
+
+def test_max_queries_samples_evenly_across_species():
+    clips = clips_per_species([10, 1, 3, 7, 2])  # 23 clips, five species, very uneven
+    for limit in (5, 6, 9):
+        chosen = datasets.sample_queries(clips, limit, seed=0)
+        counts = np.bincount([c.species for c in chosen], minlength=5)
+        assert len(chosen) == limit and counts.min() >= 1, (limit, counts)  # every species is there
+        # Species take turns: a count differs from the largest by more than one only when it ran out.
+        assert all(c >= counts.max() - 1 or c == n for c, n in zip(counts, [10, 1, 3, 7, 2], strict=True))
+        assert chosen == sorted(chosen, key=clips.index)  # original order kept
+    assert datasets.sample_queries(clips, 9, seed=0) == datasets.sample_queries(clips, 9, seed=0)
+    assert datasets.sample_queries(clips, 9, seed=0) != datasets.sample_queries(clips, 9, seed=1)
+    assert datasets.sample_queries(clips, None) == clips and datasets.sample_queries(clips, 50) == clips
+    with pytest.raises(ConfigError, match="--max-queries 0"):
+        datasets.sample_queries(clips, 0)
+
+
+def test_max_queries_in_an_evaluation_covers_every_species(setup, monkeypatch):
+    from birdsearch.model.evaluate import run
+
+    seen = capture_queries(monkeypatch, run)
+    # 16 training clips, four per species, in species order: the first four would be one species.
+    result = evaluate(config(setup, split="train", max_queries=4, methods=("random",), encoders=[]))
+    assert result["queries"]["queries"] == 4 and sorted(c.species for c in seen) == [0, 1, 2, 3]
+
+
+# ---- data sets registered from above (the toy world's is one) ----------------------------------
+
+
+def test_a_registered_data_set_brings_queries_gallery_and_models(setup, tmp_path):
+    rows = manifest_rows(setup)
+    folder = Path(setup["manifest"]).parent
+    held_out = write_rows(folder / "held_out.csv", [{"path": r["path"], "species": r["species"]} for r in rows
+                                                    if r["split"] == "test"])  # fmt: skip
+    bundle = DataBundle(name="tones", taxa=Path(setup["taxa"]), train_manifest=Path(setup["manifest"]),
+                        query_manifest=held_out, gallery_manifest=Path(setup["gallery"]),
+                        models={"teacher": setup["teacher"], "student": setup["student"]}, facts={"world": "tones"})  # fmt: skip
+    asked = []
+    registry.register_data_set("tones", lambda variant, progress=True: asked.append(variant) or bundle)
+    try:
+        result = evaluate(EvaluateConfig(dataset="tones:v2", methods=("random",), device="cpu", plots=False))
+        assert asked == ["v2"] and result["queries"]["queries"] == 4 and result["queries"]["name"] == "tones"
+        assert (
+            result["config"]["teacher"] == setup["teacher"] and result["queries"]["gallery"]["images"] == 12
+        )
+        val = evaluate(EvaluateConfig(dataset="tones", split="val", methods=("random",), device="cpu"))
+        assert val["queries"]["name"] == "tones-val" and val["queries"]["queries"] == 4
+        with pytest.raises(ConfigError, match="unknown data set 'imagenet'.*known data sets are tones, toy"):
+            evaluate(config(setup, dataset="imagenet"))
+    finally:
+        registry.DATA_SETS.unregister("tones")

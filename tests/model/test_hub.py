@@ -4,6 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,72 @@ def test_models_verify_reports_present_and_missing(hf_cache, tiny_teacher_dir, t
     missing = run_cli("models", "verify", env=env)
     assert missing.returncode == 1
     assert "MISSING teacher" in missing.stdout and "birdsearch models download" in missing.stdout
+
+
+# ---- sources registered from above ------------------------------------------------------------
+
+
+def test_a_registered_source_resolves_through_its_resolver(tiny_teacher_dir):
+    asked = []
+    hub.register_spec_source("fake", lambda kind, variant: asked.append((kind, variant)) or tiny_teacher_dir,
+                             hint="'{flag} fake' is a test source")  # fmt: skip
+    try:
+        resolved = hub.resolve("fake:v1", "teacher")
+        assert (resolved.source, resolved.spec, resolved.path) == ("fake", "fake:v1", tiny_teacher_dir)
+        assert hub.resolve("fake", "teacher").weights_file.is_file()
+        assert asked == [("teacher", "v1"), ("teacher", None)]
+        assert "'--teacher fake' is a test source" in hub.provisioning_hint("teacher")
+        with pytest.raises(ModelUnavailableError, match="config.json is missing"):  # checked like a local dir
+            hub.resolve("fake", "student")
+    finally:
+        hub.SPEC_SOURCES.unregister("fake")
+
+
+def test_unknown_sources_name_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown model spec source 'fake' in 'fake:v1': known model spec "
+                       r"sources are hf-hub, local-dir, toy"):  # fmt: skip
+        hub.parse_spec("fake:v1")
+    with pytest.raises(ConfigError, match="cannot read model spec 'fake'.*hf-hub, local-dir, toy"):
+        hub.parse_spec("fake")
+    with pytest.raises(ConfigError, match="cannot register"):
+        hub.register_spec_source("hf-hub", lambda kind, variant: Path("."))
+
+
+def python(code: str, **env_changes: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in env_changes}
+    env.update({k: v for k, v in env_changes.items() if v is not None})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_the_core_knows_no_toy_until_the_toy_world_registers_and_registering_is_cheap():
+    code = """
+import sys
+from birdsearch.errors import ConfigError
+from birdsearch.model import hub
+try:
+    hub.parse_spec("toy")
+except ConfigError as e:
+    print("refused:", e)
+from birdsearch.toy import plugin
+plugin.register()
+plugin.register()  # harmless twice
+print(hub.parse_spec("toy:small"), "torch" in sys.modules, [m for m in sys.modules if m.startswith("birdsearch.toy.")])
+"""
+    result = python(code, BIRDSEARCH_PLUGINS=None)
+    refused, registered = result.stdout.strip().splitlines()
+    assert refused.startswith("refused: cannot read model spec 'toy'") and "hf-hub, local-dir (" in refused
+    assert registered == "('toy', 'small') False ['birdsearch.toy.plugin']", result.stderr
+
+
+def test_a_process_finds_the_plugins_its_parent_registered():
+    """Registering names the plug-in in BIRDSEARCH_PLUGINS, so that a uvicorn worker or a Ray actor,
+    started without the console script, resolves the same specs."""
+    assert "birdsearch.toy.plugin" in os.environ["BIRDSEARCH_PLUGINS"].split(
+        ","
+    )  # tests/conftest.py registered
+    child = python("from birdsearch.model import hub; print(hub.parse_spec('toy:perfect'))")
+    assert child.stdout.strip() == "('toy', 'perfect')", child.stderr
+    broken = python(
+        "from birdsearch.model import hub; hub.parse_spec('toy')", BIRDSEARCH_PLUGINS="no.such.module"
+    )
+    assert "BIRDSEARCH_PLUGINS names 'no.such.module', which cannot be loaded" in broken.stderr

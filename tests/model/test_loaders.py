@@ -97,7 +97,7 @@ def test_a_manifest_as_queries(tmp_path):
 
 @pytest.mark.slow
 def test_the_toy_world_small_preset():
-    queries, soundscapes, specs = datasets.load_toy("small")
+    queries, soundscapes, specs = datasets.load_data_set("toy:small")
     assert len(queries.taxa) == 8 and queries.clips and queries.gallery_manifest.is_file()
     assert soundscapes.labels.any() and soundscapes.labels.shape[1] == 8
     assert specs["teacher"] == "toy:small"

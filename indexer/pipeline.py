@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,14 @@ from birdsearch.indexer.embed import (
     embed_local,
     thumbnail_relpath,
 )
-from birdsearch.indexer.faiss_index import IndexOptions, build_index
+from birdsearch.indexer.faiss_index import BuiltIndex, IndexOptions, build_index
 from birdsearch.indexer.fetch import BLOBS_DIR, Hashed, PreviousRecord, hash_items
 from birdsearch.indexer.gallery import Gallery, read_gallery
 from birdsearch.indexer.images import DEFAULT_MAX_PIXELS
 from birdsearch.indexer.lock import IndexLock
-from birdsearch.indexer.store import IndexRoot, IndexVersion, SpeciesRecord
+from birdsearch.indexer.store import ImageRow, IndexRoot, IndexVersion, SpeciesRecord, referenced_files
 from birdsearch.indexer.taxonomy import TaxonomyResolver
 from birdsearch.indexer.writer import (
-    ImageRow,
     VersionContent,
     new_staging_dir,
     prune_versions,
@@ -203,19 +202,15 @@ def load_previous(root: Path, teacher: dict[str, Any], incremental: bool) -> Pre
     if not incremental:
         return previous_keys_only(version)
     records, rows_by_hash = {}, {}
-    query = "SELECT id, key, content_hash, size_bytes, mtime_ns, blob, width, height, thumbnail FROM images"
-    for row_id, key, content_hash, size, mtime, blob, width, height, thumb in version.db().execute(query):
-        records[key] = PreviousRecord(content_hash, size, mtime, blob)
-        rows_by_hash.setdefault(content_hash, (row_id, width, height, thumb))
+    for image in version.stored_images():
+        records[image.key] = PreviousRecord(image.content_hash, image.size_bytes, image.mtime_ns, image.blob)
+        rows_by_hash.setdefault(image.content_hash, (image.id, image.width, image.height, image.thumbnail))
     return Previous(version, records, rows_by_hash)
 
 
 def previous_keys_only(version: IndexVersion) -> Previous:
     """The previous version for counting added/removed only: nothing of it is reused."""
-    records = {
-        key: PreviousRecord(h, None, None, None)
-        for key, h in version.db().execute("SELECT key, content_hash FROM images")
-    }
+    records = {key: PreviousRecord(h, None, None, None) for key, h in version.key_hashes()}
     return Previous(version, records, {})
 
 
@@ -308,6 +303,21 @@ def embed_new(
     return vectors, sizes, failures
 
 
+@dataclass
+class Collected:
+    """The new version's rows, in gallery-key order, with their vectors and each species' taxonomy."""
+
+    rows: list[ImageRow] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)  # row i's vector
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    taxa: dict[str, SpeciesRecord] = field(default_factory=dict)  # lineage from the first image naming it
+
+    def source_hash(self) -> str:
+        """What the version is made of (keys, bytes, species): equal hashes mean nothing to publish."""
+        text = "".join(f"{r.key}\t{r.content_hash}\t{r.species}\n" for r in self.rows)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
 def assemble(
     config: IndexConfig,
     gallery: Gallery,
@@ -320,57 +330,92 @@ def assemble(
     summary: Summary,
 ) -> VersionContent | None:
     """The new version's rows (sorted by key), vectors, species and index; None when nothing changed."""
-    failures = list(gallery.skipped)
-    rows: list[ImageRow] = []
-    row_vectors: list[np.ndarray] = []
+    collected = collect_rows(config, gallery, hashed, previous, new_vectors, sizes, embed_failures)
+    summary.failed = collected.failures
+    count_changes(summary, previous, hashed, {r.key for r in collected.rows})
+    summary.count = len(collected.rows)
+    if not collected.rows:
+        log.error("no image of %s could be indexed; nothing is published", gallery.location)
+        return None
+    source_hash = collected.source_hash()
+    if unchanged_since(previous, source_hash, config.force):
+        assert previous is not None
+        summary.index_type = previous.version.index_type
+        summary.recall_at_10 = previous.version.manifest.get("recall_at_10")
+        return None
+    vectors = np.stack(collected.vectors).astype(np.float32)
+    species = species_records(collected)
+    species_vectors = species_embeddings(embedder, species, previous, config)
+    built = build_index(vectors, config.index)
+    summary.index_type, summary.recall_at_10 = built.factory, built.recall_at_10
+    manifest = version_manifest(config, gallery, embedder, built, source_hash, previous, summary)
+    return VersionContent(
+        vectors, collected.rows, species, species_vectors, built.index, manifest, collected.failures
+    )
+
+
+def collect_rows(
+    config: IndexConfig,
+    gallery: Gallery,
+    hashed: list[Hashed],
+    previous: Previous | None,
+    new_vectors: dict[str, np.ndarray],
+    sizes: dict[str, tuple[int, int]],
+    embed_failures: dict[str, str],
+) -> Collected:
+    """One row per hashed item that has a vector (reused or new); failures for the others."""
+    collected = Collected(failures=list(gallery.skipped))
     resolver = TaxonomyResolver()
     known = previous.rows_by_hash if previous else {}
     old_vectors = previous.version.vectors() if previous and known else None
     for h in hashed:
-        if h.content_hash is None:
-            failures.append((h.item.key, h.error or "unknown error"))
+        reason = (h.error or "unknown error") if h.content_hash is None else embed_failures.get(h.content_hash)
+        if reason is not None:
+            collected.failures.append((h.item.key, reason))
             continue
-        if h.content_hash in embed_failures:
-            failures.append((h.item.key, embed_failures[h.content_hash]))
-            continue
+        assert h.content_hash is not None
         if h.content_hash in known:
             row_id, width, height, thumb = known[h.content_hash]
-            row_vectors.append(np.asarray(old_vectors[row_id]))  # type: ignore[index]
+            collected.vectors.append(np.asarray(old_vectors[row_id]))  # type: ignore[index]
         else:
             width, height = sizes[h.content_hash]
-            row_vectors.append(new_vectors[h.content_hash])
+            collected.vectors.append(new_vectors[h.content_hash])
             thumb = thumbnail_relpath(h.content_hash) if config.thumbnail_size else None
         if thumb and not (Path(config.out) / thumb).is_file():
             thumb = None
-        rows.append(image_row(h, resolver.resolve(h.item.label, h.item.given), width, height, thumb))
-    summary.failed = failures
-    count_changes(summary, previous, hashed, {r.key for r in rows})
-    source_hash = hashlib.sha256("".join(f"{r.key}\t{r.content_hash}\t{r.species}\n" for r in rows).encode())
-    summary.count = len(rows)
-    if not rows:
-        log.error("no image of %s could be indexed; nothing is published", gallery.location)
-        return None
-    if (
+        taxon = resolver.resolve(h.item.label, h.item.given)
+        collected.taxa.setdefault(taxon.scientific, taxon)
+        collected.rows.append(image_row(h, taxon, width, height, thumb))
+    return collected
+
+
+def unchanged_since(previous: Previous | None, source_hash: str, force: bool) -> bool:
+    """True when the published version, reusable as it is, holds exactly these images."""
+    return bool(
         previous
-        and known
-        and not config.force
-        and previous.version.manifest.get("source_hash") == source_hash.hexdigest()
-    ):
-        summary.index_type = previous.version.index_type
-        summary.recall_at_10 = previous.version.manifest.get("recall_at_10")
-        return None
-    vectors = np.stack(row_vectors).astype(np.float32)
-    species = species_records(rows, resolver)
-    species_vectors = species_embeddings(embedder, species, previous, config)
-    built = build_index(vectors, config.index)
-    summary.index_type, summary.recall_at_10 = built.factory, built.recall_at_10
-    manifest = {
+        and previous.rows_by_hash
+        and not force
+        and previous.version.manifest.get("source_hash") == source_hash
+    )
+
+
+def version_manifest(
+    config: IndexConfig,
+    gallery: Gallery,
+    embedder: ImageEmbedder,
+    built: BuiltIndex,
+    source_hash: str,
+    previous: Previous | None,
+    summary: Summary,
+) -> dict[str, Any]:
+    """The manifest's facts about this build (the writer adds counts, files and checksums)."""
+    return {
         "teacher": embedder.teacher.describe(),
         "index_type": built.factory,
         "search_params": built.search_params,
         "recall_at_10": built.recall_at_10,
         "recall_queries": built.recall_queries,
-        "source_hash": source_hash.hexdigest(),
+        "source_hash": source_hash,
         "gallery": {
             "kind": gallery.kind,
             "location": str(gallery.location),
@@ -390,10 +435,9 @@ def assemble(
             "previous": previous.version.name if previous else None,
         },
     }
-    return VersionContent(vectors, rows, species, species_vectors, built.index, manifest, failures)
 
 
-def image_row(h: Hashed, taxon: Any, width: int, height: int, thumbnail: str | None) -> ImageRow:
+def image_row(h: Hashed, taxon: SpeciesRecord, width: int, height: int, thumbnail: str | None) -> ImageRow:
     item = h.item
     return ImageRow(
         key=item.key,
@@ -403,7 +447,7 @@ def image_row(h: Hashed, taxon: Any, width: int, height: int, thumbnail: str | N
         content_hash=str(h.content_hash),
         path=item.path,
         url=item.url,
-        common_name=taxon.common,
+        common=taxon.common,
         genus=taxon.genus,
         family=taxon.family,
         order=taxon.order,
@@ -428,23 +472,10 @@ def count_changes(
     summary.unchanged = sum(1 for key, h in new_hash.items() if key in old and old[key].content_hash == h)
 
 
-def species_records(rows: list[ImageRow], resolver: TaxonomyResolver) -> list[SpeciesRecord]:
+def species_records(collected: Collected) -> list[SpeciesRecord]:
     """One record per species (sorted by name), lineage from the first image that names it."""
-    counts = Counter(r.species for r in rows)
-    first: dict[str, ImageRow] = {}
-    for r in rows:
-        first.setdefault(r.species, r)
-    by_name = {t.scientific: t for t in resolver.cache.values()}
-    records = []
-    for name in sorted(counts):
-        taxon = by_name[name]
-        records.append(
-            SpeciesRecord(
-                name, first[name].common_name, taxon.kingdom, taxon.phylum, taxon.klass, first[name].order,
-                first[name].family, first[name].genus, counts[name], taxon.resolved_by,
-            )
-        )  # fmt: skip
-    return records
+    counts = Counter(r.species for r in collected.rows)
+    return [replace(collected.taxa[name], image_count=counts[name]) for name in sorted(counts)]
 
 
 def species_text(record: SpeciesRecord, name_format: str) -> str | None:
@@ -490,19 +521,12 @@ def species_embeddings(
 
 def collect_garbage(root: Path) -> None:
     """Delete thumbnails and downloads that no kept version refers to."""
-    import sqlite3
-
     referenced: set[str] = set()
     for name in IndexRoot(root).versions():
         try:
-            conn = sqlite3.connect(f"file:{root / name / 'metadata.sqlite'}?mode=ro", uri=True)
-            try:
-                for thumb, blob in conn.execute("SELECT thumbnail, blob FROM images"):
-                    referenced.update(p for p in (thumb, blob) if p)
-            finally:
-                conn.close()
-        except sqlite3.Error as e:  # an unreadable version keeps every file: never delete on doubt
-            log.warning("not collecting garbage: %s is unreadable (%s)", name, e)
+            referenced |= referenced_files(root / name)
+        except IndexFormatError as e:  # an unreadable version keeps every file: never delete on doubt
+            log.warning("not collecting garbage: %s", e)
             return
     for folder in ("thumbs", BLOBS_DIR):
         for file in (root / folder).rglob("*") if (root / folder).is_dir() else []:

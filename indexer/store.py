@@ -28,7 +28,8 @@ import json
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from birdsearch.errors import BirdsearchError, IndexFormatError
+from birdsearch.model.names import Taxon
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class ImageRecord:
     path: str | None  # local file (absolute at build time), None for URL sources
     url: str | None  # where a URL source was fetched from
     species: str  # scientific name as resolved (or the gallery's label when unresolved)
-    common_name: str
+    common: str
     genus: str
     family: str
     order: str
@@ -84,30 +86,114 @@ class ImageRecord:
     blob: str | None = field(default=None, repr=False)  # stored original, relative to the index root
 
 
+@dataclass
+class ImageRow:
+    """One image as a version is written (its id is its position in the list written)."""
+
+    key: str
+    species: str
+    width: int
+    height: int
+    content_hash: str
+    path: str | None = None
+    url: str | None = None
+    common: str = ""
+    genus: str = ""
+    family: str = ""
+    order: str = ""
+    license: str = ""
+    attribution: str = ""
+    source: str = ""
+    thumbnail: str | None = None
+    blob: str | None = None
+    size_bytes: int | None = None
+    mtime_ns: int | None = None
+
+
 @dataclass(frozen=True)
-class SpeciesRecord:
-    """One species in the gallery, with its lineage and image count."""
+class SpeciesRecord(Taxon):
+    """One species in the gallery: a ``Taxon`` (same fields) with its image count and provenance.
 
-    scientific: str
-    common_name: str
-    kingdom: str
-    phylum: str
-    klass: str
-    order: str
-    family: str
-    genus: str
-    image_count: int
-    resolved_by: str  # 'manifest', 'table', 'genus' or 'unknown': where the taxonomy came from
+    Unlike a plain ``Taxon`` it may hold a gallery label that is not a binomial: such a label is
+    indexed as it is (unresolved); ``taxon()`` gives the checked ``Taxon`` the text tower needs.
+    """
 
-    def taxon(self) -> Any:
-        """This species as a ``birdsearch.model.names.Taxon`` (raises ConfigError for a non-binomial label)."""
-        from birdsearch.model.names import Taxon
+    image_count: int = 0
+    resolved_by: str = "unknown"  # 'manifest', 'table', 'genus' or 'unknown': where the taxonomy came from
 
+    def __post_init__(self) -> None:
+        # No binomial check and no derived genus: the resolver sets every rank of a gallery label,
+        # and an unresolved one ("American Robin" not in the table) must not get genus "American".
+        pass
+
+    def taxon(self) -> Taxon:
+        """This species as a checked ``Taxon`` (raises ConfigError for a label that is not a binomial)."""
         return Taxon(
-            self.scientific, self.common_name, self.kingdom, self.phylum, self.klass, self.order, self.family
-        )
+            self.scientific, self.common, self.kingdom, self.phylum, self.klass, self.order, self.family,
+            self.genus,
+        )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StoredImage:
+    """What a reindex needs of an image the published version holds, to reuse it unread."""
+
+    id: int
+    key: str
+    content_hash: str
+    size_bytes: int | None
+    mtime_ns: int | None
+    blob: str | None
+    width: int
+    height: int
+    thumbnail: str | None
+
+
+# The metadata's schema. SQL reserves ORDER and CLASS, so those two columns are order_name and
+# class; everything outside this module sees the record fields (``order``, ``klass``).
+SCHEMA = """
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,          -- row in vectors.npy, FAISS id
+    key TEXT NOT NULL UNIQUE,        -- path relative to the gallery root, or the URL
+    path TEXT,                       -- absolute local path at build time (NULL for URL sources)
+    url TEXT,
+    species TEXT NOT NULL COLLATE NOCASE,
+    common_name TEXT NOT NULL DEFAULT '',
+    genus TEXT NOT NULL DEFAULT '' COLLATE NOCASE,
+    family TEXT NOT NULL DEFAULT '' COLLATE NOCASE,
+    order_name TEXT NOT NULL DEFAULT '' COLLATE NOCASE,
+    license TEXT NOT NULL DEFAULT '',
+    attribution TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,      -- sha256 of the file's bytes
+    thumbnail TEXT,                  -- relative to the index root
+    blob TEXT,                       -- stored original (URL sources), relative to the index root
+    size_bytes INTEGER,              -- with mtime_ns: lets a reindex skip re-hashing unchanged files
+    mtime_ns INTEGER
+);
+CREATE INDEX images_species ON images (species);
+CREATE INDEX images_genus ON images (genus);
+CREATE INDEX images_family ON images (family);
+CREATE INDEX images_order ON images (order_name);
+CREATE INDEX images_hash ON images (content_hash);
+CREATE TABLE species (
+    scientific TEXT PRIMARY KEY COLLATE NOCASE,
+    common_name TEXT NOT NULL DEFAULT '',
+    kingdom TEXT NOT NULL DEFAULT '',
+    phylum TEXT NOT NULL DEFAULT '',
+    class TEXT NOT NULL DEFAULT '',
+    order_name TEXT NOT NULL DEFAULT '',
+    family TEXT NOT NULL DEFAULT '',
+    genus TEXT NOT NULL DEFAULT '',
+    image_count INTEGER NOT NULL,
+    resolved_by TEXT NOT NULL,       -- manifest, table, genus or unknown
+    embedding_row INTEGER NOT NULL   -- row in species_embeddings.npy
+);
+CREATE TABLE failures (key TEXT NOT NULL, reason TEXT NOT NULL);
+"""
+# Columns in the order of the record fields (ImageRecord, SpeciesRecord, StoredImage, ImageRow).
 IMAGE_COLUMNS = (
     "id, key, path, url, species, common_name, genus, family, order_name, license, attribution, source, "
     "width, height, content_hash, thumbnail, blob"
@@ -115,6 +201,54 @@ IMAGE_COLUMNS = (
 SPECIES_COLUMNS = (
     "scientific, common_name, kingdom, phylum, class, order_name, family, genus, image_count, resolved_by"
 )
+STORED_IMAGE_COLUMNS = "id, key, content_hash, size_bytes, mtime_ns, blob, width, height, thumbnail"
+IMAGE_ROW_COLUMNS = (
+    "key, species, width, height, content_hash, path, url, common_name, genus, family, order_name, license, "
+    "attribution, source, thumbnail, blob, size_bytes, mtime_ns"
+)
+TAXON_FILTER_COLUMNS = {"genus": "genus", "family": "family", "order": "order_name"}
+
+
+def write_metadata(
+    path: Path, images: list[ImageRow], species: list[SpeciesRecord], failures: list[tuple[str, str]]
+) -> None:
+    """Write a version's ``metadata.sqlite``: images (id = position), species (row = position), failures."""
+    if path.exists():
+        path.unlink()
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(SCHEMA)
+        marks = ",".join("?" * (1 + len(fields(ImageRow))))
+        conn.executemany(
+            f"INSERT INTO images (id, {IMAGE_ROW_COLUMNS}) VALUES ({marks})",
+            ((i, *astuple(row)) for i, row in enumerate(images)),
+        )
+        marks = ",".join("?" * (1 + len(fields(SpeciesRecord))))
+        conn.executemany(
+            f"INSERT INTO species ({SPECIES_COLUMNS}, embedding_row) VALUES ({marks})",
+            ((*astuple(record), row) for row, record in enumerate(species)),
+        )
+        conn.executemany("INSERT INTO failures VALUES (?, ?)", failures)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def referenced_files(version_dir: Path) -> set[str]:
+    """Thumbnails and stored originals (relative to the index root) a version refers to.
+
+    Opens only the version's metadata, so it works on versions too old or damaged to open whole;
+    raises IndexFormatError when even that cannot be read.
+    """
+    file = version_dir / METADATA_FILE
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {p for pair in conn.execute("SELECT thumbnail, blob FROM images") for p in pair if p}
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise IndexFormatError(f"cannot read {file}: {e}") from e
 
 
 class IndexRoot:
@@ -397,9 +531,9 @@ class IndexVersion:
                 return np.empty(0, dtype=np.int64)
             clauses.append(f"species IN ({','.join('?' * len(names))})")
             params += names
-        for column, value in (("genus", genus), ("family", family), ("order_name", order)):
+        for rank, value in (("genus", genus), ("family", family), ("order", order)):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(f"{TAXON_FILTER_COLUMNS[rank]} = ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.db().execute(f"SELECT id FROM images {where} ORDER BY id", params)
@@ -408,6 +542,15 @@ class IndexVersion:
     def failures(self) -> list[tuple[str, str]]:
         """(gallery key, reason) for every file the build skipped."""
         return list(self.db().execute("SELECT key, reason FROM failures ORDER BY key"))
+
+    def stored_images(self) -> Iterator[StoredImage]:
+        """Every image's reuse facts (hash, size, mtime, blob, size in pixels, thumbnail), by id."""
+        for row in self.db().execute(f"SELECT {STORED_IMAGE_COLUMNS} FROM images ORDER BY id"):
+            yield StoredImage(*row)
+
+    def key_hashes(self) -> Iterator[tuple[str, str]]:
+        """(gallery key, content hash) of every image."""
+        yield from self.db().execute("SELECT key, content_hash FROM images")
 
     def validate(self, deep: bool = False) -> None:
         """Check the version: files, shapes, metadata, a self-search; ``deep`` also checks every sha256."""

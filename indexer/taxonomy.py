@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from birdsearch.indexer.store import SpeciesRecord
+
 log = logging.getLogger(__name__)
 
 BIRD_TABLE = "birds.csv"
@@ -24,22 +26,9 @@ BIRD_LINEAGE = ("Animalia", "Chordata", "Aves")
 
 
 @dataclass(frozen=True)
-class ResolvedTaxon:
-    """A gallery label resolved to a species and its lineage."""
-
-    scientific: str  # "Turdus migratorius", or the gallery's label when unresolved
-    common: str
-    kingdom: str
-    phylum: str
-    klass: str
-    order: str
-    family: str
-    genus: str
-    resolved_by: str  # 'manifest', 'table', 'genus' or 'unknown'
-
-
-@dataclass(frozen=True)
 class TableRow:
+    """One row of the bundled bird table."""
+
     scientific: str
     common: str
     order: str
@@ -85,10 +74,10 @@ class TaxonomyResolver:
     """Resolves gallery labels, remembering each label and warning once per unknown one."""
 
     def __init__(self) -> None:
-        self.cache: dict[tuple, ResolvedTaxon] = {}
+        self.cache: dict[tuple, SpeciesRecord] = {}
         self.unknown: set[str] = set()
 
-    def resolve(self, label: str, given: dict[str, str] | None = None) -> ResolvedTaxon:
+    def resolve(self, label: str, given: dict[str, str] | None = None) -> SpeciesRecord:
         """Resolve a species label; ``given`` holds manifest columns (common_name, genus, family, ...)."""
         given = {k: v for k, v in (given or {}).items() if v}
         key = (label, tuple(sorted(given.items())))
@@ -96,7 +85,7 @@ class TaxonomyResolver:
             self.cache[key] = self._resolve(label, given)
         return self.cache[key]
 
-    def _resolve(self, label: str, given: dict[str, str]) -> ResolvedTaxon:
+    def _resolve(self, label: str, given: dict[str, str]) -> SpeciesRecord:
         by_scientific, by_common, by_genus = bird_table()
         name, label_common = split_label(given.get("taxonomy_species") or label)
         row = by_scientific.get(fold(name)) or by_common.get(fold(name))
@@ -115,7 +104,7 @@ class TaxonomyResolver:
                 "(give them in a manifest: columns family, order)",
                 label,
             )
-        return ResolvedTaxon(
+        return SpeciesRecord(  # image_count stays 0: the pipeline counts images per species
             scientific=scientific,
             common=given.get("common_name") or (row.common if row else "") or label_common,
             kingdom=given.get("kingdom") or BIRD_LINEAGE[0],

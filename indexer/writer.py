@@ -15,9 +15,7 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,83 +32,18 @@ from birdsearch.indexer.store import (
     POINTER_FILE,
     SPECIES_EMBEDDINGS_FILE,
     VECTORS_FILE,
+    ImageRow,
     IndexRoot,
     IndexVersion,
     SpeciesRecord,
     version_name,
     version_number,
+    write_metadata,
 )
 
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
-
-SCHEMA = """
-CREATE TABLE images (
-    id INTEGER PRIMARY KEY,          -- row in vectors.npy, FAISS id
-    key TEXT NOT NULL UNIQUE,        -- path relative to the gallery root, or the URL
-    path TEXT,                       -- absolute local path at build time (NULL for URL sources)
-    url TEXT,
-    species TEXT NOT NULL COLLATE NOCASE,
-    common_name TEXT NOT NULL DEFAULT '',
-    genus TEXT NOT NULL DEFAULT '' COLLATE NOCASE,
-    family TEXT NOT NULL DEFAULT '' COLLATE NOCASE,
-    order_name TEXT NOT NULL DEFAULT '' COLLATE NOCASE,
-    license TEXT NOT NULL DEFAULT '',
-    attribution TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL DEFAULT '',
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,      -- sha256 of the file's bytes
-    thumbnail TEXT,                  -- relative to the index root
-    blob TEXT,                       -- stored original (URL sources), relative to the index root
-    size_bytes INTEGER,              -- with mtime_ns: lets a reindex skip re-hashing unchanged files
-    mtime_ns INTEGER
-);
-CREATE INDEX images_species ON images (species);
-CREATE INDEX images_genus ON images (genus);
-CREATE INDEX images_family ON images (family);
-CREATE INDEX images_order ON images (order_name);
-CREATE INDEX images_hash ON images (content_hash);
-CREATE TABLE species (
-    scientific TEXT PRIMARY KEY COLLATE NOCASE,
-    common_name TEXT NOT NULL DEFAULT '',
-    kingdom TEXT NOT NULL DEFAULT '',
-    phylum TEXT NOT NULL DEFAULT '',
-    class TEXT NOT NULL DEFAULT '',
-    order_name TEXT NOT NULL DEFAULT '',
-    family TEXT NOT NULL DEFAULT '',
-    genus TEXT NOT NULL DEFAULT '',
-    image_count INTEGER NOT NULL,
-    resolved_by TEXT NOT NULL,       -- manifest, table, genus or unknown
-    embedding_row INTEGER NOT NULL   -- row in species_embeddings.npy
-);
-CREATE TABLE failures (key TEXT NOT NULL, reason TEXT NOT NULL);
-"""
-
-
-@dataclass
-class ImageRow:
-    """One image as the writer stores it (the id is its position in the list given to the writer)."""
-
-    key: str
-    species: str
-    width: int
-    height: int
-    content_hash: str
-    path: str | None = None
-    url: str | None = None
-    common_name: str = ""
-    genus: str = ""
-    family: str = ""
-    order: str = ""
-    license: str = ""
-    attribution: str = ""
-    source: str = ""
-    thumbnail: str | None = None
-    blob: str | None = None
-    size_bytes: int | None = None
-    mtime_ns: int | None = None
 
 
 @dataclass
@@ -173,7 +106,7 @@ def write_version_files(directory: Path, content: VersionContent) -> dict[str, A
     np.save(directory / VECTORS_FILE, np.ascontiguousarray(content.vectors, dtype=np.float32))
     faults.point("write.vectors")
     faiss.write_index(content.index, str(directory / FAISS_FILE))
-    write_metadata(directory / METADATA_FILE, content)
+    write_metadata(directory / METADATA_FILE, content.images, content.species, content.failures)
     faults.point("write.metadata")
     np.save(directory / SPECIES_EMBEDDINGS_FILE, np.ascontiguousarray(content.species_embeddings, np.float32))
     files = {}
@@ -209,37 +142,6 @@ def check_content(content: VersionContent) -> None:
     missing = {row.species for row in content.images} - {s.scientific for s in content.species}
     if missing:
         raise IndexFormatError(f"species {sorted(missing)[:5]} have images but no species record")
-
-
-def write_metadata(path: Path, content: VersionContent) -> None:
-    if path.exists():
-        path.unlink()
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(SCHEMA)
-        conn.executemany(
-            "INSERT INTO images (id, key, path, url, species, common_name, genus, family, order_name, license, "
-            "attribution, source, width, height, content_hash, thumbnail, blob, size_bytes, mtime_ns) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                (i, r.key, r.path, r.url, r.species, r.common_name, r.genus, r.family, r.order, r.license,
-                 r.attribution, r.source, r.width, r.height, r.content_hash, r.thumbnail, r.blob,
-                 r.size_bytes, r.mtime_ns)
-                for i, r in enumerate(content.images)
-            ),
-        )  # fmt: skip
-        conn.executemany(
-            "INSERT INTO species VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                (s.scientific, s.common_name, s.kingdom, s.phylum, s.klass, s.order, s.family, s.genus,
-                 s.image_count, s.resolved_by, row)
-                for row, s in enumerate(content.species)
-            ),
-        )  # fmt: skip
-        conn.executemany("INSERT INTO failures VALUES (?, ?)", content.failures)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def staging_root(root: Path) -> Path:
@@ -299,68 +201,3 @@ def remove_unpublished(root: Path) -> list[str]:
     if removed:
         log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
     return removed
-
-
-def flat_index(vectors: np.ndarray) -> Any:
-    """An exact inner-product FAISS index over ``vectors``."""
-    import faiss
-
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    if len(vectors):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index
-
-
-def write_simple_index(
-    root: str | Path,
-    vectors: np.ndarray,
-    species: Sequence[str],
-    species_embeddings: np.ndarray | None = None,
-    teacher: dict[str, Any] | None = None,
-    records: Sequence[dict[str, Any]] | None = None,
-) -> IndexVersion:
-    """Write and publish a small exact index from vectors and labels, without a gallery or a model.
-
-    For tests and tools that need an index of known content (the service's and the evaluation's
-    tests use it). ``species[i]`` labels ``vectors[i]``; ``species_embeddings`` (S, D) is in sorted
-    species order (random unit vectors when omitted); ``records[i]`` overrides ImageRow fields.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    names = sorted(set(species))
-    rows = []
-    for i, label in enumerate(species):
-        extra = dict(records[i]) if records else {}
-        row = ImageRow(key=f"{label}/{i:06d}.jpg", species=label, width=1, height=1, content_hash=f"{i:064x}")
-        row.genus = label.split()[0] if " " in label else ""
-        rows.append(ImageRow(**{**asdict(row), **extra}))
-    counts = {name: sum(1 for s in species if s == name) for name in names}
-    taxa = [
-        SpeciesRecord(n, "", "Animalia", "Chordata", "Aves", "", "", n.split()[0], counts[n], "unknown")
-        for n in names
-    ]
-    if species_embeddings is None:
-        rng = np.random.default_rng(0)
-        species_embeddings = rng.standard_normal((len(names), vectors.shape[1])).astype(np.float32)
-        species_embeddings /= np.linalg.norm(species_embeddings, axis=1, keepdims=True)
-    content = VersionContent(
-        vectors=vectors,
-        images=rows,
-        species=taxa,
-        species_embeddings=np.asarray(species_embeddings, np.float32),
-        index=flat_index(vectors),
-        manifest={
-            "teacher": teacher
-            or {"id": "test", "dim": vectors.shape[1], "weights_sha256": "", "preprocess": {}},
-            "index_type": "Flat",
-            "search_params": {},
-            "recall_at_10": 1.0,
-            "source_hash": hashlib.sha256(json.dumps(list(species)).encode()).hexdigest(),
-            "species_text": {"format": "taxon_com", "templates": "openai"},
-        },
-    )
-    staging = new_staging_dir(root)
-    write_version_files(staging, content)
-    name = publish(root, staging)
-    return IndexRoot(root).open(name)

@@ -55,7 +55,12 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Taxon:
-    """One species and its lineage. Ranks above genus may be empty when unknown."""
+    """One species and its lineage: the species record every part of birdsearch uses.
+
+    The fields are spelled the same wherever a species travels (the index's species table is
+    ``birdsearch.indexer.store.SpeciesRecord``, this record plus counts). Ranks above genus may be
+    empty when unknown; ``genus`` defaults to the binomial's first word.
+    """
 
     scientific: str  # binomial, "Turdus migratorius"
     common: str = ""  # "American Robin"
@@ -64,14 +69,16 @@ class Taxon:
     klass: str = "Aves"  # `class` is a Python keyword
     order: str = ""
     family: str = ""
+    genus: str = ""  # "Turdus"; derived from ``scientific`` when not given
 
     def __post_init__(self) -> None:
         if len(self.scientific.split()) < 2:
             raise ConfigError(f"scientific name {self.scientific!r} is not a binomial ('Genus epithet')")
+        self._derive_genus()
 
-    @property
-    def genus(self) -> str:
-        return self.scientific.split()[0]
+    def _derive_genus(self) -> None:
+        if not self.genus and len(self.scientific.split()) >= 2:
+            object.__setattr__(self, "genus", self.scientific.split()[0])  # frozen: set once, here
 
     @property
     def lineage(self) -> str:

@@ -123,7 +123,7 @@ def image_hits(images: list[ranking.ImageScore], records: dict[int, Any]) -> lis
         url, thumb = image_urls(hit.id, record.content_hash)
         hits.append(
             ImageHit(
-                id=hit.id, url=url, thumbnail_url=thumb, species=record.species, common_name=record.common_name,
+                id=hit.id, url=url, thumbnail_url=thumb, species=record.species, common_name=record.common,
                 score=round(hit.score, 6), window=hit.window, license=record.license,
                 attribution=record.attribution, source=record.source,
             )
@@ -144,7 +144,7 @@ def species_hits(
         record = served.species[int(row)]
         hits.append(
             SpeciesHit(
-                species=record.scientific, common_name=record.common_name, genus=record.genus,
+                species=record.scientific, common_name=record.common, genus=record.genus,
                 family=record.family, order=record.order, score=round(float(scores.recording[row]), 6),
                 windows=int(scores.top_windows[row]), best_window=int(scores.best_window[row]),
                 image_id=image_id, thumbnail_url=image_urls(image_id, records[image_id].content_hash)[1],
@@ -165,7 +165,7 @@ def timeline(
             species=[
                 WindowSpecies(
                     species=served.species[int(row)].scientific,
-                    common_name=served.species[int(row)].common_name,
+                    common_name=served.species[int(row)].common,
                     score=round(float(scores.per_window[w, row]), 6),
                 )
                 for row in ranking.top_species(scores.per_window[w], species_k)

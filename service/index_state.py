@@ -93,7 +93,7 @@ def prepare(
     cascade = None
     if student is not None and species:
         names, teacher_species = version.species_embeddings()
-        common = {record.scientific: record.common_name for record in species}
+        common = {record.scientific: record.common for record in species}
         # The student hears common names ("Sound of a American Robin"), as Student.embed_species(.., "com").
         captions = [PROMPT.format(common.get(name) or name) for name in names]
         cascade = student.species_head(captions, teacher_species)

@@ -19,7 +19,7 @@ async def species(runtime: RuntimeDep) -> SpeciesList:
         index=served.name,
         species=[
             SpeciesInfo(
-                species=r.scientific, common_name=r.common_name, genus=r.genus, family=r.family,
+                species=r.scientific, common_name=r.common, genus=r.genus, family=r.family,
                 order=r.order, images=r.image_count,
             )
             for r in served.species

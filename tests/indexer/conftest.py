@@ -83,3 +83,68 @@ def write_synthetic_photos(folder: Path, count: int, seed: int = 0, size: int = 
         paths.append(folder / f"img{i:04d}.jpg")
         img.save(paths[-1], quality=90)
     return paths
+
+
+@pytest.fixture(scope="session")
+def write_simple_index():
+    """``write_simple_index(root, vectors, species, ...)``: publish a small exact index of known content."""
+    return publish_simple_index
+
+
+def publish_simple_index(
+    root: Path,
+    vectors: np.ndarray,
+    species: list[str],
+    species_embeddings: np.ndarray | None = None,
+    teacher: dict | None = None,
+    records: list[dict] | None = None,
+):
+    """Write and publish an exact index from vectors and labels, without a gallery or a model.
+
+    ``species[i]`` labels ``vectors[i]``; ``species_embeddings`` (S, D) is in sorted species order
+    (random unit vectors when omitted); ``records[i]`` overrides ImageRow fields.
+    """
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from birdsearch.indexer.faiss_index import IndexOptions, build_index
+    from birdsearch.indexer.store import ImageRow, IndexRoot, SpeciesRecord
+    from birdsearch.indexer.writer import VersionContent, new_staging_dir, publish, write_version_files
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    names = sorted(set(species))
+    rows = []
+    for i, label in enumerate(species):
+        row = ImageRow(key=f"{label}/{i:06d}.jpg", species=label, width=1, height=1, content_hash=f"{i:064x}")
+        row.genus = label.split()[0] if " " in label else ""
+        rows.append(ImageRow(**{**asdict(row), **(dict(records[i]) if records else {})}))
+    taxa = [
+        SpeciesRecord(name, genus=name.split()[0], image_count=species.count(name), resolved_by="unknown")
+        for name in names
+    ]
+    if species_embeddings is None:
+        species_embeddings = np.random.default_rng(0).standard_normal((len(names), vectors.shape[1]))
+        species_embeddings /= np.linalg.norm(species_embeddings, axis=1, keepdims=True)
+    built = build_index(vectors, IndexOptions(index_type="flat"))
+    content = VersionContent(
+        vectors=vectors,
+        images=rows,
+        species=taxa,
+        species_embeddings=np.asarray(species_embeddings, np.float32),
+        index=built.index,
+        manifest={
+            "teacher": teacher
+            or {"id": "test", "dim": vectors.shape[1], "weights_sha256": "", "preprocess": {}},
+            "index_type": built.factory,
+            "search_params": {},
+            "recall_at_10": 1.0,
+            "source_hash": hashlib.sha256(json.dumps(list(species)).encode()).hexdigest(),
+            "species_text": {"format": "taxon_com", "templates": "openai"},
+        },
+    )
+    staging = new_staging_dir(root)
+    write_version_files(staging, content)
+    return IndexRoot(root).open(publish(root, staging))

@@ -31,7 +31,7 @@ def test_real_gallery_with_every_odd_image(real_gallery, tmp_path, tiny_teacher_
         by_key["Ara_chloropterus/kodim23_exif_orientation6.jpg"].height,
     ) == (768, 512)
     macaw = by_key["Ara_ararauna/kodim23_macaws.png"]
-    assert (macaw.species, macaw.common_name, macaw.family, macaw.order) == (
+    assert (macaw.species, macaw.common, macaw.family, macaw.order) == (
         "Ara ararauna", "Blue-and-yellow Macaw", "Psittacidae", "Psittaciformes",
     )  # fmt: skip
     assert by_key["Junco_hyemalis/gradient16.png"].species == "Junco hyemalis"

@@ -10,7 +10,7 @@ import pytest
 from birdsearch.errors import ConfigError, IndexFormatError
 from birdsearch.indexer.search import TorchSearcher
 from birdsearch.indexer.store import IndexRoot, IndexVersion, UnknownImageError
-from birdsearch.indexer.writer import prune_versions, write_simple_index
+from birdsearch.indexer.writer import prune_versions
 
 SPECIES = ["Turdus migratorius", "Junco hyemalis", "Passer domesticus", "Setophaga coronata"]
 
@@ -21,7 +21,7 @@ def unit(rng, n, d):
 
 
 @pytest.fixture
-def small_index(tmp_path):
+def small_index(tmp_path, write_simple_index):
     rng = np.random.default_rng(1)
     vectors = unit(rng, 200, 16)
     labels = [SPECIES[i % 4] for i in range(200)]
@@ -145,7 +145,7 @@ def test_damaged_or_foreign_versions_are_refused(small_index):
         IndexVersion(version.path)
 
 
-def test_publish_moves_the_pointer_and_prune_keeps_the_last(tmp_path):
+def test_publish_moves_the_pointer_and_prune_keeps_the_last(tmp_path, write_simple_index):
     rng = np.random.default_rng(6)
     for n in (5, 6, 7, 8):
         write_simple_index(tmp_path, unit(rng, n, 4), ["Junco hyemalis"] * n)

@@ -110,7 +110,10 @@ class Aggregation(BaseModel):
 
 class ModelInfo(BaseModel):
     mode: Literal["distilled", "cascade"]
-    id: str = Field(description="checkpoint directory or student spec", examples=["/models/distilled"])
+    id: str = Field(
+        description="the model's spec as given (hf-hub:org/repo, toy), or its directory's base name",
+        examples=["distilled-ssw60", "hf-hub:davidrrobinson/BioLingual"],
+    )
     dim: int = Field(examples=[768])
 
 

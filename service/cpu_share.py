@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -111,20 +111,18 @@ class ComputeThread:
         """``fn(*args)`` on the compute thread, sized, awaited without blocking the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.run_sized, fn, *args)
 
-    @contextmanager
-    def in_flight(self) -> Iterator[None]:
+    def in_flight(self) -> AbstractContextManager[None]:
         """Count a query as in flight (working elsewhere until it waits on the compute thread)."""
-        self.load.change(active=+1)
-        try:
-            yield
-        finally:
-            self.load.change(active=-1)
+        return self._counted(active=1)
+
+    def waiting(self) -> AbstractContextManager[None]:
+        """Count a query among those whose work is queued or running on the compute thread."""
+        return self._counted(computing=1)
 
     @contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Count a query among those whose work is queued or running on the compute thread."""
-        self.load.change(computing=+1)
+    def _counted(self, active: int = 0, computing: int = 0) -> Iterator[None]:
+        self.load.change(active=active, computing=computing)
         try:
             yield
         finally:
-            self.load.change(computing=-1)
+            self.load.change(active=-active, computing=-computing)

@@ -129,7 +129,7 @@ def find_weights(directory: Path, kind: Kind) -> Path:
 
 def provisioning_hint(kind: Kind) -> str:
     flag = "--teacher" if kind == "teacher" else "--student"
-    hints = [SPEC_SOURCES.get(name).hint for name in SPEC_SOURCES.names()[len(SPEC_SOURCES.builtin) :]]
+    hints = [source.hint for _, source in SPEC_SOURCES.registered()]
     return (
         f"To provision it: on a connected machine run 'birdsearch models download {flag} SPEC' and copy the "
         f"Hugging Face cache (HF_HOME, default ~/.cache/huggingface) to this one, or save the model to a "

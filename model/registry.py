@@ -59,10 +59,14 @@ class Registry(Generic[T]):
             load_plugins()
         return self._entries.get(name)
 
+    def registered(self) -> list[tuple[str, T]]:
+        """(name, entry) of every registered entry, by name."""
+        load_plugins()
+        return sorted(self._entries.items(), key=lambda item: item[0])
+
     def names(self) -> list[str]:
         """The built-in names, then the registered ones."""
-        load_plugins()
-        return [*self.builtin, *sorted(self._entries)]
+        return [*self.builtin, *(name for name, _ in self.registered())]
 
     def get(self, name: str) -> T:
         """The entry called ``name``; raises ConfigError naming the known ones."""

@@ -98,7 +98,7 @@ def measure_student(world: ToyWorld, variant: str, device: str = "cpu") -> dict[
 def measure_world(world: ToyWorld, device: str = "cpu") -> dict[str, Any]:
     """Every metric above, as one JSON-able dict."""
     metrics: dict[str, Any] = {"teacher": measure_teacher(world, device)}
-    for variant in world.student_dirs():  # every student variant
+    for variant in world.student_dirs:  # every student variant
         metrics[f"student_{variant}"] = measure_student(world, variant, device)
     log.info("toy world metrics: %s", metrics)
     return metrics

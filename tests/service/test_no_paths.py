@@ -54,7 +54,8 @@ def scan(answers: dict[str, object], secrets: list[str]) -> dict[str, list[str]]
     """Each answer's leaks, by what was asked; empty lists dropped."""
     out = {}
     for asked, response in answers.items():
-        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        kind = response.headers.get("content-type", "")
+        body = response.json() if kind.startswith("application/json") else [response.text]
         found = [leak for text in strings(body) for leak in leaks(text, secrets)]
         if found:
             out[asked] = found
@@ -83,11 +84,14 @@ def test_no_answer_names_a_server_path(api, helpers, secrets):
                 "unknown species": await client.post("/query", files=files, data={"species": "Dodo dodo"}),
                 "unknown route": await client.get("/no/such/route"),
                 "admin without key": await client.post("/admin/reload"),
+                "metrics": await client.get("/metrics"),
+                "openapi": await client.get("/openapi.json"),
             }
 
     answers = helpers.run(main())
     assert answers["query"].status_code == 200 and answers["version"].status_code == 200
-    assert {answers[k].status_code for k in ("bad upload", "unknown image", "bad parameter")} <= {404, 415, 422}
+    statuses = {k: answers[k].status_code for k in ("bad upload", "unknown image", "bad parameter")}
+    assert statuses == {"bad upload": 415, "unknown image": 404, "bad parameter": 422}
     assert scan(answers, secrets) == {}
 
 

@@ -153,6 +153,8 @@ def decode_ffmpeg(
 
 def decode_av(av: Any, handle: BinaryIO, name: str, limits: AudioLimits) -> tuple[np.ndarray, int, str]:
     refused = f"{name}: not a recording libsndfile or FFmpeg can read"
+    if stream_size(handle) == 0:  # FFmpeg would only say "Invalid argument"
+        raise UnsupportedAudioError(f"{refused}: the file is empty (0 bytes); {FORMATS_HINT}")
     try:
         # No protocol may be opened from inside the stream (playlists, concat lists): only these bytes.
         container = av.open(handle, mode="r", options={"protocol_whitelist": "none"})
@@ -174,6 +176,14 @@ def decode_av(av: Any, handle: BinaryIO, name: str, limits: AudioLimits) -> tupl
     check_decoded(name, data, declared)
     check_duration(name, data.shape[0], rate, limits)
     return data, rate, fmt
+
+
+def stream_size(handle: BinaryIO) -> int:
+    """Bytes from the current position to the end, the position kept."""
+    position = handle.tell()
+    end = handle.seek(0, io.SEEK_END)
+    handle.seek(position)
+    return end - position
 
 
 def decode_stream(av: Any, container: Any, stream: Any, name: str, max_duration_s: float) -> np.ndarray:

@@ -119,3 +119,10 @@ def test_without_pyav_the_error_says_how_to_get_it(monkeypatch, m4a_stereo):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
     with pytest.raises(UnsupportedAudioError, match="pip install av"):
         audio.load(m4a_stereo)
+
+
+def test_an_empty_file_says_so(tmp_path):
+    path = tmp_path / "empty.m4a"
+    path.write_bytes(b"")
+    with pytest.raises(UnsupportedAudioError, match=r"empty \(0 bytes\)"):
+        audio.load(path)

@@ -1,0 +1,465 @@
+"""``analyze``: recordings in, detections out; the models and the index load once per run.
+
+reader → mapper → writer, in one process:
+
+- **reader**: decoding threads (libsndfile, soxr and FFmpeg release the GIL) turn each recording
+  into windows (``audio.load`` and the service's ``recording.plan_windows``), a bounded number of
+  recordings ahead of the model;
+- **mapper**: ``SharedBatches`` runs the windows of many recordings through shared forward passes
+  of the service's embedder (distilled encoder, or the cascade's student and species head);
+- **writer**: each recording's windows are searched in the index like a query's; every species
+  whose window score reaches ``min_conf`` (at most ``species_k`` a window) is a detection, with the
+  best photo of that species for that window; the outputs are written atomically, then a state file
+  that records the settings' hash, so that a rerun skips what is done.
+
+A recording that fails (unreadable, silent, too long) is listed with its reason in
+``failures.csv`` and the run goes on. The combined tables are rebuilt at the end of every run from
+the state files of the recordings named in that run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdsearch.errors import BirdsearchError, ConfigError
+from birdsearch.model.hub import DEFAULT_STUDENT
+from birdsearch.service.analyze import formats
+from birdsearch.service.analyze.batches import SharedBatches
+from birdsearch.service.analyze.formats import Detection, RecordingResult
+from birdsearch.service.analyze.inputs import Recording, find_recordings
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".birdsearch"  # per-recording state files, below the output folder
+RUN_FILE = "run.json"
+FAILURES_FILE = "failures.csv"
+COMBINED_NAME = "combined"
+FILE_LIST_SUFFIX = ".birdsearch.files.txt"  # the combined Raven table's recordings, in order
+GPU_BATCH, CPU_BATCH = 64, 8  # windows per forward pass when none is given
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """One ``analyze`` run."""
+
+    inputs: Sequence[str]  # files, folders (recursive) and glob patterns
+    out: Path  # output folder (created)
+    index_root: Path  # holds the published index versions
+    checkpoint: str = ""  # distilled encoder; empty: the zero-shot cascade
+    student: str = DEFAULT_STUDENT  # the cascade's student spec
+    mode: str = "auto"  # "distilled", "cascade" or "auto" (distilled when a checkpoint is given)
+    device: str = "auto"
+    formats: Sequence[str] = formats.FORMATS
+    min_conf: float = 0.1  # detections need a window species score at least this (raw cosine today)
+    species_k: int = 5  # at most this many species per window
+    window_s: float | None = None  # default: the model's window
+    hop_s: float | None = None  # default: the window (no overlap)
+    species_list: Path | None = None  # only these species (scientific names or BirdNET lines)
+    skip_unknown_species: bool = False  # skip listed species the index lacks instead of failing
+    candidates_per_window: int = 200  # images searched per window to score species
+    batch_size: int = 0  # windows per forward pass; 0: 64 on a GPU, 8 on a CPU
+    workers: int = 0  # decoding threads; 0: the cores this process may use
+    max_duration_s: float = 3600.0  # longer recordings are listed as failures (decoded audio is in memory)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.species_k < 1:
+            raise ConfigError(f"species_k={self.species_k} must be at least 1")
+        if self.mode not in ("auto", "distilled", "cascade"):
+            raise ConfigError(f"mode {self.mode!r}: use auto, distilled or cascade")
+        if self.batch_size < 0 or self.workers < 0:
+            raise ConfigError("batch_size and workers must be 0 (automatic) or positive")
+        if self.max_duration_s <= 0:
+            raise ConfigError(f"max_duration_s={self.max_duration_s:g} must be positive")
+        formats.parse_formats(",".join(self.formats))
+
+
+@dataclass
+class Summary:
+    """What a run did; also written to ``run.json``."""
+
+    recordings: int = 0  # found in the inputs
+    analysed: int = 0
+    skipped: int = 0  # done by an earlier run with the same settings
+    failed: int = 0
+    detections: int = 0
+    audio_s: float = 0.0  # seconds of audio analysed in this run
+    wall_s: float = 0.0
+    settings_hash: str = ""
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (file, code, reason)
+
+    @property
+    def audio_hours_per_s(self) -> float:
+        return self.audio_s / 3600 / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
+class Engine:
+    """Models and index, loaded once: windows to detections."""
+
+    embedder: Any  # birdsearch.service.embedders.DistilledEmbedder or StudentEmbedder
+    served: Any  # birdsearch.service.index_state.ServedIndex
+    allowed: np.ndarray | None  # image ids of the species list; None: every image
+    species_names: list[str] | None  # the species list as the index spells it
+
+    @property
+    def front_end(self) -> Any:
+        return self.embedder.front_end
+
+    def vectors(self, model_out: np.ndarray) -> np.ndarray:
+        """Model outputs to teacher-space queries (the cascade's species head runs here)."""
+        return self.served.cascade(model_out) if self.embedder.mode == "cascade" else model_out
+
+
+def load_engine(config: AnalyzeConfig) -> Engine:
+    """Open the published index, resolve the species list against it, load the model for the mode."""
+    from birdsearch.indexer.store import IndexRoot
+    from birdsearch.model.device import resolve_device
+    from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
+    from birdsearch.service.index_state import prepare
+    from birdsearch.service.species_list import read_species_list, resolve_species_list
+
+    mode = config.mode if config.mode != "auto" else ("distilled" if config.checkpoint else "cascade")
+    if mode == "distilled" and not config.checkpoint:
+        raise ConfigError("mode 'distilled' needs a distilled encoder: give --checkpoint DIR")
+    index_device = "cuda" if resolve_device(config.device).type == "cuda" else "cpu"
+    version = IndexRoot(config.index_root).open_current(device=index_device)
+    names = None
+    if config.species_list is not None:
+        entries = read_species_list(config.species_list)  # before the models: a typo fails fast
+        names = resolve_species_list(entries, version.species(), config.skip_unknown_species,
+                                     index=f"index {version.name}")  # fmt: skip
+    if mode == "distilled":
+        embedder, student = DistilledEmbedder.load(config.checkpoint, config.device), None
+    else:
+        embedder = student = StudentEmbedder.load(config.student, config.device)
+    served = prepare(version, embedder if mode == "distilled" else None, student)
+    if mode == "cascade" and served.cascade is None:
+        raise ConfigError(f"index {version.name} has no species for the cascade to classify against")
+    allowed = version.ids_for(species=names) if names is not None else None
+    return Engine(embedder, served, allowed, names)
+
+
+def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s: float) -> tuple[str, dict]:
+    """What decides a recording's detections, and its hash: outputs made with another are redone."""
+    facts = engine.embedder.facts
+    settings = {
+        "mode": facts.mode,
+        # The spec as given (absolute when it is a folder): ids in answers may leave paths out.
+        "model": config.checkpoint if facts.mode == "distilled" else config.student,
+        "model_path": str(Path(config.checkpoint or config.student).expanduser().resolve())
+        if Path(config.checkpoint or config.student).expanduser().exists() else "",
+        "model_details": facts.details,
+        "index": engine.served.name,
+        "window_s": window_s,
+        "hop_s": hop_s,
+        "min_conf": config.min_conf,
+        "species_k": config.species_k,
+        "candidates_per_window": config.candidates_per_window,
+        "species_list": engine.species_names,
+        "max_duration_s": config.max_duration_s,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest, settings
+
+
+def detect(
+    engine: Engine, vectors: np.ndarray, starts_s: np.ndarray, window_s: float, duration_s: float,
+    min_conf: float, species_k: int, candidates_per_window: int,
+) -> list[Detection]:  # fmt: skip
+    """Search each window's vector and keep the species scoring at least ``min_conf`` in it.
+
+    A species' window score is the query path's (``ranking.species_scores``): its best photo among
+    the window's candidates; that photo is the detection's photo.
+    """
+    from birdsearch.service import ranking
+
+    served = engine.served
+    pool = len(engine.allowed) if engine.allowed is not None else int(served.version.count)
+    scores, ids = served.version.search(vectors, max(1, min(candidates_per_window, pool)), ids=engine.allowed)
+    per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species)).per_window
+    found: list[tuple[int, int, float, int]] = []  # (window, species row, score, photo id)
+    for w in range(len(starts_s)):
+        for row in ranking.top_species(per_window[w], species_k):
+            score = float(per_window[w, row])
+            if score < min_conf:
+                break  # best first
+            photo = ranking.best_image_of_species(scores[w : w + 1], ids[w : w + 1], served.image_species, int(row))
+            found.append((w, int(row), score, photo))
+    photos = {r.id: r for r in served.version.images([f[3] for f in found])} if found else {}
+    detections = []
+    for w, row, score, photo_id in found:
+        species, photo = served.species[row], photos[photo_id]
+        start = float(starts_s[w])
+        detections.append(Detection(
+            round(start, 3), round(min(start + window_s, duration_s), 3), species.scientific, species.common,
+            round(score, 6), photo_id, round(score, 6), photo.license, photo.attribution, photo.content_hash,
+        ))  # fmt: skip
+    return detections
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A recording decoded and cut into windows by a reader thread."""
+
+    recording: Recording
+    parts: list[np.ndarray]  # (n_i, W) windows
+    starts_s: np.ndarray
+    duration_s: float
+    source_rate: int
+
+
+def read_windows(recording: Recording, sample_rate: int, window_s: float, hop_s: float,
+                 model_window: int, limits: Any) -> Decoded:  # fmt: skip
+    """Decode one recording and cut it as the query service does (runs on a reader thread)."""
+    from birdsearch.model import audio
+    from birdsearch.service.recording import plan_windows
+
+    rec = audio.load(recording.path, sample_rate=sample_rate, limits=limits)
+    max_windows = len(audio.window_starts(len(rec.samples), round(window_s * sample_rate),
+                                          max(1, round(hop_s * sample_rate))))  # fmt: skip
+    plan = plan_windows(rec.samples, rec.sample_rate, window_s, hop_s, max_windows, model_window)
+    return Decoded(recording, list(plan.parts), plan.starts_s, rec.duration_s, rec.source_rate)
+
+
+class Outputs:
+    """The output folder: per-recording files, state files, combined tables, failures."""
+
+    def __init__(self, out: Path, chosen: Sequence[str], digest: str):
+        self.out = out
+        self.formats = list(chosen)
+        self.digest = digest
+
+    def path(self, name: str, fmt: str) -> Path:
+        return self.out / f"{name}{formats.SUFFIXES[fmt]}"
+
+    def state_path(self, name: str) -> Path:
+        return self.out / STATE_DIR / f"{name}.json"
+
+    @staticmethod
+    def fingerprint(path: Path) -> dict[str, int]:
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def done(self, recording: Recording) -> RecordingResult | None:
+        """The stored result when this recording was analysed with these settings and is unchanged."""
+        try:
+            state = json.loads(self.state_path(recording.name).read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("settings") != self.digest or state.get("source") != self.fingerprint(recording.path):
+            return None
+        if not all(self.path(recording.name, fmt).is_file() for fmt in self.formats):
+            return None
+        try:
+            return RecordingResult.from_dict(state["result"])
+        except (KeyError, TypeError):
+            return None
+
+    def write(self, recording: Recording, result: RecordingResult) -> None:
+        """The recording's files, then its state file (so a crash in between redoes the recording)."""
+        for fmt in self.formats:
+            formats.write_atomic(self.path(recording.name, fmt), formats.render(fmt, [result]))
+        state = {"settings": self.digest, "source": self.fingerprint(recording.path), "result": result.to_dict()}
+        formats.write_atomic(self.state_path(recording.name), json.dumps(state))
+
+    def write_combined(self, results: Sequence[RecordingResult]) -> None:
+        for fmt in self.formats:
+            if fmt in formats.COMBINED:
+                text = formats.render(fmt, results, combined=True)
+                formats.write_atomic(self.out / f"{COMBINED_NAME}{formats.SUFFIXES[fmt]}", text)
+        if "raven" in self.formats:
+            files = "".join(f"{r.path}\n" for r in results)
+            formats.write_atomic(self.out / f"{COMBINED_NAME}{FILE_LIST_SUFFIX}", files)
+
+    def write_failures(self, failures: Sequence[tuple[str, str, str]]) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("file", "code", "reason"))
+        writer.writerows(failures)
+        formats.write_atomic(self.out / FAILURES_FILE, buffer.getvalue())
+
+
+def resolve_window(config: AnalyzeConfig, model_window_s: float) -> tuple[float, float]:
+    window_s = config.window_s or model_window_s
+    if not 1.0 <= window_s <= model_window_s:
+        raise ConfigError(f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s")
+    hop_s = config.hop_s or window_s
+    if hop_s <= 0:
+        raise ConfigError(f"hop_s={hop_s:g} must be positive")
+    return window_s, hop_s
+
+
+def default_batch(device: str) -> int:
+    from birdsearch.model.device import resolve_device
+
+    return GPU_BATCH if resolve_device(device).type == "cuda" else CPU_BATCH
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
+    """Run ``config``; ``engine`` (models and index) is loaded when not given. Never raises for one bad file."""
+    from birdsearch.model import audio
+
+    started = time.perf_counter()
+    recordings, problems = find_recordings(config.inputs)
+    for item, reason in problems:
+        log.warning("input %s: %s", item, reason)
+    engine = engine or load_engine(config)
+    window_s, hop_s = resolve_window(config, engine.front_end.window_s)
+    digest, settings = settings_hash(config, engine, window_s, hop_s)
+    outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest)
+    config.out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(recordings=len(recordings), settings_hash=digest)
+    summary.failures += [(item, "no_input", reason) for item, reason in problems]
+
+    results: dict[str, RecordingResult] = {}
+    todo = []
+    for recording in recordings:
+        stored = outputs.done(recording)
+        if stored is None:
+            todo.append(recording)
+        else:
+            results[recording.name] = stored
+    summary.skipped = len(recordings) - len(todo)
+    if summary.skipped:
+        log.info("%d of %d recordings already analysed with these settings: skipped", summary.skipped, len(recordings))
+
+    limits = audio.AudioLimits(max_duration_s=config.max_duration_s)
+    batch_size = config.batch_size or default_batch(config.device)
+    batches = SharedBatches(engine.embedder, batch_size, engine.front_end.window_samples)
+    decoded: dict[str, Decoded] = {}
+    bar = progress_bar(len(todo), config.progress)
+
+    def finish(name: str, model_out: np.ndarray) -> None:
+        item = decoded.pop(name)
+        detections = detect(engine, engine.vectors(model_out), item.starts_s, window_s, item.duration_s,
+                            config.min_conf, config.species_k, config.candidates_per_window)  # fmt: skip
+        fe = engine.front_end
+        result = RecordingResult(str(item.recording.path), round(item.duration_s, 3), item.source_rate, detections,
+                                 float(fe.f_min), float(fe.f_max))  # fmt: skip
+        outputs.write(item.recording, result)
+        results[name] = result
+        summary.analysed += 1
+        summary.detections += len(detections)
+        summary.audio_s += item.duration_s
+        advance(bar, summary, started)
+
+    workers = config.workers or usable_cores()
+    reader = partial_reader(engine.front_end, window_s, hop_s, limits)
+    with ThreadPoolExecutor(workers, thread_name_prefix="birdsearch-analyze-read") as pool:
+        for recording, outcome in read_ahead(pool, reader, todo, ahead=workers + 1):
+            if isinstance(outcome, BaseException):
+                summary.failures.append(failure_row(recording, outcome))
+                summary.failed += 1
+                advance(bar, summary, started)
+                continue
+            decoded[recording.name] = outcome
+            for name, model_out in batches.add(recording.name, outcome.parts):
+                finish(name, model_out)
+        for name, model_out in batches.flush():
+            finish(name, model_out)
+    bar.close()
+
+    outputs.write_combined([results[r.name] for r in recordings if r.name in results])
+    outputs.write_failures(summary.failures)
+    summary.wall_s = time.perf_counter() - started
+    write_run_file(config, outputs, settings, summary, batch_size, workers, batches.calls)
+    log.info("analysed %d recordings (%.2f h of audio, %.3f h/s), %d skipped, %d failed, %d detections; "
+             "outputs in %s", summary.analysed, summary.audio_s / 3600, summary.audio_hours_per_s,
+             summary.skipped, summary.failed, summary.detections, config.out)  # fmt: skip
+    return summary
+
+
+def partial_reader(front_end: Any, window_s: float, hop_s: float, limits: Any) -> Any:
+    def read(recording: Recording) -> Decoded:
+        return read_windows(recording, front_end.sample_rate, window_s, hop_s, front_end.window_samples, limits)
+
+    return read
+
+
+def read_ahead(pool: ThreadPoolExecutor, read: Any, todo: Sequence[Recording], ahead: int
+               ) -> Iterator[tuple[Recording, Decoded | BaseException]]:  # fmt: skip
+    """Each recording with its decoded windows or its error, in order, at most ``ahead`` decoding at once.
+
+    The bound keeps memory at a few recordings' audio, however many files a folder holds.
+    """
+    queue: deque[tuple[Recording, Future]] = deque()
+    items = iter(todo)
+    for recording in items:
+        queue.append((recording, pool.submit(read, recording)))
+        if len(queue) >= ahead:
+            break
+    while queue:
+        recording, future = queue.popleft()
+        nxt = next(items, None)
+        if nxt is not None:
+            queue.append((nxt, pool.submit(read, nxt)))
+        try:
+            yield recording, future.result()
+        except BirdsearchError as e:
+            yield recording, e
+        except Exception as e:  # a decoder's surprise fails this recording, not the run
+            log.exception("reading %s failed unexpectedly", recording.path)
+            yield recording, e
+
+
+def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, str]:
+    code = getattr(error, "code", None) or type(error).__name__
+    log.warning("%s", error)  # messages name the file
+    return str(recording.path), str(code), " ".join(str(error).split())
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="analyze", disable=not enabled, dynamic_ncols=True)
+
+
+def advance(bar: Any, summary: Summary, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    rate = summary.audio_s / 3600 / elapsed if elapsed > 0 else 0.0
+    bar.set_postfix_str(f"{rate:.3f} h audio/s, {summary.failed} failed", refresh=False)
+    bar.update(1)
+
+
+def write_run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summary: Summary,
+                   batch_size: int, workers: int, calls: int) -> None:  # fmt: skip
+    run = {
+        "settings_hash": summary.settings_hash,
+        "settings": settings,
+        "formats": outputs.formats,
+        "inputs": list(config.inputs),
+        "batch_size": batch_size,
+        "workers": workers,
+        "forward_passes": calls,
+        "summary": {
+            "recordings": summary.recordings, "analysed": summary.analysed, "skipped": summary.skipped,
+            "failed": summary.failed, "detections": summary.detections, "audio_s": round(summary.audio_s, 3),
+            "wall_s": round(summary.wall_s, 3), "audio_hours_per_s": round(summary.audio_hours_per_s, 6),
+        },
+    }  # fmt: skip
+    formats.write_atomic(outputs.out / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")

@@ -11,7 +11,9 @@ This test reads every module's source with ``ast`` (imports inside functions and
 included), maps folders to installed names with setup.py's ``PACKAGE_DIRS`` (``model/`` is
 ``birdsearch.model``), and fails on an import that points up a floor, crosses to a group of the
 same floor that ``SIDEWAYS`` does not list, or closes a circle of modules. Imports under
-``if TYPE_CHECKING:`` count for direction but not for circles: they never run.
+``if TYPE_CHECKING:`` count for direction but not for circles: they never run. Modules named by
+strings are the plug points and are not walked: the console script's ``COMMAND_MODULES`` and the
+plug-ins of ``BIRDSEARCH_PLUGINS`` (see ``birdsearch.model.registry``).
 """
 
 from __future__ import annotations
@@ -285,6 +287,9 @@ def test_every_mapped_folder_is_walked_and_every_module_has_a_floor(project):
     assert floor_of("birdsearch.model.distill.cli") == (APPS, "cli")
     assert floor_of("birdsearch.toy.cli") == (APPS, "toy")
     assert floor_of("birdsearch.errors") == (GROUND, "ground")
+    assert floor_of("birdsearch.cli_args") == (APPS, "cli")
+    assert floor_of("birdsearch.cli") == (APPS, "entry")
+    assert floor_of("birdsearch.model.registry") == (CORE, "model")
 
 
 def test_model_indexer_and_service_never_name_the_demo_or_the_console_script(project_imports):
@@ -320,6 +325,17 @@ def test_an_upward_import_inside_a_function_is_caught():
         "birdsearch.model.hub (line 2) imports birdsearch.toy.models: points up" in p for p in problems
     )
     assert any(p.startswith("import circle: birdsearch.model.hub -> birdsearch.toy.models") for p in problems)
+
+
+def test_the_old_fault_planted_back_into_the_real_core_is_caught(project, project_imports):
+    """hub.py as it was: resolving a ``toy`` spec imported the toy world, which imports the core."""
+    text, _ = project["birdsearch.model.hub"]
+    text += "\n\ndef resolve_toy(kind, variant):\n    from birdsearch.toy.models import toy_model_dir\n"
+    planted_imports = imports_of("birdsearch.model.hub", text, False, project)
+    imports = [i for i in project_imports if i.source != "birdsearch.model.hub"] + planted_imports
+    problems = problems_of(imports)
+    assert any(p.endswith("imports birdsearch.toy.models: points up from core to apps") for p in problems)
+    assert any(p.startswith("import circle: ") and "birdsearch.toy.models" in p for p in problems), problems
 
 
 def test_relative_imports_resolve_to_installed_names():

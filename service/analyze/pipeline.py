@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from birdsearch.cpus import available_cpus
 from birdsearch.errors import BirdsearchError, ConfigError
 from birdsearch.model.hub import DEFAULT_STUDENT
 from birdsearch.service.analyze import formats
@@ -314,10 +314,8 @@ def default_batch(device: str) -> int:
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The cores this process may use: affinity and cgroup quota (``birdsearch.cpus``)."""
+    return available_cpus()
 
 
 def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:

@@ -252,7 +252,7 @@ def load_bundle(bundle: DataBundle, split: str = "test") -> tuple[QuerySet, Soun
         training = load_manifest(bundle.train_manifest, table, val_fraction=0.0)
         clips = select_split(training.clips, split, bundle.train_manifest)
     name = bundle.name if split == "test" else f"{bundle.name}-{split}"
-    queries = QuerySet(name, table.taxa, clips, bundle.gallery_manifest, dict(bundle.facts))
+    queries = QuerySet(name, table.taxa, clips, bundle.gallery_manifest, {**bundle.facts, "split": split})
     soundscapes = None
     if bundle.soundscape_annotations and bundle.soundscape_dir:
         soundscapes = load_soundscapes(

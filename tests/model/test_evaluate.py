@@ -285,6 +285,7 @@ def test_a_registered_data_set_brings_queries_gallery_and_models(setup, tmp_path
         )
         val = evaluate(EvaluateConfig(dataset="tones", split="val", methods=("random",), device="cpu"))
         assert val["queries"]["name"] == "tones-val" and val["queries"]["queries"] == 4
+        assert val["queries"]["facts"] == {"world": "tones", "split": "val"}
         with pytest.raises(ConfigError, match="unknown data set 'imagenet'.*known data sets are tones, toy"):
             evaluate(config(setup, dataset="imagenet"))
     finally:

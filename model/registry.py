@@ -89,10 +89,11 @@ def load_plugins() -> None:
         module_name = module_name.strip()
         if not module_name or module_name in _loaded:
             continue
-        _loaded.add(module_name)
+        _loaded.add(module_name)  # before register(), which may look names up itself
         try:
             register = importlib.import_module(module_name).register
         except (ImportError, AttributeError) as e:
+            _loaded.discard(module_name)  # say so again next time, rather than "unknown"
             raise ConfigError(
                 f"{PLUGINS_ENV} names {module_name!r}, which cannot be loaded or has no register(): {e}. "
                 f"Fix the module name or remove it from {PLUGINS_ENV}"

@@ -183,14 +183,14 @@ def detect(
 ) -> list[Detection]:  # fmt: skip
     """Search each window's vector and keep the species scoring at least ``min_conf`` in it.
 
-    A species' window score is the query path's (``ranking.species_scores``): its best photo among
-    the window's candidates; that photo is the detection's photo.
+    The search and the scores are the query path's (``answer.search``, ``ranking.species_scores``):
+    a species' window score is its best photo among the window's candidates, and that photo is the
+    detection's photo.
     """
-    from birdsearch.service import ranking
+    from birdsearch.service import answer, ranking
 
     served = engine.served
-    pool = len(engine.allowed) if engine.allowed is not None else int(served.version.count)
-    scores, ids = served.version.search(vectors, max(1, min(candidates_per_window, pool)), ids=engine.allowed)
+    scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, candidates_per_window)
     per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species)).per_window
     found: list[tuple[int, int, float, int]] = []  # (window, species row, score, photo id)
     for w in range(len(starts_s)):
@@ -200,7 +200,7 @@ def detect(
                 break  # best first
             photo = ranking.best_image_of_species(scores[w : w + 1], ids[w : w + 1], served.image_species, int(row))
             found.append((w, int(row), score, photo))
-    photos = {r.id: r for r in served.version.images([f[3] for f in found])} if found else {}
+    photos = answer.image_records(served, [f[3] for f in found]) if found else {}
     detections = []
     for w, row, score, photo_id in found:
         species, photo = served.species[row], photos[photo_id]

@@ -20,6 +20,9 @@ import yaml
 
 from birdsearch.cli import build_parser
 
+sys.path.insert(0, str(Path(__file__).parent))
+import compose_tools  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -67,30 +70,8 @@ def test_compose_file_validates_with_every_profile():
     assert "/gallery" in " ".join(v if isinstance(v, str) else v["target"] for v in api["volumes"])
 
 
-class ResetLoader(yaml.SafeLoader):
-    """Reads Compose v2's `!reset` tag, which Debian's docker-compose (v1) does not know."""
-
-
-ResetLoader.add_constructor("!reset", lambda loader, node: "__reset__")
-
-
-def merge(base, override):
-    """Compose's override semantics for mappings, plus `!reset` removing a key."""
-    if not isinstance(base, dict) or not isinstance(override, dict):
-        return override
-    merged = dict(base)
-    for key, value in override.items():
-        if value == "__reset__":
-            merged.pop(key, None)
-        else:
-            merged[key] = merge(base.get(key), value)
-    return merged
-
-
 def test_cpu_override_drops_the_gpu_and_validates(tmp_path):
-    base = yaml.load(COMPOSE.read_text(), Loader=ResetLoader)
-    override = yaml.load(CPU_OVERRIDE.read_text(), Loader=ResetLoader)
-    merged = merge(base, override)
+    merged = compose_tools.load(COMPOSE, CPU_OVERRIDE)
     (tmp_path / "merged.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     config = compose_config(tmp_path / "merged.yaml")
     for name in ("api", "reindex"):

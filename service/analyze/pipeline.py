@@ -320,15 +320,12 @@ def usable_cores() -> int:
 
 def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     """Run ``config``; ``engine`` (models and index) is loaded when not given. Never raises for one bad file."""
-    from birdsearch.model import audio
-
     started = time.perf_counter()
     recordings, problems = find_recordings(config.inputs)
     for item, reason in problems:
         log.warning("input %s: %s", item, reason)
     engine = engine or load_engine(config)
-    window_s, hop_s = resolve_window(config, engine.front_end.window_s)
-    digest, settings = settings_hash(config, engine, window_s, hop_s)
+    digest, settings = settings_hash(config, engine, *resolve_window(config, engine.front_end.window_s))
     outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest)
     config.out.mkdir(parents=True, exist_ok=True)
     summary = Summary(recordings=len(recordings), settings_hash=digest)
@@ -346,57 +343,71 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     if summary.skipped:
         log.info("%d of %d recordings already analysed with these settings: skipped", summary.skipped, len(recordings))
 
-    limits = audio.AudioLimits(max_duration_s=config.max_duration_s)
-    batch_size = config.batch_size or default_batch(config.device)
-    batches = SharedBatches(engine.embedder, batch_size, engine.front_end.window_samples)
-    decoded: dict[str, Decoded] = {}
+    analyser = Analyser(engine, config)
     bar = progress_bar(len(todo), config.progress)
-
-    def finish(name: str, model_out: np.ndarray) -> None:
-        item = decoded.pop(name)
-        detections = detect(engine, engine.vectors(model_out), item.starts_s, window_s, item.duration_s,
-                            config.min_conf, config.species_k, config.candidates_per_window)  # fmt: skip
-        fe = engine.front_end
-        result = RecordingResult(str(item.recording.path), round(item.duration_s, 3), item.source_rate, detections,
-                                 float(fe.f_min), float(fe.f_max))  # fmt: skip
-        outputs.write(item.recording, result)
-        results[name] = result
-        summary.analysed += 1
-        summary.detections += len(detections)
-        summary.audio_s += item.duration_s
+    for recording, outcome in analyser.run(todo):
+        if isinstance(outcome, BaseException):
+            summary.failures.append(failure_row(recording, outcome))
+            summary.failed += 1
+        else:
+            outputs.write(recording, outcome)
+            results[recording.name] = outcome
+            summary.analysed += 1
+            summary.detections += len(outcome.detections)
+            summary.audio_s += outcome.duration_s
         advance(bar, summary, started)
-
-    workers = config.workers or usable_cores()
-    reader = partial_reader(engine.front_end, window_s, hop_s, limits)
-    with ThreadPoolExecutor(workers, thread_name_prefix="birdsearch-analyze-read") as pool:
-        for recording, outcome in read_ahead(pool, reader, todo, ahead=workers + 1):
-            if isinstance(outcome, BaseException):
-                summary.failures.append(failure_row(recording, outcome))
-                summary.failed += 1
-                advance(bar, summary, started)
-                continue
-            decoded[recording.name] = outcome
-            for name, model_out in batches.add(recording.name, outcome.parts):
-                finish(name, model_out)
-        for name, model_out in batches.flush():
-            finish(name, model_out)
     bar.close()
 
     outputs.write_combined([results[r.name] for r in recordings if r.name in results])
     outputs.write_failures(summary.failures)
     summary.wall_s = time.perf_counter() - started
-    write_run_file(config, outputs, settings, summary, batch_size, workers, batches.calls)
+    write_run_file(config, outputs, settings, summary, analyser.batch_size, analyser.workers, analyser.batches.calls)
     log.info("analysed %d recordings (%.2f h of audio, %.3f h/s), %d skipped, %d failed, %d detections; "
              "outputs in %s", summary.analysed, summary.audio_s / 3600, summary.audio_hours_per_s,
              summary.skipped, summary.failed, summary.detections, config.out)  # fmt: skip
     return summary
 
 
-def partial_reader(front_end: Any, window_s: float, hop_s: float, limits: Any) -> Any:
-    def read(recording: Recording) -> Decoded:
-        return read_windows(recording, front_end.sample_rate, window_s, hop_s, front_end.window_samples, limits)
+class Analyser:
+    """reader → mapper → writer without the files: recordings in, each one's result (or error) out."""
 
-    return read
+    def __init__(self, engine: Engine, config: AnalyzeConfig):
+        from birdsearch.model import audio
+
+        self.engine = engine
+        self.config = config
+        self.window_s, self.hop_s = resolve_window(config, engine.front_end.window_s)
+        self.limits = audio.AudioLimits(max_duration_s=config.max_duration_s)
+        self.batch_size = config.batch_size or default_batch(config.device)
+        self.workers = config.workers or usable_cores()
+        self.batches = SharedBatches(engine.embedder, self.batch_size, engine.front_end.window_samples)
+
+    def read(self, recording: Recording) -> Decoded:
+        fe = self.engine.front_end
+        return read_windows(recording, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples, self.limits)
+
+    def run(self, todo: Sequence[Recording]) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:
+        """Each recording with its result or its error, as they are done (windows share forward passes,
+        so a short recording may finish before a long one read earlier)."""
+        decoded: dict[str, Decoded] = {}
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-read") as pool:
+            for recording, outcome in read_ahead(pool, self.read, todo, ahead=self.workers + 1):
+                if isinstance(outcome, BaseException):
+                    yield recording, outcome
+                    continue
+                decoded[recording.name] = outcome
+                for name, model_out in self.batches.add(recording.name, outcome.parts):
+                    yield self.finish(decoded.pop(name), model_out)
+            for name, model_out in self.batches.flush():
+                yield self.finish(decoded.pop(name), model_out)
+
+    def finish(self, item: Decoded, model_out: np.ndarray) -> tuple[Recording, RecordingResult]:
+        engine, config, fe = self.engine, self.config, self.engine.front_end
+        detections = detect(engine, engine.vectors(model_out), item.starts_s, self.window_s, item.duration_s,
+                            config.min_conf, config.species_k, config.candidates_per_window)  # fmt: skip
+        result = RecordingResult(str(item.recording.path), round(item.duration_s, 3), item.source_rate,
+                                 detections, float(fe.f_min), float(fe.f_max))  # fmt: skip
+        return item.recording, result
 
 
 def read_ahead(pool: ThreadPoolExecutor, read: Any, todo: Sequence[Recording], ahead: int

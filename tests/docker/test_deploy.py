@@ -28,7 +28,7 @@ DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
 CPU_OVERRIDE = DOCKER / "compose.cpu.yaml"
-PROFILES = ["--profile", "reindex", "--profile", "provision"]
+PROFILES = ["--profile", "reindex", "--profile", "provision", "--profile", "distill"]
 # Variables read outside the service's Settings class: the CLI's model flags, the cache root, Hugging Face's own.
 CLI_ENV = {"BIRDSEARCH_TEACHER", "BIRDSEARCH_STUDENT", "BIRDSEARCH_DEVICE", "BIRDSEARCH_CACHE"}
 HF_ENV = {"HF_HOME", "HF_HUB_OFFLINE"}
@@ -62,7 +62,7 @@ def test_dockerfile_lints_clean():
 
 def test_compose_file_validates_with_every_profile():
     config = compose_config(COMPOSE)
-    assert set(config["services"]) == {"api", "reindex", "models"}
+    assert set(config["services"]) == {"api", "reindex", "models", "distill"}
     api = config["services"]["api"]
     devices = api["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
@@ -74,7 +74,7 @@ def test_cpu_override_drops_the_gpu_and_validates(tmp_path):
     merged = compose_tools.load(COMPOSE, CPU_OVERRIDE)
     (tmp_path / "merged.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     config = compose_config(tmp_path / "merged.yaml")
-    for name in ("api", "reindex"):
+    for name in ("api", "reindex", "distill"):
         service = config["services"][name]
         assert "reservations" not in service.get("deploy", {}).get("resources", {})
         assert service["build"]["args"]["VARIANT"] == "cpu"
@@ -133,3 +133,35 @@ def test_the_healthcheck_route_exists():
 
     assert "/readyz" in DOCKERFILE.read_text()
     assert "/readyz" in create_app().openapi()["paths"]
+
+
+def volume_mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """Container path -> (volume or host path, read-only), from `docker-compose config`'s strings."""
+    mounts = {}
+    for spec in service.get("volumes", []):
+        source, target, *mode = spec.split(":")
+        mounts[target] = (source, mode == ["ro"])
+    return mounts
+
+
+def test_distill_writes_the_checkpoints_volume_that_the_api_reads():
+    services = compose_config(COMPOSE)["services"]
+    command = services["distill"]["command"]
+    out = command[command.index("--out") + 1]
+    assert out.startswith("/checkpoints/")
+    assert volume_mounts(services["distill"])["/checkpoints"] == ("checkpoints", False)
+    assert volume_mounts(services["api"])["/checkpoints"] == ("checkpoints", True)
+
+
+def test_every_service_keeps_the_checksum_cache_in_a_volume(tmp_path, monkeypatch):
+    """Weights are hashed once per file, into BIRDSEARCH_CACHE, which the image points at a volume."""
+    from birdsearch.model import hub
+
+    monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"weights")
+    hub.weights_sha256(weights)
+    assert (tmp_path / "cache" / "checksums.json").is_file()
+    cache = compose_tools.image_env(DOCKERFILE)["BIRDSEARCH_CACHE"]
+    for name, service in compose_config(COMPOSE)["services"].items():
+        assert volume_mounts(service).get(cache) == ("cache", False), name

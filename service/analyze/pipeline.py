@@ -131,18 +131,11 @@ def load_engine(config: AnalyzeConfig) -> Engine:
     from birdsearch.model.device import resolve_device
     from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
     from birdsearch.service.index_state import prepare
-    from birdsearch.service.species_list import read_species_list, resolve_species_list
 
-    mode = config.mode if config.mode != "auto" else ("distilled" if config.checkpoint else "cascade")
-    if mode == "distilled" and not config.checkpoint:
-        raise ConfigError("mode 'distilled' needs a distilled encoder: give --checkpoint DIR")
+    mode = chosen_mode(config.mode, bool(config.checkpoint))
     index_device = "cuda" if resolve_device(config.device).type == "cuda" else "cpu"
     version = IndexRoot(config.index_root).open_current(device=index_device)
-    names = None
-    if config.species_list is not None:
-        entries = read_species_list(config.species_list)  # before the models: a typo fails fast
-        names = resolve_species_list(entries, version.species(), config.skip_unknown_species,
-                                     index=f"index {version.name}")  # fmt: skip
+    names = listed_species(config, version)  # before the models load: a typo fails fast
     if mode == "distilled":
         embedder, student = DistilledEmbedder.load(config.checkpoint, config.device), None
     else:
@@ -152,6 +145,25 @@ def load_engine(config: AnalyzeConfig) -> Engine:
         raise ConfigError(f"index {version.name} has no species for the cascade to classify against")
     allowed = version.ids_for(species=names) if names is not None else None
     return Engine(embedder, served, allowed, names)
+
+
+def chosen_mode(mode: str, have_checkpoint: bool) -> str:
+    """'auto' to distilled (with a checkpoint) or cascade; distilled without a checkpoint is an error."""
+    chosen = mode if mode != "auto" else ("distilled" if have_checkpoint else "cascade")
+    if chosen == "distilled" and not have_checkpoint:
+        raise ConfigError("mode 'distilled' needs a distilled encoder: give --checkpoint DIR")
+    return chosen
+
+
+def listed_species(config: AnalyzeConfig, version: Any) -> list[str] | None:
+    """The species list of ``config`` as ``version`` spells its species; None without a list."""
+    from birdsearch.service.species_list import read_species_list, resolve_species_list
+
+    if config.species_list is None:
+        return None
+    entries = read_species_list(config.species_list)
+    return resolve_species_list(entries, version.species(), config.skip_unknown_species,
+                                index=f"index {version.name}")  # fmt: skip
 
 
 def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s: float) -> tuple[str, dict]:

@@ -49,11 +49,14 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
 
 
-def build(device: torch.device, species: int, out_dim: int, compile_mode: str | None):
-    """The trainable module, optimizer, mel front end and random species targets."""
+def build(device: torch.device, species: int, out_dim: int, compile_mode: str | None, config=None):
+    """The trainable module, optimizer, mel front end and random species targets.
+
+    ``config``: the student's ClapConfig; None is transformers' defaults, BioLingual's architecture.
+    """
     from transformers import ClapConfig
 
-    student = build_student(ClapConfig(), seed=0)  # full-size BioLingual architecture, random weights
+    student = build_student(config or ClapConfig(), seed=0)  # random weights
     encoder = DistilledAudioEncoder.from_student(student, out_dim)
     del student
     module = DistillModule(encoder, LogitScale(), freeze_batchnorm=True).to(device).train()
@@ -71,8 +74,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device, batch, steps, warmup, species, out_dim, compile_mode, objective="batch") -> dict:
-    module, forward_module, optimizer, mel, targets = build(device, species, out_dim, compile_mode)
+def measure(device, batch, steps, warmup, species, out_dim, compile_mode, objective="batch", config=None) -> dict:
+    module, forward_module, optimizer, mel, targets = build(device, species, out_dim, compile_mode, config)
     waves = 0.1 * torch.randn(batch, FrontEndConfig().window_samples, device=device)
     labels = torch.randint(0, species, (batch,), device=device)
     if device.type == "cuda":

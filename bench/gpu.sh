@@ -8,7 +8,7 @@
 # A bare GPU machine (one H100/H200, 16 cores) is expected to hold Python 3.12 with torch, torchvision,
 # transformers, tokenizers, safetensors, huggingface_hub, timm, numpy, pillow, pandas, pyarrow, tqdm,
 # httpx, prometheus_client, matplotlib and regex, and nothing of the network. What birdsearch needs
-# beyond that travels beside the repository as wheels in .whl/ (about 45 MB; WHEELS below, pinned to
+# beyond that travels beside the repository as wheels in .whl/ (about 26 MB; WHEELS below, pinned to
 # what the project is tested with), and is installed offline with
 #
 #   python3 -m pip install --no-index --find-links .whl --no-deps --target /tmp/site .whl/*.whl
@@ -29,7 +29,7 @@ WHEELS=(
     faiss-cpu==1.15.1
     open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
     soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0
-    fastapi==0.165.0 starlette==1.10.0 python-multipart==0.0.34 uvicorn==0.54.0
+    fastapi==0.165.0 starlette==1.10.0 opentelemetry-api==1.45.2 python-multipart==0.0.34 uvicorn==0.54.0
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
     pydantic-settings==2.16.3 python-dotenv==1.2.4
 )

@@ -24,6 +24,7 @@ is the key that stays the same across versions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -554,8 +555,6 @@ class IndexVersion:
 
     def validate(self, deep: bool = False) -> None:
         """Check the version: files, shapes, metadata, a self-search; ``deep`` also checks every sha256."""
-        from birdsearch.indexer.writer import sha256_file
-
         self.load_faiss()
         if deep:
             for name, facts in (self.manifest.get("files") or {}).items():
@@ -567,6 +566,15 @@ class IndexVersion:
             scores = np.einsum("ij,ij->i", probe, np.asarray(self._vectors[found[:, 0]]))
             if not np.all(scores >= np.einsum("ij,ij->i", probe, probe) - 1e-3):
                 raise IndexFormatError(f"index version {self.path} fails its self-search check")
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB blocks (the manifest's checksums)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

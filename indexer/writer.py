@@ -10,7 +10,6 @@ leaves the published version and its pointer as they were.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from birdsearch.indexer.store import (
     IndexRoot,
     IndexVersion,
     SpeciesRecord,
+    sha256_file,
     version_name,
     version_number,
     write_metadata,
@@ -57,14 +57,6 @@ class VersionContent:
     index: Any  # a FAISS index over ``vectors`` (ids = rows)
     manifest: dict[str, Any]  # teacher, index_type, search_params, recall_at_10, source_hash, ...
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_file(path: Path) -> None:

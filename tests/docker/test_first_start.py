@@ -162,13 +162,22 @@ def host(tmp_path) -> Host:
     return Host(tmp_path, site)
 
 
-def test_the_first_start_story(host):
+@pytest.fixture
+def toy_photos(tmp_path, monkeypatch) -> list[Path]:
+    """The site's own photos: the tiny toy world's gallery, drawn apart from every volume."""
+    from birdsearch.toy.world import ensure_world
+
+    monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "photo-source"))
+    world = ensure_world("tiny", stages=("images",), progress=False)
+    return sorted(world.gallery_dir.rglob("*.jpg"))
+
+
+def test_the_first_start_story(host, toy_photos):
     gallery = Path(host.site["BIRDSEARCH_GALLERY"])
 
     # 1. models: the provisioning job fills the volumes (the toy models build into `cache`).
     host.run_job("models")
-    world = next(p for p in (host.volume("cache") / "toy").glob("tiny-*") if p.is_dir())
-    photos = sorted((world / "gallery").rglob("*.jpg"))
+    photos = list(toy_photos)
     held_back = photos.pop()  # added to the gallery later
     for photo in photos:
         (gallery / photo.parent.name).mkdir(exist_ok=True)

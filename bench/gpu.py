@@ -376,6 +376,7 @@ def row_search(ctx: Context) -> dict[str, Any]:
             "searched_as": held,
             "load_s": load_s,
             "self_found": self_found,
+            "device_gib": searcher.vectors.nbytes / 2**30,  # the vectors as the searcher holds them
         }
         for batch in s.search_batches:
             times = []

@@ -4,6 +4,8 @@
 - ``cascade-hard`` / ``cascade-soft``: the zero-shot cascade, ``birdsearch.model.query.CascadeQuery``.
 - ``map-ridge`` / ``map-procrustes`` / ``map-mlp``: the student's audio embedding sent through a map
   from its text space to the teacher's, fitted on species names (``mapping``).
+- ``linear-head`` / ``linear-cascade-hard`` / ``linear-cascade-soft``: the supervised controls,
+  trained on the distillation's own labelled clips with the audio tower frozen (``controls``).
 - a distilled encoder: its own output (``LoadedEncoder``); one distilled into the student's own text
   space (the ablation) reaches the teacher's space through the Procrustes map, as the mapping
   baseline does.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from birdsearch.model.evaluate.controls import CONTROL_METHODS, FittedControl
 from birdsearch.model.evaluate.mapping import MAPPINGS, TextMap, fit_map
 from birdsearch.model.query import CascadeQuery, QueryEmbedder
 
@@ -96,8 +99,13 @@ def student_methods(
     teacher_species: torch.Tensor,
     names: tuple[str, ...],
     seed: int = 0,
+    controls: dict[str, FittedControl] | None = None,
 ) -> list[Method]:
-    """The baselines built from the student and the species' text embeddings of both models."""
+    """The baselines built from the student and the species' text embeddings of both models.
+
+    ``controls`` holds the fitted supervised controls (``controls.fit_head`` as "head",
+    ``controls.fit_classifier`` as "classifier") when ``names`` asks for any of them.
+    """
     shared = SharedStudent(student)
     dim = int(teacher_species.shape[1])
     out = []
@@ -109,6 +117,8 @@ def student_methods(
             cascade = CascadeQuery(shared, student_species, teacher_species, hard=hard)
             what = "top-1 species" if hard else "posterior-weighted species"
             out.append(Method(name, cascade, f"zero-shot cascade: student {what} -> teacher text embedding"))
+        elif name in CONTROL_METHODS:
+            out.append(control_method(name, shared, teacher_species, controls))
         elif name.startswith("map-") and name[4:] in MAPPINGS:
             text_map = fit_map(name[4:], student_species, teacher_species, seed=seed)
             out.append(Method(name, MappedQuery(shared, text_map, dim),
@@ -116,6 +126,28 @@ def student_methods(
         else:
             raise ValueError(f"unknown method {name!r}")
     return out
+
+
+def control_method(
+    name: str, shared: SharedStudent, teacher_species: torch.Tensor, controls: dict[str, FittedControl] | None
+) -> Method:
+    """A supervised control (``birdsearch.model.evaluate.controls``) as a method on the shared student."""
+    kind = "head" if name == "linear-head" else "classifier"
+    if not controls or kind not in controls:
+        raise ValueError(f"method {name!r} needs the fitted {kind}: fit it with birdsearch.model.evaluate.controls")
+    fitted = controls[kind]
+    chosen = fitted.chosen
+    how = f"lr {chosen['lr']:g}, {chosen['epochs']} epochs, chosen on {chosen['val_clips']} val clips"
+    if kind == "head":
+        text_map = TextMap("linear-head", weight=fitted.weight)
+        return Method(name, MappedQuery(shared, text_map, int(teacher_species.shape[1])),
+                      f"control: frozen student audio, a linear head into the teacher's text space trained "
+                      f"with the distillation objective ({chosen['objective']}) on the distillation's training clips ({how})")  # fmt: skip
+    hard = name.endswith("hard")
+    cascade = CascadeQuery(shared, fitted.weight, teacher_species, hard=hard, logit_scale=fitted.logit_scale)
+    what = "top species'" if hard else "posterior-weighted species'"
+    return Method(name, cascade, f"control: a linear species classifier on frozen student audio, trained on the "
+                                 f"distillation's training clips ({how}); the {what} teacher text embedding queries")  # fmt: skip
 
 
 def encoder_methods(

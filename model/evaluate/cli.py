@@ -9,6 +9,12 @@ import sys
 from birdsearch.cli_args import add_model_args
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 
+# birdsearch.model.evaluate.run.DEFAULT_METHODS, spelled out so that --help does not import torch
+DEFAULT_METHODS = (
+    "random", "cascade-hard", "cascade-soft", "map-ridge", "map-procrustes", "map-mlp",
+    "linear-head", "linear-cascade-hard", "linear-cascade-soft",
+)  # fmt: skip
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,8 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gallery.add_argument("--gallery", help="gallery manifest (path, species), embedded here with the teacher")
     parser.add_argument("--encoder", action="append", default=[], metavar="[NAME=]DIR",
                         help="a distilled encoder (repeat for several, e.g. an ablation)")  # fmt: skip
-    parser.add_argument("--methods", default="random,cascade-hard,cascade-soft,map-ridge,map-procrustes,map-mlp",
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help="baselines, comma-separated (default: all)")  # fmt: skip
+    parser.add_argument("--train-manifest",
+                        help="the distillation manifest whose train rows the supervised controls (linear-head, "
+                        "linear-cascade-*) learn from and whose val rows choose their settings (default: a "
+                        "registered data set's)")  # fmt: skip
+    parser.add_argument("--control-objective", default="batch", choices=("batch", "class"),
+                        help="distillation objective of the linear-head control (default: %(default)s)")  # fmt: skip
     add_model_args(parser)
     parser.add_argument("--name-format", default="taxon_com", help="teacher species name format")
     parser.add_argument("--templates", default="openai", help="teacher template set")
@@ -74,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         gallery=args.gallery,
         encoders=args.encoder,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        train_manifest=args.train_manifest,
+        control_objective=args.control_objective,
         # the shared flags default to the real models; a toy data set brings its own unless named
         teacher=None if args.teacher == DEFAULT_TEACHER else args.teacher,
         student=None if args.student == DEFAULT_STUDENT else args.student,

@@ -10,10 +10,14 @@ textbook metric over every permutation of the tied items.
 A query with no relevant item has no average precision or nDCG: those functions return NaN, and the
 aggregates (``retrieval_metrics``, ``class_mean_ap``) leave such queries or classes out and say how
 many they left out.
+
+Intervals (``bootstrap_interval``): a percentile bootstrap over training runs and over the items
+(queries within their species, segments within their recording), for any of the metrics above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -281,3 +285,89 @@ def multilabel_metrics(scores: np.ndarray, positives: np.ndarray) -> dict[str, o
         "per_class_AP": per_class,
         "per_class_AUROC": aurocs,
     }
+
+
+# ---- intervals --------------------------------------------------------------------------------------
+
+
+def stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Item indices drawn with replacement within each stratum, as many as the stratum holds."""
+    strata = np.asarray(strata)
+    parts = [
+        rng.choice(np.flatnonzero(strata == s), size=int((strata == s).sum())) for s in np.unique(strata)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def bootstrap_interval(
+    statistic: Callable[[int, np.ndarray], float],
+    runs: int,
+    strata: np.ndarray,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean over training runs of a statistic, and a percentile bootstrap interval around it.
+
+    Two levels, both drawn with replacement in each resample: the ``runs`` training runs (seeds),
+    and the items (queries, segments) within each stratum (a query's species; a segment's
+    recording), so every resample keeps each species' share of the queries. A resample's value is
+    the mean, over its drawn runs, of ``statistic(run, item indices)``.
+
+    Args:
+        statistic: (run index, item indices) -> the metric of that run on those items (may be NaN:
+            a resample without any positive, say; such resamples are left out).
+        runs: number of training runs.
+        strata: (items,) stratum of each item.
+    Returns:
+        (mean over runs on all items, lower bound, upper bound).
+    """
+    if runs < 1:
+        raise ValueError(f"need at least one run, got {runs}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    everything = np.arange(len(strata))
+    point = nanmean(np.array([statistic(r, everything) for r in range(runs)]))
+    values = bootstrap_replicates(statistic, runs, strata, resamples, seed)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return point, float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(low), float(high)
+
+
+def bootstrap_replicates(
+    statistic: Callable[[int, np.ndarray], float], runs: int, strata: np.ndarray, resamples: int, seed: int
+) -> np.ndarray:
+    """(resamples,) values of the statistic, each on drawn runs and items within strata (see above)."""
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    for b in range(resamples):
+        drawn_runs = rng.integers(0, runs, size=runs)
+        items = stratified_resample(strata, rng)
+        values[b] = nanmean(np.array([statistic(int(r), items) for r in drawn_runs]))
+    return values
+
+
+def query_mean(values: np.ndarray) -> Callable[[int, np.ndarray], float]:
+    """The statistic of a query-averaged metric: (runs, queries) per-query values, NaN left out."""
+    values = np.asarray(values, dtype=np.float64)
+    return lambda run, items: nanmean(values[run, items])
+
+
+def class_mean(values: np.ndarray, labels: np.ndarray) -> Callable[[int, np.ndarray], float]:
+    """The statistic of a class-averaged metric: the mean over species of each species' query mean."""
+    values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+
+    def statistic(run: int, items: np.ndarray) -> float:
+        chosen, species = values[run, items], labels[items]
+        return nanmean(np.array([nanmean(chosen[species == s]) for s in np.unique(species)]))
+
+    return statistic
+
+
+def cmap_of(scores: np.ndarray, positives: np.ndarray) -> Callable[[int, np.ndarray], float]:
+    """The statistic of class-wise mAP over segments: (runs, segments, classes) scores, (segments, classes) labels."""
+    scores, positives = np.asarray(scores), np.asarray(positives, dtype=bool)
+    return lambda run, items: class_mean_ap(scores[run, items], positives[items])[0]

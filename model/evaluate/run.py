@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from birdsearch.model.audio import split
 from birdsearch.model.distill.data import read_segment
 from birdsearch.model.distill.manifest import Clip
 from birdsearch.model.distill.targets import TargetSpec, species_targets, weights_checksum
-from birdsearch.model.evaluate import baselines, datasets, metrics
+from birdsearch.model.evaluate import baselines, controls, datasets, metrics
+from birdsearch.model.evaluate.controls import CONTROL_METHODS
 from birdsearch.model.evaluate.gallery import GalleryVectors
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 from birdsearch.model.mel import FrontEndConfig
@@ -36,7 +37,9 @@ from birdsearch.model.student import PROMPT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("random", "cascade-hard", "cascade-soft", "map-ridge", "map-procrustes", "map-mlp")
+DEFAULT_METHODS = (
+    "random", "cascade-hard", "cascade-soft", "map-ridge", "map-procrustes", "map-mlp", *CONTROL_METHODS,
+)  # fmt: skip
 
 
 @dataclass
@@ -61,6 +64,9 @@ class EvaluateConfig:
     segment_s: float = 5.0  # soundscape segment length
     vote_k: int = 10  # images voting for the species
     snap: bool = True  # also evaluate each distilled encoder snapped onto the species' text (NAME+snap-*)
+    train_manifest: str | None = None  # the controls' labelled clips (default: a registered data set's distillation manifest)
+    control_objective: str = "batch"  # the distillation objective the linear-head control trains with
+    per_item: bool = False  # keep per-query AP/nDCG and soundscape scores (for intervals over several runs)
     seed: int = 0  # the random baseline, learned maps and the --max-queries sample
     out: str | None = None  # report directory (Markdown, JSON, PNG)
     plots: bool = True
@@ -72,6 +78,7 @@ class Models:
     student: Any
     encoders: dict[str, Any]
     teacher: Any = None  # loaded only when a gallery must be embedded here
+    controls: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)  # fitted, per species list
 
 
 def parse_encoders(entries: list[str]) -> dict[str, Path]:
@@ -150,8 +157,9 @@ def build_methods(
         spec, taxa, models.teacher_spec, models.student.id, cfg.device
     ).embeddings
     student_species = models.student.embed_species(taxa, "com", PROMPT)
+    fitted = fit_controls(cfg, models, taxa, student_species, teacher_species)
     methods = baselines.student_methods(
-        models.student, student_species, teacher_species, tuple(cfg.methods), cfg.seed
+        models.student, student_species, teacher_species, tuple(cfg.methods), cfg.seed, fitted
     )
     teacher_sha = weights_checksum(models.teacher_spec, "teacher")[1] if models.encoders else ""
     for name, encoder in models.encoders.items():
@@ -159,6 +167,39 @@ def build_methods(
             name, encoder, student_species, teacher_species, models.teacher_spec, teacher_sha, snap=cfg.snap
         )
     return methods, teacher_species
+
+
+def fit_controls(
+    cfg: EvaluateConfig,
+    models: Models,
+    taxa: list[Taxon],
+    student_species: torch.Tensor,
+    teacher_species: torch.Tensor,
+) -> dict[str, Any]:
+    """The supervised controls the methods ask for, fitted once per species list on the training manifest."""
+    wanted = [m for m in cfg.methods if m in CONTROL_METHODS]
+    key = tuple(t.scientific for t in taxa)
+    if not wanted or key in models.controls:
+        return models.controls.get(key, {})
+    if not cfg.train_manifest:
+        raise ConfigError(
+            f"methods {', '.join(wanted)} learn from the distillation's labelled clips: pass --train-manifest "
+            "(the manifest given to 'birdsearch distill'), or leave them out of --methods"
+        )
+    train, val = controls.training_clips(cfg.train_manifest, taxa, cfg.taxa, cfg.seed)
+    front_end = models.student.front_end_config
+    features = controls.frozen_features(models.student, train, val, lambda c: windows_of(c, front_end))
+    fitted = {}
+    if "linear-head" in wanted:
+        fitted["head"] = controls.fit_head(
+            features, student_species, teacher_species, cfg.control_objective, seed=cfg.seed
+        )
+    if any(m.startswith("linear-cascade") for m in wanted):
+        fitted["classifier"] = controls.fit_classifier(features, student_species, seed=cfg.seed)
+    for kind, control in fitted.items():
+        log.info("control %s: %s", kind, {k: v for k, v in control.chosen.items() if k != "grid"})
+    models.controls[key] = fitted
+    return fitted
 
 
 def per_species_mean(values: np.ndarray, labels: np.ndarray, n: int) -> list[float | None]:
@@ -197,6 +238,8 @@ def evaluate_queries(
             entry["per_species"]["retrieval_AP"] = per_species_mean(
                 per_query["AP"], labels, len(queries.taxa)
             )
+            if cfg.per_item:
+                entry["per_query"] = {k: per_query[k].tolist() for k in ("AP", "nDCG@10")}
             curves = [
                 metrics.interpolated_precision(row, gallery_labels == y, levels)
                 for row, y in zip(scores, labels, strict=True)
@@ -212,6 +255,7 @@ def evaluate_queries(
         "species": [t.scientific for t in queries.taxa],
         "common_names": [t.common for t in queries.taxa],
         "facts": queries.facts,
+        **({"labels": labels.tolist()} if cfg.per_item else {}),
         "gallery": None
         if gallery is None
         else {
@@ -237,12 +281,19 @@ def evaluate_soundscapes(
         out.pop("per_class_AUROC")
         results[method.name] = {"description": method.description, "soundscape": out,
                                 "per_species": {"soundscape_AP": [None if np.isnan(v) else float(v) for v in per_class]}}  # fmt: skip
+        if cfg.per_item:
+            results[method.name]["scores"] = scores.tolist()
     return {
         "name": soundscapes.name,
         "segments": len(soundscapes.segments),
         "species": [t.scientific for t in soundscapes.taxa],
         "common_names": [t.common for t in soundscapes.taxa],
         "facts": soundscapes.facts,
+        **(
+            {"labels": soundscapes.labels.tolist(), "recordings": [str(c.path.name) for c in soundscapes.segments]}
+            if cfg.per_item
+            else {}
+        ),
         "methods": results,
     }
 
@@ -257,6 +308,7 @@ def resolve_data(
     if kind not in ("ssw60", "manifest", "none") and (bundle := data_set(cfg.dataset)) is not None:
         queries, bundle_soundscapes = datasets.load_bundle(bundle, cfg.split)
         defaults.update(bundle.models)
+        defaults.update(train_manifest=str(bundle.train_manifest), taxa=str(bundle.taxa))
         if cfg.soundscapes in (None, kind, cfg.dataset):
             soundscapes = bundle_soundscapes
     elif kind == "ssw60":
@@ -265,6 +317,7 @@ def resolve_data(
         queries = datasets.load_ssw60(arg, cfg.split, cfg.image_sources)
     elif kind == "manifest":
         queries = datasets.load_query_manifest(arg, cfg.taxa, cfg.split)
+        defaults["train_manifest"] = arg  # its train and val rows teach the controls; its test rows query
     elif kind != "none":
         raise ConfigError(
             f"unknown data set {cfg.dataset!r}: use ssw60:DIR, manifest:PATH, none or a registered one; "
@@ -295,6 +348,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     started = time.time()
     queries, soundscapes, defaults = resolve_data(cfg)
+    cfg = with_control_data(cfg, defaults)
     teacher_spec = cfg.teacher or defaults["teacher"]
     student_spec = cfg.student or defaults["student"]
     gallery_manifest = cfg.gallery or (
@@ -331,6 +385,20 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.out:
         report.write(result, Path(cfg.out), plots=cfg.plots)
     return result
+
+
+def with_control_data(cfg: EvaluateConfig, defaults: dict[str, str]) -> EvaluateConfig:
+    """The controls' training manifest (and species table) from the data set when not given.
+
+    Without one, the default method list leaves the controls out (said in the log); a list that
+    names them explicitly fails in ``fit_controls`` with the fix.
+    """
+    if cfg.train_manifest is None and "train_manifest" in defaults:
+        return replace(cfg, train_manifest=defaults["train_manifest"], taxa=cfg.taxa or defaults.get("taxa"))
+    if cfg.train_manifest is None and tuple(cfg.methods) == DEFAULT_METHODS:
+        log.warning("no --train-manifest: the supervised controls (%s) are left out", ", ".join(CONTROL_METHODS))
+        return replace(cfg, methods=tuple(m for m in cfg.methods if m not in CONTROL_METHODS))
+    return cfg
 
 
 def check_teacher(gallery: GalleryVectors, teacher_spec: str) -> None:

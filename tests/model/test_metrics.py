@@ -167,3 +167,73 @@ def test_auroc_equals_pair_counting():
     positive = rng.random(30) < 0.5
     pairs = [1.0 if p > q else 0.5 if p == q else 0.0 for p in scores[positive] for q in scores[~positive]]
     assert m.auroc(scores, positive) == pytest.approx(np.mean(pairs))
+
+
+# --- bootstrap intervals ---------------------------------------------------------------------------
+
+
+def naive_bootstrap_distribution(values, strata):
+    """Every equally likely two-level resample, enumerated: runs with replacement, items within strata.
+
+    Returns the exact distribution of the query-averaged statistic as (value, probability) pairs.
+    """
+    runs, n = values.shape
+    groups = [[i for i in range(n) if strata[i] == s] for s in sorted(set(strata))]
+    item_choices = list(itertools.product(*(itertools.product(g, repeat=len(g)) for g in groups)))
+    run_choices = list(itertools.product(range(runs), repeat=runs))
+    weight = 1.0 / (len(item_choices) * len(run_choices))
+    out = {}
+    for drawn_runs in run_choices:
+        for choice in item_choices:
+            items = [i for group in choice for i in group]
+            value = sum(sum(values[r, i] for i in items) / len(items) for r in drawn_runs) / runs
+            key = round(value, 12)
+            out[key] = out.get(key, 0.0) + weight
+    return sorted(out.items())
+
+
+def test_bootstrap_replicates_follow_the_enumerated_distribution():
+    values = np.array([[0.1, 0.9, 0.5, 0.3, 0.8], [0.2, 0.6, 0.4, 0.7, 1.0]])
+    strata = np.array([0, 0, 1, 1, 1])
+    exact = naive_bootstrap_distribution(values, strata)
+    drawn = m.bootstrap_replicates(m.query_mean(values), 2, strata, resamples=20000, seed=1)
+    support = np.array([v for v, _ in exact])
+    cdf = np.cumsum([p for _, p in exact])
+    empirical = np.searchsorted(np.sort(drawn), support + 1e-12, side="left") / len(drawn)
+    assert np.max(np.abs(empirical - cdf)) < 0.015  # Kolmogorov distance of 20000 draws
+    point, low, high = m.bootstrap_interval(m.query_mean(values), 2, strata, resamples=20000, seed=1)
+    assert point == pytest.approx(values.mean())
+    assert (low, high) == pytest.approx(tuple(np.quantile(drawn, [0.025, 0.975])))
+    assert low < point < high
+
+
+def test_stratified_resample_keeps_each_species_count():
+    strata = np.array([3, 3, 3, 1, 1, 7])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        items = m.stratified_resample(strata, rng)
+        assert sorted(strata[items].tolist()) == sorted(strata.tolist())
+
+
+def test_class_mean_weights_species_equally_and_cmap_of_matches_class_mean_ap():
+    values = np.array([[1.0, 1.0, 1.0, 0.0]])  # species 0: three queries at 1; species 1: one at 0
+    labels = np.array([0, 0, 0, 1])
+    assert m.class_mean(values, labels)(0, np.arange(4)) == pytest.approx(0.5)
+    assert m.query_mean(values)(0, np.arange(4)) == pytest.approx(0.75)
+    rng = np.random.default_rng(2)
+    scores, positives = rng.random((2, 9, 3)), rng.random((9, 3)) < 0.4
+    items = np.array([0, 0, 3, 5, 8, 2])
+    assert m.cmap_of(scores, positives)(1, items) == pytest.approx(
+        m.class_mean_ap(scores[1, items], positives[items])[0]
+    )
+
+
+def test_bootstrap_interval_is_a_point_when_nothing_varies_and_refuses_bad_arguments():
+    values = np.full((3, 6), 0.4)
+    assert m.bootstrap_interval(m.query_mean(values), 3, np.arange(6) % 2, resamples=50) == pytest.approx(
+        (0.4, 0.4, 0.4)
+    )
+    with pytest.raises(ValueError, match="at least one run"):
+        m.bootstrap_interval(m.query_mean(values), 0, np.zeros(6))
+    with pytest.raises(ValueError, match="level"):
+        m.bootstrap_interval(m.query_mean(values), 3, np.zeros(6), level=1.5)

@@ -12,12 +12,16 @@ many species):
   named; a share ``caption_noise`` of their recordings carry a sibling's name; the recordings of
   the other species are captioned "Sound of a {group}" ("Sound of a Warbler") or "Sound of a bird".
   Its audio tower hears every species; its text side cannot name half of them.
+- ``own-captions`` (the study's, ``birdsearch.toy.study``; never a world's default): realistic on
+  both sides. Its audio tower, too, learns only from the realistic captions, missing and swapped
+  names included, so no part of it has seen a label the captions do not give.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+OWN_CAPTIONS = "own-captions"  # the student realistic on both sides (see the module docstring)
 MAX_TEXT_TOKENS = 64  # captions are short; RoBERTa-style position table = this + 2
 
 
@@ -136,8 +141,10 @@ def training_windows(
     return torch.cat(features), species
 
 
-def train_student(world: ToyWorld, variant: str, progress: bool = True) -> dict[str, Any]:
-    """Train one toy student variant and save it to ``world.student_dir_for(variant)``.
+def train_student(
+    world: ToyWorld, variant: str, progress: bool = True, directory: Path | None = None
+) -> dict[str, Any]:
+    """Train one toy student variant and save it to ``directory`` (default ``world.student_dir_for(variant)``).
 
     Two contrastive phases, because a text tower learning from scratch at the same time as the
     audio tower starves it of signal (24 captions start out nearly identical), and the CPU budget
@@ -148,7 +155,8 @@ def train_student(world: ToyWorld, variant: str, progress: bool = True) -> dict[
     2. a fresh text tower against the locked audio embeddings (as LiT locks an image tower), on the
        variant's captions. "realistic" reuses the perfect student's audio tower: the two students
        hear alike and differ only in what they can name, which is the difference the cascade and
-       the distilled encoder are compared on.
+       the distilled encoder are compared on. "own-captions" trains its audio tower in phase 1
+       too, against one learnable vector per distinct caption instead of per species.
     """
     from transformers import ClapModel
 
@@ -160,15 +168,18 @@ def train_student(world: ToyWorld, variant: str, progress: bool = True) -> dict[
     if variant == "perfect":
         model = build_student(student_clap_config(sc), seed=world.config.seed)
         facts["audio_loss"] = train_audio_tower(world, model, features, species, progress)
-    else:
+    distinct, targets, named = prepared_captions(world, variant, species)
+    if variant == OWN_CAPTIONS:
+        model = build_student(student_clap_config(sc), seed=world.config.seed)
+        facts["audio_loss"] = train_audio_tower(world, model, features, species, progress, targets)
+    elif variant != "perfect":
         model = ClapModel.from_pretrained(world.student_dir_for("perfect"))
     audio = embed_features(model.eval(), features)
-    distinct, targets, named = prepared_captions(world, variant, species)
     tokenizer = train_bpe_tokenizer(tokenizer_corpus(world), vocab_size=sc.vocab_size)
     facts["text_loss"] = train_text_tower(
         world, model, tokenizer, audio, distinct, targets, variant, progress
     )
-    directory = world.student_dir_for(variant)
+    directory = directory or world.student_dir_for(variant)
     save_student(model.eval(), tokenizer, directory)
     caption_facts = {"variant": variant, "captioned": named, "captions": distinct}
     (directory / "toy_captions.json").write_text(json.dumps(caption_facts, indent=1))
@@ -179,20 +190,32 @@ def prepared_captions(
     world: ToyWorld, variant: str, species: list[ToySpecies]
 ) -> tuple[list[str], torch.Tensor, list[str]]:
     """The distinct captions, each training window's caption index, and the species that were named."""
-    rng = np.random.default_rng([world.config.seed, 41, ("realistic", "perfect").index(variant)])
+    # own-captions draws as realistic does: both realistic students are told the same captions
+    stream = 0 if variant in ("realistic", OWN_CAPTIONS) else 1
+    rng = np.random.default_rng([world.config.seed, 41, stream])
     captions, named = recording_captions(world, variant, species, rng)
     distinct = sorted(set(captions))
     return distinct, torch.tensor([distinct.index(c) for c in captions]), named
 
 
 def train_audio_tower(
-    world: ToyWorld, model: Any, features: torch.Tensor, species: list[ToySpecies], progress: bool
+    world: ToyWorld,
+    model: Any,
+    features: torch.Tensor,
+    species: list[ToySpecies],
+    progress: bool,
+    targets: torch.Tensor | None = None,
 ) -> float:
-    """Phase 1: the audio tower and projection against learnable caption vectors; returns the final loss."""
+    """Phase 1: the audio tower and projection against learnable caption vectors; returns the final loss.
+
+    ``targets``: each window's caption index (own-captions); default its species (perfect).
+    """
     sc = world.config.student
-    targets = torch.tensor([sp.label for sp in species])
+    if targets is None:
+        targets = torch.tensor([sp.label for sp in species])
     torch.manual_seed(world.config.seed)
-    captions = torch.nn.Parameter(torch.randn(len(world.species), sc.projection_dim))
+    classes = max(len(world.species), int(targets.max()) + 1)  # own-captions may have more captions
+    captions = torch.nn.Parameter(torch.randn(classes, sc.projection_dim))
     audio_side = torch.nn.ModuleDict(
         {"tower": model.audio_model, "projection": model.audio_projection}
     ).train()

@@ -101,6 +101,14 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     )
     faiss.add_argument("--memory-budget-gb", type=float, default=16.0, help="RAM the index may use (16)")
     faiss.add_argument("--target-recall", type=float, default=0.95, help="recall@10 to tune for (0.95)")
+    faiss.add_argument(
+        "--storage", default="float32", choices=("float32", "float16", "sq8"),
+        help="how the index stores vectors: float32, float16 (half the memory) or sq8 (a quarter); see BENCHMARKS.md Scale",
+    )  # fmt: skip
+    faiss.add_argument(
+        "--tune-audio", type=Path, default=None, metavar="NPY",
+        help="(Q, D) distilled audio embeddings to tune efSearch/nprobe on, beside the species text embeddings",
+    )  # fmt: skip
     ray = parser.add_argument_group("distributed")
     ray.add_argument("--runner", default="local", choices=("local", "ray"), help="embedding stage runner")
     ray.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -140,7 +148,9 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
             exact_max=args.exact_max,
             memory_budget_bytes=int(args.memory_budget_gb * 1024**3),
             target_recall=args.target_recall,
+            storage=args.storage,
         ),
+        tune_audio=args.tune_audio,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
 

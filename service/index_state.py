@@ -58,6 +58,10 @@ class ServedIndex:
             "index_type": str(manifest.get("index_type", "")),
             "teacher": model_name(str(manifest.get("teacher", {}).get("id", ""))),
             "created": str(manifest.get("created", "")),
+            # recall@10 against exact search per query kind (species_text, audio, self); {} when exact
+            "recall": {
+                kind: float(r["recall_at_10"]) for kind, r in (manifest.get("recall_by_query") or {}).items()
+            },
         }
 
 

@@ -125,6 +125,12 @@ class IndexInfo(BaseModel):
     index_type: str = Field(examples=["Flat"])
     teacher: str = Field(examples=["hf-hub:imageomics/bioclip-2"])
     created: str = Field(examples=["2026-11-26T22:50:00+00:00"])
+    recall: dict[str, float] = Field(
+        default_factory=dict,
+        description="recall@10 of the approximate index against exact search, per query kind: species_text "
+        "and audio (tuned on), self (the gallery's own photos); empty for an exact index",
+        examples=[{"species_text": 0.962, "self": 0.981}],
+    )
 
 
 class QueryFacts(BaseModel):

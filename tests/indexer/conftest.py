@@ -98,11 +98,13 @@ def publish_simple_index(
     species_embeddings: np.ndarray | None = None,
     teacher: dict | None = None,
     records: list[dict] | None = None,
+    index_type: str = "flat",
 ):
     """Write and publish an exact index from vectors and labels, without a gallery or a model.
 
     ``species[i]`` labels ``vectors[i]``; ``species_embeddings`` (S, D) is in sorted species order
-    (random unit vectors when omitted); ``records[i]`` overrides ImageRow fields.
+    (random unit vectors when omitted; an approximate ``index_type`` is tuned on them); ``records[i]``
+    overrides ImageRow fields.
     """
     import hashlib
     import json
@@ -128,7 +130,8 @@ def publish_simple_index(
     if species_embeddings is None:
         species_embeddings = np.random.default_rng(0).standard_normal((len(names), vectors.shape[1]))
         species_embeddings /= np.linalg.norm(species_embeddings, axis=1, keepdims=True)
-    built = build_index(vectors, IndexOptions(index_type="flat"))
+    tuning = {"species_text": np.asarray(species_embeddings, np.float32)}
+    built = build_index(vectors, IndexOptions(index_type=index_type, recall_queries=200), tuning)
     content = VersionContent(
         vectors=vectors,
         images=rows,
@@ -139,8 +142,9 @@ def publish_simple_index(
             "teacher": teacher
             or {"id": "test", "dim": vectors.shape[1], "weights_sha256": "", "preprocess": {}},
             "index_type": built.factory,
-            "search_params": {},
-            "recall_at_10": 1.0,
+            "search_params": built.search_params,
+            "recall_at_10": built.recall_at_10,
+            "recall_by_query": built.recall_by_query,
             "source_hash": hashlib.sha256(json.dumps(list(species)).encode()).hexdigest(),
             "species_text": {"format": "taxon_com", "templates": "openai"},
         },

@@ -1,0 +1,471 @@
+"""The index at scale: build time, peak memory, size on disk, recall and latency per index type, against N.
+
+Synthetic clustered galleries stand in for BioCLIP-2 photo embeddings: species centroids nested
+in genera and families (so that neighbouring species overlap, as related birds do), photos
+scattered around their species' centroid. The queries the service really asks are audio
+embeddings in the teacher's *text* space, a different distribution: modelled as the species'
+centroids offset by one shared modality-gap vector, plus noise. Each index version holds the
+teacher's text embedding of every species (one such query per species, drawn once); the indexer
+tunes efSearch / nprobe on those, and this bench measures recall on *held-out* cross-modal
+queries (fresh noise), on self-queries (gallery vectors) and against exact search.
+
+Every index build runs in its own process, so its peak RSS (``ru_maxrss``) is its own; the
+gallery's vectors are generated once per size into a temporary .npy that the builds map.
+
+    python bench/index_scale.py --smoke                              # seconds; the test suite runs it
+    python bench/index_scale.py --sizes 100000 1000000 --out bench/results/index_scale
+    python bench/index_scale.py --sizes 100000 --reload-size 1000000 # + the hot-reload memory rows
+    python bench/index_scale.py --sizes 10000000 --types auto flat ivf --storage float32 float16 \\
+        --storage-types flat ivf                                     # on a machine with ~100 GB
+
+Writes ``OUT.json`` (every row, the fitted cost slopes) and ``OUT.md`` (the tables BENCHMARKS.md
+quotes). The cost slopes are fitted on log(N) against log(build seconds) and log(peak RSS) for
+each index type measured at two sizes or more in the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("index_scale")
+
+DIM = 768
+PER_SPECIES = 40  # photos per species (200,000 photos -> 5,000 species, the issue's figure)
+SPREAD = 1.0  # norm of a photo's offset from its species' centroid
+GAP = 2.5  # norm of the shared modality gap between photos and the text/audio queries
+QUERY_NOISE = 1.0  # norm of a query's own offset
+HELD_OUT = 1000  # held-out cross-modal queries (and self-queries) measured per build
+LATENCY_SINGLE = 200  # queries timed one at a time (at most; see LATENCY_BUDGET_S)
+LATENCY_BATCHES = 10  # batches of 64 timed (at most)
+LATENCY_BUDGET_S = 20.0  # seconds each latency loop may take; it stops early, after 5 calls at least
+BUILD_ORDER = ["flat", "ivf", "ivfpq", "hnsw"]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def normal(rng: np.random.Generator, rows: int, dim: int, norm: float) -> np.ndarray:
+    """Gaussian rows whose expected norm is ``norm``."""
+    return rng.standard_normal((rows, dim), dtype=np.float32) * np.float32(norm / np.sqrt(dim))
+
+
+def centroids(species: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Species centroids nested in genera (5 species each) and families (20 genera each)."""
+    genera = max(1, species // 5)
+    families = max(1, genera // 20)
+    family = unit(rng.standard_normal((families, dim), dtype=np.float32))
+    genus = unit(rng.standard_normal((genera, dim), dtype=np.float32))
+    genus_family = rng.integers(0, families, genera)
+    species_genus = rng.integers(0, genera, species)
+    own = unit(rng.standard_normal((species, dim), dtype=np.float32))
+    return unit(family[genus_family[species_genus]] + 0.8 * genus[species_genus] + 0.6 * own)
+
+
+def make_gallery(n: int, dim: int, folder: Path, seed: int = 0) -> dict[str, Any]:
+    """Write vectors.npy (photos), species_text.npy (one per species), audio.npy and self.npy (held out)."""
+    rng = np.random.default_rng(seed)
+    species = max(2, n // PER_SPECIES)
+    centre = centroids(species, dim, rng)
+    labels = rng.integers(0, species, n)
+    vectors = np.lib.format.open_memmap(folder / "vectors.npy", "w+", np.float32, (n, dim))
+    for start in range(0, n, 100_000):  # in blocks: a 10M gallery never sits in RAM twice
+        rows = labels[start : start + 100_000]
+        vectors[start : start + len(rows)] = unit(centre[rows] + normal(rng, len(rows), dim, SPREAD))
+    vectors.flush()
+    gap = unit(rng.standard_normal((1, dim), dtype=np.float32)) * np.float32(GAP)
+
+    def cross_modal(rows: np.ndarray) -> np.ndarray:
+        return unit(centre[rows] + gap + normal(rng, len(rows), dim, QUERY_NOISE))
+
+    np.save(folder / "species_text.npy", cross_modal(np.arange(species)))
+    np.save(folder / "audio.npy", cross_modal(rng.integers(0, species, HELD_OUT)))
+    np.save(folder / "self.npy", np.asarray(vectors[np.sort(rng.choice(n, min(n, HELD_OUT), replace=False))]))
+    del vectors
+    return {"n": n, "dim": dim, "species": species}
+
+
+# -- one build, in its own process ---------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {"p50": round(float(np.percentile(ms, 50)), 3), "p99": round(float(np.percentile(ms, 99)), 3)}
+
+
+def timed_calls(index: Any, batches: list[np.ndarray]) -> list[float]:
+    """Seconds of each ``index.search`` call, until the batches or LATENCY_BUDGET_S run out."""
+    seconds: list[float] = []
+    for batch in batches:
+        start = time.perf_counter()
+        index.search(batch, 10)
+        seconds.append(time.perf_counter() - start)
+        if len(seconds) >= 5 and sum(seconds) > LATENCY_BUDGET_S:
+            break
+    return seconds
+
+
+def latency(index: Any, queries: np.ndarray) -> dict[str, Any]:
+    """Search latency at batch 1 and at batch 64 (each figure is one whole call), and how many calls."""
+    tiled = np.resize(queries, (64 * LATENCY_BATCHES, queries.shape[1]))
+    single = timed_calls(index, [q[None, :] for q in queries[:LATENCY_SINGLE]])
+    batched = timed_calls(index, [np.ascontiguousarray(b) for b in np.split(tiled, LATENCY_BATCHES)])
+    return {
+        "batch1_ms": percentiles_ms(single),
+        "batch64_ms": percentiles_ms(batched),
+        "latency_calls": [len(single), len(batched)],
+    }
+
+
+def build_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build one index over the gallery in ``spec['data']`` and measure it (runs in a child process)."""
+    import faiss
+
+    from birdsearch.indexer.faiss_index import IndexOptions, build_index, exact_neighbours, recall_at_k
+
+    data = Path(spec["data"])
+    vectors = np.load(data / "vectors.npy", mmap_mode="r")
+    species_text = np.load(data / "species_text.npy")
+    audio, self_queries = np.load(data / "audio.npy"), np.load(data / "self.npy")
+    options = IndexOptions(index_type=spec["type"], storage=spec["storage"], recall_queries=HELD_OUT)
+    rss_before = current_rss_bytes()
+    built = build_index(vectors, options, {"species_text": species_text})
+    path = data / f"index-{spec['type']}-{spec['storage']}.faiss"
+    faiss.write_index(built.index, str(path))
+    recall = {
+        "self": recall_at_k(built.index.search(self_queries, 10)[1], exact_neighbours(self_queries, vectors)),
+        "cross_modal": recall_at_k(built.index.search(audio, 10)[1], exact_neighbours(audio, vectors)),
+        "species_text": built.recall_by_query.get("species_text", {}).get("recall_at_10", 1.0),
+    }
+    row = {
+        "n": int(vectors.shape[0]),
+        "type": spec["type"],
+        "storage": spec["storage"],
+        "factory": built.factory,
+        "search_params": built.search_params,
+        "build_s": round(built.build_seconds, 2),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_before_build_bytes": rss_before,
+        "disk_bytes": path.stat().st_size,
+        "recall_at_10": {k: round(float(v), 4) for k, v in recall.items()},
+        **latency(built.index, audio),
+    }
+    path.unlink()
+    return row
+
+
+# -- hot reload, in its own process ------------------------------------------------------------
+
+
+def write_version(root: Path, vectors: np.ndarray, index_type: str) -> None:
+    """Publish one index version of ``vectors`` through the writer (labels by row, 40 photos a species)."""
+    from birdsearch.indexer.faiss_index import IndexOptions, build_index
+    from birdsearch.indexer.store import ImageRow, SpeciesRecord
+    from birdsearch.indexer.writer import VersionContent, new_staging_dir, publish, write_version_files
+
+    n, dim = vectors.shape
+    names = [f"Synthetica s{i:06d}" for i in range(max(1, n // PER_SPECIES))]
+    label = np.arange(n) % len(names)
+    rows = [
+        ImageRow(key=f"{i:08d}.jpg", species=names[label[i]], width=1, height=1, content_hash=f"{i:064x}")
+        for i in range(n)
+    ]
+    counts = np.bincount(label, minlength=len(names))
+    species = [SpeciesRecord(name, image_count=int(c)) for name, c in zip(names, counts, strict=True)]
+    text = unit(np.random.default_rng(1).standard_normal((len(names), dim), dtype=np.float32))
+    built = build_index(vectors, IndexOptions(index_type=index_type), {"species_text": text})
+    manifest = {
+        "teacher": {"id": "synthetic", "dim": dim, "weights_sha256": "", "preprocess": {}},
+        "index_type": built.factory,
+        "search_params": built.search_params,
+        "recall_at_10": built.recall_at_10,
+        "recall_by_query": built.recall_by_query,
+        "source_hash": f"{n}-{time.time_ns()}",
+        "species_text": {"format": "taxon_com", "templates": "openai"},
+    }
+    content = VersionContent(vectors, rows, species, text, built.index, manifest)
+    staging = new_staging_dir(root)
+    write_version_files(staging, content)
+    publish(root, staging)
+
+
+def reload_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Serve version 1 (searches touch all of it); with ``reload``, hot-swap to version 2 and serve it."""
+    import asyncio
+    from unittest import mock
+
+    from birdsearch.indexer import store
+    from birdsearch.service.index_state import IndexHolder, prepare
+
+    root = Path(spec["root"])
+    queries = np.load(Path(spec["data"]) / "audio.npy")
+    read = store.read_faiss if spec["mmap"] else read_into_ram
+    (root / store.POINTER_FILE).write_text("v0001\n")
+
+    def serve(holder: IndexHolder) -> None:
+        assert holder.current is not None
+        for start in range(0, len(queries), 64):
+            holder.current.version.search(queries[start : start + 64], 10)
+
+    async def main() -> dict[str, Any]:
+        holder = IndexHolder(
+            root, lambda name: store.IndexRoot(root).open(name), lambda v: prepare(v, None, None), 0
+        )
+        await holder.refresh()
+        serve(holder)
+        serving = current_rss_bytes()
+        swapped = False
+        if spec["reload"]:
+            (root / store.POINTER_FILE).write_text("v0002\n")
+            start = time.perf_counter()
+            swapped = await holder.refresh()
+            reload_s = time.perf_counter() - start
+            serve(holder)
+        return {
+            "rss_serving_bytes": serving,
+            "swapped": swapped,
+            "reload_s": round(reload_s, 2) if swapped else None,
+        }
+
+    with mock.patch.object(store, "read_faiss", read):
+        result = asyncio.run(main())
+    return {
+        "mode": "reload" if spec["reload"] else "serve",
+        "mmap": spec["mmap"],
+        "peak_rss_bytes": peak_rss_bytes(),
+        **result,
+    }
+
+
+def read_into_ram(file: Path) -> Any:
+    """What the store did before mapping: the whole index read into the process's memory."""
+    import faiss
+
+    return faiss.read_index(str(file))
+
+
+# -- the parent: runs the children, fits, writes ---------------------------------------------------
+
+
+def run_child(mode: str, spec: dict[str, Any], timeout_s: float | None) -> dict[str, Any] | None:
+    """Run one measurement in a fresh interpreter; None (logged) when it fails or runs out of time."""
+    command = [sys.executable, __file__, f"--{mode}", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        log.warning("%s %s ran past %s s; left out", mode, spec, timeout_s)
+        return None
+    if done.returncode != 0:
+        log.error("%s %s failed:\n%s", mode, spec, done.stderr[-3000:])
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def build_specs(args: argparse.Namespace, n: int) -> list[dict[str, Any]]:
+    """The index types to build at size ``n``: auto's pick (as itself), the forced others, storage variants."""
+    from birdsearch.indexer.faiss_index import IndexOptions, choose_index_type
+
+    picked = choose_index_type(n, args.dim, IndexOptions())
+    kinds = list(dict.fromkeys(picked if k == "auto" else k for k in args.types))
+    kinds = [k for k in kinds if n <= args.limit.get(k, n)]
+    specs = []
+    for kind in sorted(kinds, key=BUILD_ORDER.index):  # the slow HNSW builds last, so a time box cuts them
+        for storage in args.storage if kind in args.storage_types else ["float32"]:
+            specs.append({"type": kind, "storage": storage, "auto": kind == picked})
+    return specs
+
+
+def fit_slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """log-log slope of build time and peak RSS against N, per (type, storage) seen at two sizes or more."""
+    slopes = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(f"{row['type']}/{row['storage']}", []).append(row)
+    for name, group in groups.items():
+        sizes = sorted({r["n"] for r in group})
+        if len(sizes) < 2:
+            continue
+        n = np.log([r["n"] for r in group])
+        slopes[name] = {
+            "build_time": round(
+                float(np.polyfit(n, np.log([max(r["build_s"], 1e-3) for r in group]), 1)[0]), 2
+            ),
+            "peak_rss": round(float(np.polyfit(n, np.log([r["peak_rss_bytes"] for r in group]), 1)[0]), 2),
+            "sizes": sizes,
+        }
+    return slopes
+
+
+def gib(b: float) -> str:
+    return f"{b / 2**30:.2f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {result['machine']}. Dimension {result['dim']}, {PER_SPECIES} photos a species; "
+        f"recall@10 against exact search on {HELD_OUT} held-out queries of each kind.",
+        "",
+        "| N | index (storage) | auto | tuned | build s | peak RSS GiB | disk GiB | recall self | recall cross-modal "
+        "| recall species text | p50 / p99 ms, batch 1 | p50 / p99 ms, batch 64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        tuned = ", ".join(f"{k} {v}" for k, v in r["search_params"].items()) or "exact"
+        rc = r["recall_at_10"]
+        lines.append(
+            f"| {r['n']:,} | {r['factory']} ({r['storage']}) | {'yes' if r['auto'] else ''} | {tuned} | {r['build_s']} "
+            f"| {gib(r['peak_rss_bytes'])} | {gib(r['disk_bytes'])} | {rc['self']:.3f} | {rc['cross_modal']:.3f} "
+            f"| {rc['species_text']:.3f} | {r['batch1_ms']['p50']} / {r['batch1_ms']['p99']} "
+            f"| {r['batch64_ms']['p50']} / {r['batch64_ms']['p99']} |"
+        )
+    if result["slopes"]:
+        lines += [
+            "",
+            "| index/storage | sizes | slope of build time vs N | slope of peak RSS vs N |",
+            "|---|---|---|---|",
+        ]
+        for name, s in result["slopes"].items():
+            lines.append(
+                f"| {name} | {', '.join(f'{n:,}' for n in s['sizes'])} | {s['build_time']} | {s['peak_rss']} |"
+            )
+    if result["reload"]:
+        lines += [
+            "",
+            "| hot reload, N | FAISS index read | peak RSS GiB | vs serving one version |",
+            "|---|---|---|---|",
+        ]
+        base = {r["mmap"]: r["peak_rss_bytes"] for r in result["reload"] if r["mode"] == "serve"}
+        for r in result["reload"]:
+            ratio = (
+                f"{r['peak_rss_bytes'] / base[r['mmap']] - 1:+.0%}"
+                if r["mode"] == "reload" and base.get(r["mmap"])
+                else ""
+            )
+            lines.append(
+                f"| {r['mode']}, {result['reload_size']:,} | {'memory-mapped' if r['mmap'] else 'into RAM'} "
+                f"| {gib(r['peak_rss_bytes'])} | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores, {cpu}, {platform.machine()}, Python {platform.python_version()}"
+
+
+def measure_reload(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Peak RSS of serving one version, and of a hot reload to a second, with the index mapped and not."""
+    data = work / f"reload-data-{args.reload_size}"
+    data.mkdir()
+    make_gallery(args.reload_size, args.dim, data, seed=7)
+    root = work / "reload-root"
+    vectors = np.load(data / "vectors.npy", mmap_mode="r")
+    for shift in (0, 1):  # two versions of the same size, different content
+        write_version(root, np.ascontiguousarray(np.roll(vectors, shift, axis=0)), args.reload_type)
+    rows = []
+    for mmap in (True, False) if not args.smoke else (True,):
+        for reload in (False, True):
+            spec = {"root": str(root), "data": str(data), "mmap": mmap, "reload": reload}
+            row = run_child("reload-worker", spec, args.timeout)
+            if row:
+                rows.append(row)
+                log.info("reload row %s", row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=DIM)
+    parser.add_argument("--types", nargs="+", default=["auto", "flat", "hnsw", "ivf"],
+                        help="index types: auto (its pick at each size), flat, hnsw, ivf, ivfpq")  # fmt: skip
+    parser.add_argument("--storage", nargs="+", default=["float32", "float16", "sq8"])
+    parser.add_argument("--storage-types", nargs="+", default=["flat", "ivf"],
+                        help="index types also built with the --storage variants (the others: float32)")  # fmt: skip
+    parser.add_argument(
+        "--reload-size", type=int, default=0, help="vectors per version of the hot-reload rows (0: none)"
+    )
+    parser.add_argument("--reload-type", default="flat", help="index type of the hot-reload versions")
+    parser.add_argument(
+        "--limit", nargs="*", default=[], metavar="TYPE=N",
+        help="build TYPE only up to N vectors (e.g. hnsw=100000 where a larger HNSW build takes hours)",
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to one build")
+    parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds")
+    parser.add_argument("--build-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--reload-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.limit = {k: int(v) for k, _, v in (item.partition("=") for item in args.limit)}
+    for mode, worker in (("build_worker", build_worker), ("reload_worker", reload_worker)):
+        if getattr(args, mode):
+            logging.basicConfig(level=logging.WARNING)
+            sys.stdout.write(json.dumps(worker(json.loads(getattr(args, mode)))) + "\n")
+            return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.smoke:
+        args.sizes, args.dim, args.reload_size = [800, 1_600], 32, 1_000
+        args.types, args.storage, args.storage_types = ["auto", "hnsw", "ivf"], ["float32", "sq8"], ["flat"]
+    work = Path(tempfile.mkdtemp(prefix="index-scale-", dir=args.work))
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "dim": args.dim,
+        "rows": [],
+        "reload": [],
+        "reload_size": args.reload_size,
+    }
+    try:
+        for n in args.sizes:
+            data = work / f"data-{n}"
+            data.mkdir()
+            started = time.perf_counter()
+            make_gallery(n, args.dim, data)
+            log.info("gallery of %d x %d written in %.1f s", n, args.dim, time.perf_counter() - started)
+            for spec in build_specs(args, n):
+                row = run_child("build-worker", {**spec, "data": str(data)}, args.timeout)
+                if row:
+                    result["rows"].append({**row, "auto": spec["auto"]})
+                    log.info("row %s", json.dumps(result["rows"][-1]))
+            shutil.rmtree(data)
+        result["slopes"] = fit_slopes(result["rows"])
+        if args.reload_size:
+            result["reload"] = measure_reload(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = markdown(result)
+    sys.stdout.write(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        args.out.with_suffix(".md").write_text(table)
+    expected = sum(len(build_specs(args, n)) for n in args.sizes)
+    return 0 if len(result["rows"]) == expected and (not args.reload_size or result["reload"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""A reindex that finds nothing new, over a gallery of many unchanged photo files.
+
+A reindex lists the gallery, opens the published version, and takes each local file's content hash
+from that version when the file's size and modification time are the ones recorded (as rsync does);
+only a file whose size or mtime differ is read and hashed. This bench times that no-op reindex.
+
+    python bench/reindex_scale.py                     # 100,000 files
+    python bench/reindex_scale.py --files 2000        # quick
+
+The files are tiny (distinct 64-byte contents: hashing them would be cheap, so the figure is the
+reindex's own overhead: listing, stat, reading the previous version's records, comparing). The
+published version they are checked against is written by the pipeline's own functions with random
+vectors, as if a run with a small random teacher had embedded them (embedding 100,000 photos is
+not what is measured). Everything is written under a temporary folder and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("reindex_scale")
+
+SPECIES = [
+    "Turdus_migratorius",
+    "Junco_hyemalis",
+    "Passer_domesticus",
+    "Sayornis_nigricans",
+    "Spinus_psaltria",
+]
+
+
+def make_files(gallery: Path, count: int) -> None:
+    """``count`` distinct 64-byte files spread over species folders, 1,000 per subfolder."""
+    for i in range(count):
+        folder = gallery / SPECIES[i % len(SPECIES)] / f"part{i // 1000:04d}"
+        if i % 1000 == 0 or not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"photo{i:07d}.jpg").write_bytes(f"{i:064d}".encode())
+
+
+def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, float]:
+    """Publish a version holding every gallery file (random vectors), through the pipeline's functions."""
+    from birdsearch.indexer.embed import ImageEmbedder
+    from birdsearch.indexer.faiss_index import build_index
+    from birdsearch.indexer.fetch import hash_items
+    from birdsearch.indexer.gallery import read_gallery
+    from birdsearch.indexer.pipeline import (
+        IndexConfig,
+        Summary,
+        collect_rows,
+        species_records,
+        tuning_queries,
+        version_manifest,
+    )
+    from birdsearch.indexer.writer import VersionContent, new_staging_dir, publish, write_version_files
+
+    config = IndexConfig(gallery=gallery, out=root, teacher=teacher, device="cpu", workers=0, progress=False)
+    embedder = ImageEmbedder(teacher, "cpu")
+    listed = read_gallery(gallery)
+    started = time.perf_counter()
+    hashed = hash_items(listed.items, root, {}, config.hash_threads)
+    first_hash_s = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    dim = embedder.teacher.dim
+    vectors = {h.content_hash: rng.standard_normal(dim).astype(np.float32) for h in hashed}
+    vectors = {k: v / np.linalg.norm(v) for k, v in vectors.items()}
+    collected = collect_rows(config, listed, hashed, None, vectors, {k: (1, 1) for k in vectors}, {})
+    species = species_records(collected)
+    text = rng.standard_normal((len(species), dim)).astype(np.float32)
+    built = build_index(np.stack(collected.vectors), config.index, tuning_queries(text, config))
+    manifest = version_manifest(
+        config, listed, embedder, built, collected.source_hash(), None, Summary(root, None, False)
+    )
+    content = VersionContent(
+        np.stack(collected.vectors), collected.rows, species, text, built.index, manifest, collected.failures
+    )
+    staging = new_staging_dir(root)
+    write_version_files(staging, content)
+    return publish(root, staging), first_hash_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from birdsearch.indexer.pipeline import IndexConfig, run_index
+    from birdsearch.model.standins import TINY_TEACHER_CFG, build_teacher, save_teacher
+
+    work = Path(tempfile.mkdtemp(prefix="reindex-scale-", dir=args.work))
+    try:
+        teacher_dir = save_teacher(
+            build_teacher(TINY_TEACHER_CFG, seed=0), work / "teacher", TINY_TEACHER_CFG
+        )
+        teacher = f"local-dir:{teacher_dir}"
+        gallery, root = work / "gallery", work / "index"
+        started = time.perf_counter()
+        make_files(gallery, args.files)
+        log.info("%d files written in %.1f s", args.files, time.perf_counter() - started)
+        version, first_hash_s = publish_as_indexed(gallery, root, teacher)
+        log.info("published %s (hashing every file the first time: %.1f s)", version, first_hash_s)
+        config = IndexConfig(
+            gallery=gallery, out=root, teacher=teacher, device="cpu", workers=0, progress=False
+        )
+        started = time.perf_counter()
+        summary = run_index(config)
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "files": args.files,
+        "reindex_s": round(seconds, 2),
+        "first_hash_s": round(first_hash_s, 2),
+        "published": summary.published,
+        "unchanged": summary.unchanged,
+        "embedded": summary.embedded,
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    ok = not summary.published and summary.unchanged == args.files and summary.embedded == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -291,21 +291,39 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     with torch_threads(training_threads()):
         chosen = select_setting(cfg, world, work)
         log.info("chosen on validation: %s, %s", chosen["setting"], chosen["snap"])
-        table: dict[str, dict[str, Any]] = {}
-        for kind in cfg.students:
-            for coverage in cfg.coverages:
+        table: dict[str, dict[str, Any]] = {kind: {} for kind in cfg.students}
+        total = len(cfg.students) * len(cfg.coverages)
+        for (
+            coverage
+        ) in cfg.coverages:  # both students at a coverage before the next: a partial study compares
+            for kind in cfg.students:
                 cells = [run_cell(cfg, world, work, kind, coverage, s, chosen) for s in cfg.seeds]
-                table.setdefault(kind, {})[f"{coverage:g}"] = intervals(cells, cfg.resamples)
-    data = {
+                table[kind][f"{coverage:g}"] = intervals(cells, cfg.resamples)
+                done = sum(len(v) for v in table.values())
+                data = report_data(cfg, world, chosen, table, started, done, total)
+                write_report(data, Path(cfg.out))  # after every cell: an interrupted study has a report
+    return data
+
+
+def report_data(
+    cfg: StudyConfig,
+    world: Any,
+    chosen: dict[str, Any],
+    table: dict[str, dict[str, Any]],
+    started: float,
+    done: int,
+    total: int,
+) -> dict[str, Any]:
+    """What study.json holds (and study.md shows); ``done`` of ``total`` student × coverage cells so far."""
+    return {
         "config": asdict(cfg),
         "world": {"preset": cfg.preset, "species": world.config.n_species, "root": world.root.name},
         "selection": chosen,
-        "results": table,
+        "results": {kind: by_coverage for kind, by_coverage in table.items() if by_coverage},
         "comparisons": comparisons(table),
+        "cells": {"done": done, "total": total},
         "minutes": round((time.time() - started) / 60, 1),
     }
-    write_report(data, Path(cfg.out))
-    return data
 
 
 def comparisons(table: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ def cell(values: list[float] | None) -> str:
 
 
 def metric_table(by_coverage: dict[str, Any], metric: str) -> list[str]:
-    coverages = list(by_coverage)
+    coverages = sorted(by_coverage, key=float)
     methods = list(next(iter(by_coverage.values())))
     lines = ["| method | " + " | ".join(f"coverage {c}" for c in coverages) + " |",
              "|---|" + "---|" * len(coverages)]  # fmt: skip
@@ -66,6 +66,14 @@ def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def partial_note(data: dict[str, Any]) -> list[str]:
+    cells = data.get("cells", {})
+    if cells.get("done") == cells.get("total"):
+        return []
+    return [f"**Partial**: {cells['done']} of {cells['total']} student × coverage cells had finished when "
+            "this was written; rerun the same command to continue (finished runs are reused).", ""]  # fmt: skip
+
+
 def markdown(data: dict[str, Any], plot_name: str) -> str:
     cfg = data["config"]
     lines = [
@@ -78,6 +86,7 @@ def markdown(data: dict[str, Any], plot_name: str) -> str:
         f"({cfg['resamples']} resamples of the seeds and of the queries within species; soundscape "
         "segments within their recording).",
         "",
+        *partial_note(data),
         f"![mAP against caption coverage]({plot_name})",
         "",
         "## Selection on validation only",
@@ -118,7 +127,7 @@ def plot(data: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4.5), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, kind in zip(axes[0], students, strict=True):
-        by_coverage = data["results"][kind]
+        by_coverage = {c: data["results"][kind][c] for c in sorted(data["results"][kind], key=float)}
         coverages = [float(c) for c in by_coverage]
         for i, method in enumerate(m for m in PLOTTED if m in next(iter(by_coverage.values()))):
             mean, low, high = zip(*(by_coverage[c][method]["mAP"] for c in by_coverage), strict=True)

@@ -171,10 +171,9 @@ def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s:
     facts = engine.embedder.facts
     settings = {
         "mode": facts.mode,
-        # The spec as given (absolute when it is a folder): ids in answers may leave paths out.
+        # The spec as given, and its folder when it is one: ids in answers may leave paths out.
         "model": config.checkpoint if facts.mode == "distilled" else config.student,
-        "model_path": str(Path(config.checkpoint or config.student).expanduser().resolve())
-        if Path(config.checkpoint or config.student).expanduser().exists() else "",
+        "model_path": local_path(config.checkpoint if facts.mode == "distilled" else config.student),
         "model_details": facts.details,
         "index": engine.served.name,
         "window_s": window_s,
@@ -187,6 +186,12 @@ def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s:
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return digest, settings
+
+
+def local_path(spec: str) -> str:
+    """The absolute path of a model spec that names a local file or folder, else ""."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec and path.exists() else ""
 
 
 def detect(
@@ -313,9 +318,12 @@ def resolve_window(config: AnalyzeConfig, model_window_s: float) -> tuple[float,
     window_s = config.window_s or model_window_s
     if not 1.0 <= window_s <= model_window_s:
         raise ConfigError(f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s")
+    from birdsearch.service.settings import Settings
+
     hop_s = config.hop_s or window_s
-    if hop_s <= 0:
-        raise ConfigError(f"hop_s={hop_s:g} must be positive")
+    min_hop_s = Settings.model_fields["min_hop_s"].default  # the service's floor, for the same reason
+    if hop_s < min_hop_s:
+        raise ConfigError(f"hop_s={hop_s:g} is below the minimum of {min_hop_s:g} s: each window costs a forward pass")
     return window_s, hop_s
 
 

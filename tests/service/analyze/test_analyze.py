@@ -275,3 +275,19 @@ def test_analyze_imports_neither_the_toy_world_nor_the_cli():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
             for name in names:
                 assert not name.startswith("birdsearch.toy") and name != "birdsearch.cli", (source.name, name)
+
+
+def test_windows_and_hops_are_bounded(tmp_path):
+    from birdsearch.service.analyze.pipeline import resolve_window
+
+    def config(**values) -> AnalyzeConfig:
+        return AnalyzeConfig(inputs=["x"], out=tmp_path, index_root=tmp_path, **values)
+
+    assert resolve_window(config(), 10.0) == (10.0, 10.0)
+    assert resolve_window(config(window_s=5.0, hop_s=2.5), 10.0) == (5.0, 2.5)
+    with pytest.raises(ConfigError, match="between 1 and the model's window of 10 s"):
+        resolve_window(config(window_s=12.0), 10.0)
+    with pytest.raises(ConfigError, match="below the minimum of 1 s"):
+        resolve_window(config(hop_s=0.1), 10.0)
+    with pytest.raises(ConfigError, match="species_k=0"):
+        config(species_k=0)

@@ -78,11 +78,11 @@ class Birdsearch:
         from birdsearch.service.schemas import QueryForm
 
         if isinstance(recording, str | Path):
-            with open(recording, "rb") as file:
-                return self.query(file, **{"filename": Path(recording).name, **form})
-        file = io.BytesIO(recording) if isinstance(recording, bytes) else recording
+            with open(recording, "rb") as opened:
+                return self.query(opened, **{"filename": Path(recording).name, **form})
+        upload: BinaryIO = io.BytesIO(recording) if isinstance(recording, bytes) else recording
         name = form.pop("filename", "recording")
-        return self._call(self.runtime.query(file, QueryForm(audio=UploadFile(file, filename=name), **form)))
+        return self._call(self.runtime.query(upload, QueryForm(audio=UploadFile(upload, filename=name), **form)))
 
     def analyze(self, inputs: str | Path | Sequence[str | Path], **options: Any) -> Iterator[RecordingResult]:
         """Each recording's detections, as ``birdsearch analyze`` finds them; no files are written.

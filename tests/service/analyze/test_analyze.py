@@ -220,17 +220,26 @@ def test_a_misspelt_species_list_stops_before_loading_models(engine_config, engi
         load_engine(engine_config(tmp_path / "out", ["x"], species_list=species_list))
 
 
-def test_detections_match_the_query_services_timeline(first_run, engine, helpers, api, toy_index, field_card):
+@pytest.mark.parametrize("mode", ["distilled", "cascade"])
+def test_detections_match_the_query_services_timeline(
+    mode, first_run, engine_config, helpers, api, toy_index, field_card, tiny_models, tmp_path
+):
     """The same recording gives the same window scores through ``analyze`` and ``POST /query``."""
-    config, _ = first_run
     recording = next((field_card / "night").glob("soundscape_*.flac"))  # several windows
-    rows = [json.loads(line) for line in
-            (config.out / f"site1/night/{recording.name}.birdsearch.jsonl").read_text().splitlines()]  # fmt: skip
+    if mode == "distilled":
+        out = first_run[0].out
+    else:
+        out = tmp_path / "cascade"
+        config = engine_config(out, [recording], checkpoint="", student=str(tiny_models["student"]), mode=mode)
+        assert analyze(config).analysed == 1
+    rows = [json.loads(line) for line in (out / (
+        f"site1/night/{recording.name}.birdsearch.jsonl" if mode == "distilled" else f"{recording.name}.birdsearch.jsonl"
+    )).read_text().splitlines()]  # fmt: skip
 
     async def ask():
         async with api(index_root=toy_index) as (_, client):
             response = await client.post("/query", files={"audio": (recording.name, recording.read_bytes())},
-                                         data={"mode": "distilled", "species_k": "2"})  # fmt: skip
+                                         data={"mode": mode, "species_k": "2"})  # fmt: skip
             assert response.status_code == 200, response.text
             return response.json()
 

@@ -108,6 +108,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "recordings": summary.recordings, "audio_s": audio_s, "windows": windows, "batch": best,
         "model_path_by_batch": per_batch, "model_path_h_per_s": model_rate, "analyze_h_per_s": analyze_rate,
         "ratio": analyze_rate / model_rate, "rounds": args.rounds, "workers": args.workers,
+        "analyze_stage_s": summary.stage_s, "analyze_wall_s": summary.wall_s,
     }  # fmt: skip
 
 
@@ -124,6 +125,10 @@ def table(r: dict[str, Any]) -> str:
         f"| `analyze` in-process (decode, resample, window, model, search, write 4 formats) | {r['batch']} "
         f"| {r['analyze_h_per_s']:.4f} | {r['analyze_h_per_s'] * 3600:.0f}× |",
         f"| analyze / model path | | **{r['ratio']:.2f}×** | |",
+        "",
+        f"analyze's last round, {r['analyze_wall_s']:.1f} s: "
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in r["analyze_stage_s"].items())
+        + " (decode summed over the reader threads; waiting: the model's thread waiting for them)",
     ])  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -100,6 +101,7 @@ class Summary:
     audio_s: float = 0.0  # seconds of audio analysed in this run
     wall_s: float = 0.0
     settings_hash: str = ""
+    stage_s: dict[str, float] = field(default_factory=dict)  # decode, waiting, model, search, write
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (file, code, reason)
 
     @property
@@ -365,12 +367,15 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
 
     analyser = Analyser(engine, config)
     bar = progress_bar(len(todo), config.progress)
+    write_s = 0.0
     for recording, outcome in analyser.run(todo):
         if isinstance(outcome, BaseException):
             summary.failures.append(failure_row(recording, outcome))
             summary.failed += 1
         else:
+            written = time.perf_counter()
             outputs.write(recording, outcome)
+            write_s += time.perf_counter() - written
             results[recording.name] = outcome
             summary.analysed += 1
             summary.detections += len(outcome.detections)
@@ -381,6 +386,7 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     outputs.write_combined([results[r.name] for r in recordings if r.name in results])
     outputs.write_failures(summary.failures)
     summary.wall_s = time.perf_counter() - started
+    summary.stage_s = {**{k: round(v, 3) for k, v in analyser.seconds.items()}, "write": round(write_s, 3)}
     write_run_file(config, outputs, settings, summary, analyser.batch_size, analyser.workers, analyser.batches.calls)
     log.info("analysed %d recordings (%.2f h of audio, %.3f h/s), %d skipped, %d failed, %d detections; "
              "outputs in %s", summary.analysed, summary.audio_s / 3600, summary.audio_hours_per_s,
@@ -400,31 +406,51 @@ class Analyser:
         self.limits = audio.AudioLimits(max_duration_s=config.max_duration_s)
         self.batch_size = config.batch_size or default_batch(config.device)
         self.workers = config.workers or usable_cores()
-        self.batches = SharedBatches(engine.embedder, self.batch_size, engine.front_end.window_samples)
+        self.batches = SharedBatches(self.embed, self.batch_size, engine.front_end.window_samples)
+        # Seconds per stage; "decode" is summed over the reader threads, "waiting" is the model's
+        # thread waiting for them (decoding is the bottleneck when it grows).
+        self.seconds = {"decode": 0.0, "waiting": 0.0, "model": 0.0, "search": 0.0}
+        self.lock = threading.Lock()
 
     def read(self, recording: Recording) -> Decoded:
         fe = self.engine.front_end
-        return read_windows(recording, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples, self.limits)
+        started = time.perf_counter()
+        try:
+            return read_windows(recording, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples, self.limits)
+        finally:
+            with self.lock:  # several reader threads add here
+                self.seconds["decode"] += time.perf_counter() - started
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = self.engine.embedder(windows)
+        self.seconds["model"] += time.perf_counter() - started
+        return vectors
 
     def run(self, todo: Sequence[Recording]) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:
         """Each recording with its result or its error, as they are done (windows share forward passes,
         so a short recording may finish before a long one read earlier)."""
         decoded: dict[str, Decoded] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-read") as pool:
+            waited = time.perf_counter()
             for recording, outcome in read_ahead(pool, self.read, todo, ahead=self.workers + 1):
+                self.seconds["waiting"] += time.perf_counter() - waited
                 if isinstance(outcome, BaseException):
                     yield recording, outcome
                     continue
                 decoded[recording.name] = outcome
                 for name, model_out in self.batches.add(recording.name, outcome.parts):
                     yield self.finish(decoded.pop(name), model_out)
+                waited = time.perf_counter()
             for name, model_out in self.batches.flush():
                 yield self.finish(decoded.pop(name), model_out)
 
     def finish(self, item: Decoded, model_out: np.ndarray) -> tuple[Recording, RecordingResult]:
         engine, config, fe = self.engine, self.config, self.engine.front_end
+        started = time.perf_counter()
         detections = detect(engine, engine.vectors(model_out), item.starts_s, self.window_s, item.duration_s,
                             config.min_conf, config.species_k, config.candidates_per_window)  # fmt: skip
+        self.seconds["search"] += time.perf_counter() - started
         result = RecordingResult(str(item.recording.path), round(item.duration_s, 3), item.source_rate,
                                  detections, float(fe.f_min), float(fe.f_max))  # fmt: skip
         return item.recording, result
@@ -489,6 +515,7 @@ def write_run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summ
             "recordings": summary.recordings, "analysed": summary.analysed, "skipped": summary.skipped,
             "failed": summary.failed, "detections": summary.detections, "audio_s": round(summary.audio_s, 3),
             "wall_s": round(summary.wall_s, 3), "audio_hours_per_s": round(summary.audio_hours_per_s, 6),
+            "stage_s": summary.stage_s,
         },
     }  # fmt: skip
     formats.write_atomic(outputs.out / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")

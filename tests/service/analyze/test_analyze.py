@@ -145,6 +145,9 @@ def test_every_format_is_written_per_recording_and_combined(first_run, field_car
     assert len(files) == summary.analysed and all(Path(f).is_file() for f in files)
     run = json.loads((out / "run.json").read_text())
     assert run["summary"]["analysed"] == summary.analysed and run["settings_hash"] == summary.settings_hash
+    stages = run["summary"]["stage_s"]
+    assert set(stages) == {"decode", "waiting", "model", "search", "write"} and stages["model"] > 0
+    assert stages["model"] + stages["search"] + stages["write"] < summary.wall_s
     # Windows of all files share forward passes: only the run's last batch (of 4) may be short.
     jsonl = [json.loads(line) for line in (out / "combined.birdsearch.jsonl").read_text().splitlines()]
     windows = len({(r["file"], r["start_s"]) for r in jsonl})  # every window has a detection at min_conf -1

@@ -72,7 +72,8 @@ def find_recordings(inputs: Sequence[str]) -> tuple[list[Recording], list[tuple[
             problems.append((item, "no such file or folder, and no file matches it as a pattern"))
             continue
         if not found:
-            problems.append((item, f"holds no audio file (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})"))
+            what = "matches no audio file" if glob.has_magic(item) and not Path(item).is_dir() else "holds no audio file"
+            problems.append((item, f"{what} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})"))
             continue
         for path, name in found:
             absolute = path.resolve()

@@ -20,16 +20,17 @@ Rows, each run by the bench script that owns the measurement (imported, not copi
 Each row runs in its own process (its own CUDA context and compile caches) under its own time limit
 and the run's overall budget; a row that fails or overruns is recorded with its error and costs only
 itself. Results go to ``gpu.json`` (written after every row, so a killed run keeps what it measured),
-``gpu.md`` (the rows for BENCHMARKS.md) and ``gpu.log`` (every row's stderr) in ``--out``.
+``gpu.md`` (the rows for BENCHMARKS.md) and ``gpu.log`` (every row's output) in ``--out``.
 
     bench/gpu.sh                         # the GPU run (installs carried wheels first; see gpu.sh)
     python bench/gpu.py --out /tmp/gpu   # the same, in an environment that has the packages
     python bench/gpu.py --smoke          # every row on the CPU, tiny sizes and stand-ins: seconds
     python bench/gpu.py --rows search,distill
 
-``--smoke`` checks that every row runs and yields numbers; its figures mean nothing. It runs the
-compiled rows with ``TORCH_COMPILE_DISABLE=1`` (the compiled code path, executed eagerly): compiling
-on two CPU cores takes minutes.
+``--smoke`` checks that every row runs and yields numbers; its figures mean nothing. It runs the rows
+one after another in one process (one set of imports), each in ``try``/``except`` so that a failing
+row is recorded and the others still run, and the compiled rows with ``TORCH_COMPILE_DISABLE=1``
+(their code path, executed eagerly): compiling on two CPU cores takes minutes.
 """
 
 from __future__ import annotations
@@ -122,7 +123,6 @@ ROWS: dict[str, Row] = {
     "query-compiled": Row("query model path, torch.compile", 180, "≥ 5,000 clips/s at batch 256"),
     "distill-compiled": Row("distillation step, torch.compile", 180, "≥ 2,000 clips/s"),
 }
-SMOKE_LIMIT_S = 180  # per row: generous, since the 2-core machines that run the tests are shared
 
 
 # -- what the rows share -------------------------------------------------------------------------
@@ -135,7 +135,6 @@ class Context:
     sizes: Sizes
     device: str  # 'cuda' or 'cpu'
     workdir: Path  # shared by the run's rows: photos, teacher and world are made once
-    smoke: bool
 
 
 def figure(setting: str, value: float, unit: str, **details: Any) -> dict[str, Any]:
@@ -145,23 +144,19 @@ def figure(setting: str, value: float, unit: str, **details: Any) -> dict[str, A
 def made_once(workdir: Path, name: str, make: Callable[[Path], Any]) -> Any:
     """``make(folder)``'s JSON-able result, made by the first row that needs it and reused after.
 
-    A row killed half-way leaves no marker, so the next row makes it again from scratch; rows run side
-    by side (``--jobs``) wait for each other on a lock.
+    A row killed half-way leaves no marker, so the next row makes it again from scratch.
     """
-    import fcntl
     import shutil
 
     folder = workdir / name
     marker = workdir / f"{name}.json"
-    with open(workdir / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed row's process ends
-        if marker.is_file():
-            return json.loads(marker.read_text())
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        result = make(folder)
-        marker.write_text(json.dumps(result))
-        return result
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    result = make(folder)
+    marker.write_text(json.dumps(result))
+    return result
 
 
 def sync(device: str) -> None:
@@ -408,31 +403,30 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 
 
-def run_one_row(name: str, ctx: Context, result: Path) -> None:
-    """A row's process: run it, write its figures (or let the exception end the process)."""
-    sys.path.insert(0, str(BENCH))  # the bench scripts whose code the rows call
+def row_result(name: str, ctx: Context) -> dict[str, Any]:
+    """Run one row here: its figures, the time it took, the machine."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # the bench scripts whose code the rows call
     started = time.perf_counter()
     out = RUNNERS[name](ctx)
     out["seconds_in_row"] = time.perf_counter() - started
     out["machine"] = machine(ctx.device)
-    result.write_text(json.dumps(out, indent=1))
+    return out
 
 
 # -- the run ---------------------------------------------------------------------------------------
 
 
 def run_row_process(
-    name: str, args: argparse.Namespace, workdir: Path, limit: float, log: Any, log_lock: Any
+    name: str, args: argparse.Namespace, workdir: Path, limit: float, log: Any
 ) -> dict[str, Any]:
-    """Run one row in its own process group, killed whole (servers, workers) past ``limit`` seconds."""
+    """The GPU run's way: one row in its own process group (its own CUDA context), killed whole
+    (servers, workers) past ``limit`` seconds."""
     result = workdir / f"{name}.result.json"
     result.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--row", name, "--workdir", str(workdir),
                "--result", str(result), "--device", args.device] + (["--smoke"] if args.smoke else [])  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    env.setdefault("BIRDSEARCH_CACHE", str(workdir / "cache"))
-    if args.smoke and name.endswith("-compiled"):
-        env["TORCH_COMPILE_DISABLE"] = "1"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     with tempfile.TemporaryFile("w+") as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -449,9 +443,7 @@ def run_row_process(
         seconds = time.perf_counter() - started
         stderr.seek(0)
         output = stderr.read()
-    with log_lock:
-        log.write(f"===== {name} ({seconds:.0f} s, exit {code}) =====\n{output}\n")
-        log.flush()
+    log.write(f"===== {name} ({seconds:.0f} s, exit {code}) =====\n{output}\n")
     if code is None:
         return {"status": "timeout", "seconds": seconds, "error": f"over its {limit:.0f} s limit",
                 "log_tail": output[-LOG_TAIL:]}  # fmt: skip
@@ -461,15 +453,26 @@ def run_row_process(
     return {"status": "ok", "seconds": seconds, **json.loads(result.read_text())}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every row asked for, in order (``args.jobs`` at a time), within ``args.budget`` seconds; the JSON
-    rewritten after each."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Lock
+def run_row_inline(name: str, args: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
+    """The smoke run's way: the row in this process (one set of imports for all), its exception recorded."""
+    import traceback
 
+    started = time.perf_counter()
+    try:
+        out = row_result(name, Context(SMOKE, args.device, workdir))
+    except Exception as e:  # any failure is the row's result; the other rows still run
+        trace = traceback.format_exc()
+        log.write(f"===== {name} (failed) =====\n{trace}\n")
+        return {"status": "failed", "seconds": time.perf_counter() - started,
+                "error": f"{type(e).__name__}: {e}", "log_tail": trace[-LOG_TAIL:]}  # fmt: skip
+    log.write(f"===== {name} ({time.perf_counter() - started:.0f} s, ok) =====\n")
+    return {"status": "ok", "seconds": time.perf_counter() - started, **out}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every row asked for, in order, within ``args.budget`` seconds; the JSON rewritten after each."""
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    done = Lock()
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "smoke": args.smoke,
@@ -480,33 +483,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": {},
     }
     with tempfile.TemporaryDirectory(prefix="birdsearch-gpu-") as tmp, open(args.out / "gpu.log", "w") as log:
-
-        def one(name: str) -> None:
-            left = args.budget - (time.perf_counter() - started)
-            limit = min(SMOKE_LIMIT_S if args.smoke else ROWS[name].limit_s, left)
+        workdir = Path(tmp)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ.setdefault("BIRDSEARCH_CACHE", str(workdir / "cache"))
+        if args.smoke:  # compiling on a CPU takes minutes: the compiled rows' code runs eagerly
+            os.environ["TORCH_COMPILE_DISABLE"] = "1"
+        for name in args.rows:
+            limit = min(ROWS[name].limit_s, args.budget - (time.perf_counter() - started))
             if limit < 10:
                 result = {
                     "status": "skipped",
                     "seconds": 0.0,
                     "error": f"the run's {args.budget:.0f} s budget was spent",
                 }
+            elif args.smoke:
+                result = run_row_inline(name, args, workdir, log)
             else:
-                result = run_row_process(name, args, Path(tmp), limit, log, done)
-            with done:
-                finished = {**report["rows"], name: result}
-                report["rows"] = {
-                    row: finished[row] for row in args.rows if row in finished
-                }  # in the asked order
-                report["machine"] = report.get("machine") or result.get("machine")
-                report["wall_s"] = time.perf_counter() - started
-                (args.out / "gpu.json").write_text(json.dumps(report, indent=1))
-                print(
-                    f"{name}: {result['status']} in {result['seconds']:.0f} s {result.get('error') or ''}",
-                    file=sys.stderr,
-                )
-
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(one, args.rows))
+                result = run_row_process(name, args, workdir, limit, log)
+            log.flush()
+            report["rows"][name] = result
+            report["machine"] = report.get("machine") or result.get("machine")
+            report["wall_s"] = time.perf_counter() - started
+            (args.out / "gpu.json").write_text(json.dumps(report, indent=1))
+            print(
+                f"{name}: {result['status']} in {result['seconds']:.0f} s {result.get('error') or ''}",
+                file=sys.stderr,
+            )
     (args.out / "gpu.md").write_text(markdown(report))
     return report
 
@@ -557,9 +559,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds for all the rows (default: 450 on a GPU, so that the run with its installs "
                         "fits 8 minutes; 900 for --smoke)")  # fmt: skip
     parser.add_argument("--device", default=None, help="default: cuda (cpu for --smoke)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="rows run side by side: only for --smoke (default 2 there), since rows sharing "
-                        "a machine would time each other")  # fmt: skip
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a row's own process
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -569,9 +568,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.rows:
         parser.error(f"unknown rows {unknown or args.rows}: choose from {', '.join(ROWS)}")
     args.device = args.device or ("cpu" if args.smoke else "cuda")
-    args.jobs = args.jobs or (2 if args.smoke else 1)
-    if args.jobs < 1 or (args.jobs > 1 and not args.smoke):
-        parser.error(f"--jobs {args.jobs}: the GPU run times one row at a time; more only with --smoke")
     args.budget = args.budget if args.budget is not None else (900.0 if args.smoke else 450.0)
     if not math.isfinite(args.budget) or args.budget <= 0:
         parser.error(f"--budget must be a positive number of seconds, not {args.budget}")
@@ -581,8 +577,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.row:
-        ctx = Context(SMOKE if args.smoke else GPU, args.device, args.workdir, args.smoke)
-        run_one_row(args.row, ctx, args.result)
+        ctx = Context(SMOKE if args.smoke else GPU, args.device, args.workdir)
+        args.result.write_text(json.dumps(row_result(args.row, ctx), indent=1))
         return 0
     if args.device.startswith("cuda") and not args.smoke:
         import torch

@@ -55,14 +55,15 @@ def test_smoke_run_gives_every_row_with_numbers(tmp_path):
     assert "===== http" in (tmp_path / "gpu.log").read_text()
 
 
-def test_a_row_past_its_limit_is_killed_and_recorded(tmp_path):
-    import threading
-
+def test_a_row_process_writes_its_figures_and_one_past_its_limit_is_killed(tmp_path):
     args = gpu.parse_args(["--smoke", "--rows", "search"])
     with open(tmp_path / "log", "w") as log:
-        result = gpu.run_row_process("search", args, tmp_path, 0.5, log, threading.Lock())
-    assert result["status"] == "timeout" and "limit" in result["error"], result
-    assert result["seconds"] < 30
+        done = gpu.run_row_process("search", args, tmp_path, 120, log)
+        killed = gpu.run_row_process("search", args, tmp_path, 0.5, log)
+    assert done["status"] == "ok", done
+    assert len(done["figures"]) == len(gpu.SMOKE.search_sizes) * len(gpu.SMOKE.search_batches)
+    assert killed["status"] == "timeout" and "limit" in killed["error"], killed
+    assert killed["seconds"] < 30
 
 
 def test_failed_and_skipped_rows_are_reported_not_dropped():
@@ -97,7 +98,6 @@ def test_failed_and_skipped_rows_are_reported_not_dropped():
     ("argv", "message"),
     [
         (["--rows", "search,nope"], "unknown rows"),
-        (["--jobs", "2"], "one row at a time"),
         (["--smoke", "--budget", "0"], "positive number"),
     ],
 )

@@ -365,6 +365,8 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
     parser.add_argument("--objectives", default="batch,class", help="selection grid: objectives")
     parser.add_argument("--epochs", default="8,15", help="selection grid: epochs")
     parser.add_argument("--temperatures", default="0.07", help="selection grid: initial temperatures")
+    parser.add_argument("--selection-coverage", type=float, default=0.5,
+                        help="caption coverage of the student the settings are chosen with (default: %(default)s)")  # fmt: skip
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--work", help="where runs are kept (default: the cache)")
     parser.add_argument("--out", default="docs", help="folder for study.md, study.json, study.png")
@@ -382,12 +384,10 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         preset=args.preset, coverages=floats(args.coverages), seeds=ints(args.seeds),
         students=tuple(s.strip() for s in args.students.split(",") if s.strip()), ablation=not args.no_ablation,
         objectives=tuple(args.objectives.split(",")), epochs=ints(args.epochs), temperatures=floats(args.temperatures),
-        resamples=args.resamples, work=args.work, out=args.out, device=args.device,
+        selection_coverage=args.selection_coverage, resamples=args.resamples, work=args.work, out=args.out, device=args.device,
     )  # fmt: skip
     if args.smoke:
         cfg = replace(cfg, **SMOKE, selection_coverage=SMOKE["coverages"][0])
-    elif cfg.selection_coverage not in cfg.coverages:
-        cfg = replace(cfg, selection_coverage=cfg.coverages[len(cfg.coverages) // 2])
     return cfg
 
 

@@ -485,7 +485,8 @@ def read_ahead(pool: ThreadPoolExecutor, read: Any, todo: Sequence[Recording], a
 def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, str]:
     code = getattr(error, "code", None) or type(error).__name__
     log.warning("%s", error)  # messages name the file
-    return str(recording.path), str(code), " ".join(str(error).split())
+    reason = " ".join(str(error).split()).removeprefix(f"{recording.path}: ")  # the file has its own column
+    return str(recording.path), str(code), reason
 
 
 def progress_bar(total: int, enabled: bool) -> Any:
@@ -497,7 +498,7 @@ def progress_bar(total: int, enabled: bool) -> Any:
 def advance(bar: Any, summary: Summary, started: float) -> None:
     elapsed = time.perf_counter() - started
     rate = summary.audio_s / 3600 / elapsed if elapsed > 0 else 0.0
-    bar.set_postfix_str(f"{rate:.3f} h audio/s, {summary.failed} failed", refresh=False)
+    bar.set_postfix_str(f"{rate:.3g} h audio/s, {summary.failed} failed", refresh=False)
     bar.update(1)
 
 

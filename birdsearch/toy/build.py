@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,7 +21,10 @@ from tqdm.auto import tqdm
 from birdsearch.toy.calls import SAMPLE_RATE, NoiseBank, recording, soundscape
 from birdsearch.toy.images import draw_photo
 from birdsearch.toy.taxonomy import ToySpecies, write_taxa_csv
-from birdsearch.toy.world import ToyWorld
+
+# Annotations only: the world imports the builders, so a runtime import would close a circle.
+if TYPE_CHECKING:
+    from birdsearch.toy.world import ToyWorld
 
 log = logging.getLogger(__name__)
 

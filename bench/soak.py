@@ -5,8 +5,9 @@ distilled encoder of the toy architecture (random weights: the answers' quality 
 over an index the indexer builds from drawn photos (``bench/service_latency.py``'s world). Clients
 send a deterministic mix:
 
-- **real**: every recording in ``tests/data/audio`` and the shared real fixtures (16 to 48 kHz;
-  FLAC, Vorbis, Opus, WAV, MP3; mono and stereo; 0.14 s to 120 s; some of them empty or silent);
+- **real**: every recording in ``tests/data/audio`` and, where present, ``../shared/fixtures/real``
+  (16 to 48 kHz; FLAC, Vorbis, Opus, WAV, MP3; mono and stereo; 0.14 s to 120 s; some of them empty
+  or silent);
 - **hostile**: an empty file, a truncated FLAC, a photo and a text file sent as audio, a 64 KB HTTP
   header, random bytes, digital silence, a 10 ms recording, a WAV longer than the duration limit, a
   body over the upload limit, no file at all, and bad parameters (k, window, hop, mode).
@@ -86,14 +87,14 @@ def hostile_uploads(max_duration_s: float, max_upload_bytes: int) -> list[Upload
     """One of each hostile kind (bad parameters: one per entry of BAD_PARAMS)."""
     rng = np.random.default_rng(0)
     flac = (ROOT / "tests" / "data" / "audio" / "perch_21100_36_48_16k_10s.flac").read_bytes()
-    photo = next(iter(sorted((ROOT.parent / "shared" / "fixtures" / "real" / "images").glob("*.jpg"))), None)
+    photo = ROOT / "tests" / "data" / "images" / "phoebe_Junco_hyemalis.jpg"
     tone = (0.2 * np.sin(2 * np.pi * 2000 * np.arange(16_000) / 16_000)).astype(np.float32)
     long_rate = 4000  # the longest recording that is cheap to send: 8-bit mono at 4 kHz
     too_long = (128 + 20 * rng.standard_normal(int((max_duration_s + 5) * long_rate))).clip(0, 255)
     uploads = [
         Upload("empty", b"", "empty.wav"),
         Upload("truncated", flac[: len(flac) // 3], "cut.flac"),
-        Upload("wrong_type", photo.read_bytes() if photo else b"\xff\xd8\xff\xe0" + bytes(4000), "photo.jpg"),
+        Upload("wrong_type", photo.read_bytes(), "photo.jpg"),
         Upload("wrong_type", b"Sound of a Dark-eyed Junco\n" * 200, "notes.txt"),
         Upload("huge_header", wav_bytes(tone, 16_000), "tone.wav", headers={"X-Filler": "a" * 65_536}),
         Upload("random_bytes", rng.bytes(50_000), "noise.mp3"),

@@ -114,3 +114,26 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     formats.write_atomic(target, "two\n")
     assert target.read_text() == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
+
+
+def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_path, results):
+    import os
+
+    from birdsearch.service.analyze.inputs import Recording
+    from birdsearch.service.analyze.pipeline import Outputs
+
+    source = tmp_path / "dawn.flac"
+    source.write_bytes(b"audio")
+    recording = Recording(source, "site1/dawn.flac")
+    outputs = Outputs(tmp_path / "out", ["csv", "raven"], "hash1")
+    assert outputs.done(recording) is None
+    outputs.write(recording, results[0])
+    assert outputs.done(recording) == results[0]
+    assert Outputs(tmp_path / "out", ["csv", "raven"], "hash2").done(recording) is None  # other settings
+    assert Outputs(tmp_path / "out", ["csv", "jsonl"], "hash1").done(recording) is None  # a format not written
+    (tmp_path / "out" / "site1" / "dawn.flac.birdsearch.csv").unlink()
+    assert outputs.done(recording) is None  # a deleted output
+    outputs.write(recording, results[0])
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert outputs.done(recording) is None  # the recording changed since

@@ -24,26 +24,42 @@ def pct(value: Any) -> str:
     return f"{100 * value:.1f}"
 
 
+def interval(bounds: Any) -> str:
+    """A (low, high) bootstrap interval in %, or a dash."""
+    if not bounds or any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
+        return "–"
+    return f"[{pct(bounds[0])}, {pct(bounds[1])}]"
+
+
 def query_table(section: dict[str, Any]) -> list[str]:
     has_gallery = section.get("gallery") is not None
     head = ["method", *(RETRIEVAL_COLUMNS if has_gallery else ()), "cls top-1", "cls cmAP"]
+    head += ["mAP 95 % interval"] if has_gallery else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in section["methods"].items():
         cells = [f"`{name}`"]
         if has_gallery:
             cells += [pct(entry["retrieval"][c]) for c in RETRIEVAL_COLUMNS]
         cells += [pct(entry["classification"]["top1"]), pct(entry["classification"]["cmAP"])]
+        if has_gallery:
+            cells.append(interval(entry.get("interval_95", {}).get("mAP")))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def soundscape_table(section: dict[str, Any]) -> list[str]:
-    head = ["method", *SOUNDSCAPE_COLUMNS]
+    head = ["method", *SOUNDSCAPE_COLUMNS, "cmAP 95 % interval"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in section["methods"].items():
         lines.append(
             "| "
-            + " | ".join([f"`{name}`", *(pct(entry["soundscape"][c]) for c in SOUNDSCAPE_COLUMNS)])
+            + " | ".join(
+                [
+                    f"`{name}`",
+                    *(pct(entry["soundscape"][c]) for c in SOUNDSCAPE_COLUMNS),
+                    interval(entry["soundscape"].get("cmAP_interval_95")),
+                ]
+            )  # fmt: skip
             + " |"
         )
     return lines

@@ -64,7 +64,9 @@ class EvaluateConfig:
     segment_s: float = 5.0  # soundscape segment length
     vote_k: int = 10  # images voting for the species
     snap: bool = True  # also evaluate each distilled encoder snapped onto the species' text (NAME+snap-*)
-    train_manifest: str | None = None  # the controls' labelled clips (default: a registered data set's distillation manifest)
+    train_manifest: str | None = (
+        None  # the controls' labelled clips (default: a registered data set's distillation manifest)
+    )
     control_objective: str = "batch"  # the distillation objective the linear-head control trains with
     per_item: bool = False  # keep per-query AP/nDCG and soundscape scores (for intervals over several runs)
     seed: int = 0  # the random baseline, learned maps and the --max-queries sample
@@ -235,6 +237,15 @@ def evaluate_queries(
             ret = metrics.retrieval_metrics(scores, labels, gallery_labels, vote_k=cfg.vote_k)
             per_query = ret.pop("per_query")
             entry["retrieval"] = ret
+            entry["interval_95"] = {
+                "mAP": metrics.bootstrap_interval(metrics.query_mean(per_query["AP"][None]), 1, labels)[1:],
+                "class mAP": metrics.bootstrap_interval(
+                    metrics.class_mean(per_query["AP"][None], labels), 1, labels
+                )[1:],
+                "nDCG@10": metrics.bootstrap_interval(
+                    metrics.query_mean(per_query["nDCG@10"][None]), 1, labels
+                )[1:],
+            }  # queries resampled within species (one run: the training seed's spread is not in it)
             entry["per_species"]["retrieval_AP"] = per_species_mean(
                 per_query["AP"], labels, len(queries.taxa)
             )
@@ -277,6 +288,9 @@ def evaluate_soundscapes(
     for method in methods:
         scores = embeddings[method.name].numpy() @ teacher_species.numpy().T
         out = metrics.multilabel_metrics(scores, soundscapes.labels)
+        recordings = np.unique([str(c.path) for c in soundscapes.segments], return_inverse=True)[1]
+        statistic = metrics.cmap_of(scores[None], soundscapes.labels)
+        out["cmAP_interval_95"] = metrics.bootstrap_interval(statistic, 1, recordings, resamples=200)[1:]
         per_class = out.pop("per_class_AP")
         out.pop("per_class_AUROC")
         results[method.name] = {"description": method.description, "soundscape": out,
@@ -290,7 +304,10 @@ def evaluate_soundscapes(
         "common_names": [t.common for t in soundscapes.taxa],
         "facts": soundscapes.facts,
         **(
-            {"labels": soundscapes.labels.tolist(), "recordings": [str(c.path.name) for c in soundscapes.segments]}
+            {
+                "labels": soundscapes.labels.tolist(),
+                "recordings": [str(c.path.name) for c in soundscapes.segments],
+            }
             if cfg.per_item
             else {}
         ),
@@ -396,7 +413,9 @@ def with_control_data(cfg: EvaluateConfig, defaults: dict[str, str]) -> Evaluate
     if cfg.train_manifest is None and "train_manifest" in defaults:
         return replace(cfg, train_manifest=defaults["train_manifest"], taxa=cfg.taxa or defaults.get("taxa"))
     if cfg.train_manifest is None and tuple(cfg.methods) == DEFAULT_METHODS:
-        log.warning("no --train-manifest: the supervised controls (%s) are left out", ", ".join(CONTROL_METHODS))
+        log.warning(
+            "no --train-manifest: the supervised controls (%s) are left out", ", ".join(CONTROL_METHODS)
+        )
         return replace(cfg, methods=tuple(m for m in cfg.methods if m not in CONTROL_METHODS))
     return cfg
 

@@ -77,6 +77,14 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="torch threads for the model on a CPU; 0: its share of the cores beside the workers (0)",
     )
+    run.add_argument(
+        "--taxa",
+        action="append",
+        type=Path,
+        default=[],
+        help="species table consulted before the bundled one: the eBird taxonomy CSV, the eBird/Clements "
+        "checklist CSV or the IOC master list CSV, as published (repeatable; the first listing a species wins)",
+    )
     run.add_argument("--keep", type=int, default=3, help="versions to keep, the published one included (3)")
     run.add_argument("--full", action="store_true", help="embed every photo again instead of reusing vectors")
     run.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
@@ -143,6 +151,7 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
         runner=args.runner,
         ray_address=args.ray_address,
         ray_actors=args.ray_actors,
+        taxa=tuple(args.taxa),
         index=IndexOptions(
             index_type=args.index_type,
             exact_max=args.exact_max,

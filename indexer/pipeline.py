@@ -73,6 +73,7 @@ class IndexConfig:
     ray_address: str | None = None  # Ray cluster to join ('auto', 'ray://...'); None starts a local one
     ray_actors: int = 1  # embedding actors (one GPU each where GPUs exist)
     index: IndexOptions = field(default_factory=IndexOptions)  # index type choice and tuning
+    taxa: tuple[Path, ...] = ()  # world checklists (eBird, Clements, IOC) read before the bundled table
     tune_audio: Path | None = None  # .npy of distilled audio embeddings, tuned on beside the species texts
     species_format: str = "taxon_com"  # species name format for the text embeddings
     species_templates: str = "openai"  # template set averaged for the text embeddings
@@ -366,7 +367,7 @@ def collect_rows(
 ) -> Collected:
     """One row per hashed item that has a vector (reused or new); failures for the others."""
     collected = Collected(failures=list(gallery.skipped))
-    resolver = TaxonomyResolver()
+    resolver = TaxonomyResolver(config.taxa)
     known = previous.rows_by_hash if previous else {}
     old_vectors = previous.version.vectors() if previous and known else None
     for h in hashed:

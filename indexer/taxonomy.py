@@ -1,10 +1,12 @@
 """Species labels to taxonomy: a gallery says "Turdus_migratorius" or "American Robin", the index
 stores the scientific name, common name, genus, family and order.
 
-Sources, in order: taxonomy the gallery's manifest gives; the bundled table of common birds
-(``data/birds.csv``, matched by scientific or common name, case-insensitively); the genus of a
-binomial found in that table (family and order); otherwise the label is kept as it is, with a
-warning, and the image is still indexed.
+Sources, in order: taxonomy the gallery's manifest gives; the species tables given with
+``--taxa`` (the world's checklists as published: eBird taxonomy, eBird/Clements, IOC master list;
+``birdsearch.model.world_lists``), then the bundled table of common birds (``data/birds.csv``),
+each matched by scientific or common name (or eBird species code), case-insensitively; the genus of
+a binomial found in those tables (family and order); otherwise the label is kept as it is, with one
+warning per label naming the fields it lacks, and the image is still indexed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
+from birdsearch.errors import ConfigError
 from birdsearch.indexer.store import SpeciesRecord
+from birdsearch.model.world_lists import read_world_list
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +41,50 @@ class TableRow:
     family: str
 
 
-@lru_cache(maxsize=1)
-def bird_table() -> tuple[dict[str, TableRow], dict[str, TableRow], dict[str, TableRow]]:
-    """The bundled table indexed three ways: by scientific name, by common name, by genus."""
-    text = resources.files("birdsearch.indexer.data").joinpath(BIRD_TABLE).read_text(encoding="utf-8")
-    by_scientific, by_common, by_genus = {}, {}, {}
-    for row in csv.DictReader(text.splitlines()):
-        entry = TableRow(row["scientific"], row["common"], row["order"], row["family"])
-        by_scientific[fold(entry.scientific)] = entry
-        by_common[fold(entry.common)] = entry
+Lookups = tuple[dict[str, TableRow], dict[str, TableRow], dict[str, TableRow]]
+
+
+def lookups(entries: Iterable[tuple[TableRow, str]]) -> Lookups:
+    """Rows indexed three ways: by scientific name (and key), by common name, by genus; first wins."""
+    by_scientific: dict[str, TableRow] = {}
+    by_common: dict[str, TableRow] = {}
+    by_genus: dict[str, TableRow] = {}
+    for entry, key in entries:
+        by_scientific.setdefault(fold(entry.scientific), entry)
+        if key:
+            by_scientific.setdefault(fold(key), entry)
+        if entry.common:
+            by_common.setdefault(fold(entry.common), entry)
         by_genus.setdefault(fold(entry.scientific.split()[0]), entry)
     return by_scientific, by_common, by_genus
+
+
+@lru_cache(maxsize=1)
+def bird_table() -> Lookups:
+    """The bundled table indexed three ways: by scientific name, by common name, by genus."""
+    text = resources.files("birdsearch.indexer.data").joinpath(BIRD_TABLE).read_text(encoding="utf-8")
+    rows = csv.DictReader(text.splitlines())
+    return lookups((TableRow(r["scientific"], r["common"], r["order"], r["family"]), "") for r in rows)
+
+
+def species_tables(paths: Iterable[str | Path]) -> Lookups:
+    """The given world checklists, then the bundled table, as one set of lookups (earlier wins)."""
+    entries: list[tuple[TableRow, str]] = []
+    for path in paths:
+        world = read_world_list(path)
+        if world is None:
+            raise ConfigError(
+                f"species table {path} is in none of the published layouts --taxa reads (the eBird taxonomy "
+                "CSV, the eBird/Clements checklist CSV, the IOC master list as CSV); give other taxonomy "
+                "as manifest columns: common_name, genus, family, order"
+            )
+        entries += [
+            (TableRow(t.scientific, t.common, t.order, t.family), key)
+            for t, key in zip(world.taxa, world.keys, strict=True)
+        ]
+    bundled = bird_table()
+    entries += [(row, "") for row in bundled[0].values()]
+    return lookups(entries)
 
 
 def fold(name: str) -> str:
@@ -73,7 +112,9 @@ def split_label(label: str) -> tuple[str, str]:
 class TaxonomyResolver:
     """Resolves gallery labels, remembering each label and warning once per unknown one."""
 
-    def __init__(self) -> None:
+    def __init__(self, tables: Iterable[str | Path] = ()) -> None:
+        self.tables = tuple(tables)
+        self.lookups = species_tables(self.tables) if self.tables else bird_table()
         self.cache: dict[tuple, SpeciesRecord] = {}
         self.unknown: set[str] = set()
 
@@ -86,7 +127,7 @@ class TaxonomyResolver:
         return self.cache[key]
 
     def _resolve(self, label: str, given: dict[str, str]) -> SpeciesRecord:
-        by_scientific, by_common, by_genus = bird_table()
+        by_scientific, by_common, by_genus = self.lookups
         name, label_common = split_label(given.get("taxonomy_species") or label)
         row = by_scientific.get(fold(name)) or by_common.get(fold(name))
         if row is None and label_common:
@@ -97,14 +138,7 @@ class TaxonomyResolver:
         resolved_by = (
             "manifest" if has_manifest_taxonomy else "table" if row else "genus" if genus_row else "unknown"
         )
-        if resolved_by == "unknown" and label not in self.unknown:
-            self.unknown.add(label)
-            log.warning(
-                "species %r is not in the bundled bird table; it is indexed without family and order "
-                "(give them in a manifest: columns family, order)",
-                label,
-            )
-        return SpeciesRecord(  # image_count stays 0: the pipeline counts images per species
+        record = SpeciesRecord(  # image_count stays 0: the pipeline counts images per species
             scientific=scientific,
             common=given.get("common_name") or (row.common if row else "") or label_common,
             kingdom=given.get("kingdom") or BIRD_LINEAGE[0],
@@ -115,6 +149,25 @@ class TaxonomyResolver:
             genus=given.get("genus") or (scientific.split()[0] if looks_binomial(scientific) else ""),
             resolved_by=resolved_by,
         )
+        if row is None:
+            self.warn_once(label, record)
+        return record
+
+    def warn_once(self, label: str, record: SpeciesRecord) -> None:
+        """One warning per label found in no species table, naming the fields it is indexed without."""
+        lacking = [name for name, value in
+                   (("common name", record.common), ("genus", record.genus), ("family", record.family),
+                    ("order", record.order)) if not value]  # fmt: skip
+        if not lacking or label in self.unknown:
+            return
+        self.unknown.add(label)
+        tables = ", ".join(str(t) for t in self.tables) + (", " if self.tables else "")
+        log.warning(
+            "species %r is in no species table (%sthe bundled bird table); it is indexed without its %s "
+            "(give them as manifest columns common_name, genus, family, order, or pass --taxa with the "
+            "eBird/Clements or IOC world list)",
+            label, tables, ", ".join(lacking),
+        )  # fmt: skip
 
 
 def parse_taxonomy_string(text: str) -> dict[str, str]:

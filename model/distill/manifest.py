@@ -10,7 +10,8 @@ A manifest is a CSV, TSV or Parquet table, one row per recording (or per segment
 
 A species table (``--taxa``) is a CSV with ``scientific_name`` and optionally ``common_name``,
 ``order``, ``family``, ``kingdom``, ``phylum``, ``class`` and ``key`` (any identifier the manifest
-uses, e.g. an eBird code or a numeric label). Without one, the manifest's own ``scientific_name``,
+uses, e.g. an eBird code or a numeric label), or a world checklist as published: the eBird taxonomy
+CSV, the eBird/Clements checklist CSV or the IOC master list as CSV (``birdsearch.model.world_lists``). Without one, the manifest's own ``scientific_name``,
 ``common_name``, ``order`` and ``family`` columns are used, or its species values must be binomials.
 
 Everything is checked before anything trains: missing columns, missing or unreadable files, unknown
@@ -33,6 +34,7 @@ import numpy as np
 
 from birdsearch.errors import ConfigError
 from birdsearch.model.names import Taxon
+from birdsearch.model.world_lists import read_world_list
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -184,7 +186,11 @@ class SpeciesTable:
 
 
 def load_species_table(path: str | Path) -> SpeciesTable:
-    """Read a species table (see the module docstring)."""
+    """Read a species table: the project's layout (see the module docstring), or a published world
+    checklist (eBird taxonomy, eBird/Clements, IOC master list; ``birdsearch.model.world_lists``)."""
+    world = read_world_list(path)
+    if world is not None:
+        return SpeciesTable(world.taxa, world.keys)
     return SpeciesTable.from_frame(read_table(path), str(path))
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from birdsearch import __version__
+from birdsearch.cpus import available_cpus
 from birdsearch.errors import BirdsearchError
 from birdsearch.toy import plugin as toy_plugin
 
@@ -55,7 +57,17 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("birdsearch").setLevel(level)
 
 
+def cap_torch_threads() -> None:
+    """Size torch's thread pool to the cores this process may use, unless the user chose a count.
+
+    torch counts the host's cores when it is first imported; in a container with a CPU quota that is
+    too many, and the surplus threads wait on throttled ones. The commands import torch after this runs.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    cap_torch_threads()
     toy_plugin.register()  # cheap: the world is built only when a toy spec or data set is used
     parser = build_parser()
     args = parser.parse_args(argv)

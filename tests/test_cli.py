@@ -70,3 +70,15 @@ def test_the_console_script_plugs_the_toy_world_in():
     env = {k: v for k, v in os.environ.items() if k != "BIRDSEARCH_PLUGINS"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "('toy', '')", result.stderr
+
+
+def test_torch_threads_follow_the_usable_cores_unless_the_user_chose(monkeypatch):
+    import birdsearch.cli as cli
+
+    monkeypatch.setattr(cli, "available_cpus", lambda: 3)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cli.cap_torch_threads()
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    cli.cap_torch_threads()
+    assert os.environ["OMP_NUM_THREADS"] == "7"

@@ -7,9 +7,13 @@ Imported by each subcommand's ``cli.py``; it imports only down (the default mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from typing import Any, TypeVar
 
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
+
+Config = TypeVar("Config")
 
 
 def add_model_args(parser: argparse.ArgumentParser, teacher: bool = True, student: bool = True) -> None:
@@ -30,3 +34,15 @@ def add_model_args(parser: argparse.ArgumentParser, teacher: bool = True, studen
     parser.add_argument(
         "--device", default=os.environ.get("BIRDSEARCH_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N"
     )
+
+
+def config_from_args(cls: type[Config], args: argparse.Namespace, **overrides: Any) -> Config:
+    """A dataclass config from the parsed arguments: each field takes the argument of the same name.
+
+    Fields with no argument of their name keep their default; ``overrides`` set the ones whose
+    argument is spelled differently (``--no-progress`` for ``progress``), so a new option needs no
+    second list of names to keep in step.
+    """
+    given = vars(args)
+    values = {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}  # type: ignore[arg-type]
+    return cls(**{**values, **overrides})

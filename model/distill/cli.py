@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from birdsearch.cli_args import add_model_args
+from birdsearch.cli_args import add_model_args, config_from_args
 from birdsearch.cpus import available_cpus
 
 
@@ -97,35 +97,13 @@ def run(args: argparse.Namespace) -> int:
     from birdsearch.model.distill.trainer import DistillConfig, distill
 
     data_set_shortcut(args)
-    config = DistillConfig(
-        manifest=args.manifest,
-        out=args.out,
-        teacher=args.teacher,
-        student=args.student,
-        taxa=args.taxa,
-        audio_root=args.audio_root,
-        target=args.target,
-        name_format=args.name_format,
-        templates=args.templates,
-        objective=args.objective,
-        head_init=args.head_init,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        accumulate=args.accumulate,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
+    config = config_from_args(
+        DistillConfig,
+        args,
         warmup_fraction=args.warmup,
         freeze_batchnorm=not args.no_freeze_batchnorm,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        device=args.device,
-        workers=args.workers,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
         check_audio=not args.no_check_audio,
-        compile=args.compile,
         progress=not args.no_progress,
-        stop_after=args.stop_after,
     )
     result = distill(config)
     summary = {

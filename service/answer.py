@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from birdsearch.errors import ConfigError
 from birdsearch.service import ranking
 from birdsearch.service.errors import BadParameterError
 from birdsearch.service.index_state import ServedIndex
@@ -76,10 +77,15 @@ def search_and_rank(
     form: QueryForm,
     allowed: np.ndarray | None,
     candidates_per_window: int,
+    species_rule: str = ranking.DEFAULT_SPECIES_RULE,
 ) -> tuple[list[SpeciesHit], list[ImageHit], list[TimelineWindow], Aggregation]:
-    """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts."""
+    """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts.
+
+    ``species_rule`` (the server's setting) pools a species' photos; the form's own rule wins.
+    """
+    rule = request_rule(form.species_rule or species_rule)
     scores, ids, candidates = search(served, vectors, form.k, allowed, candidates_per_window)
-    species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species))
+    species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule)
     top_rows = ranking.top_species(species_scores.recording, form.species_k)
     images = ranking.best_images(scores, ids, form.k)
     species_images = [
@@ -90,8 +96,19 @@ def search_and_rank(
         species_hits(served, species_scores, top_rows, species_images, records),
         image_hits(images, records),
         timeline(served, species_scores, plan, form.species_k),
-        Aggregation(**ranking.AGGREGATION, candidates_per_window=candidates),
+        Aggregation(
+            **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
+            candidates_per_window=candidates,
+        ),
     )
+
+
+def request_rule(text: str) -> ranking.SpeciesRule:
+    """A species rule, or a 422 that lists the rules."""
+    try:
+        return ranking.parse_rule(text)
+    except ConfigError as e:
+        raise BadParameterError(f"species_rule: {e}") from e
 
 
 def search(

@@ -169,7 +169,7 @@ class QueryPath:
                 vectors = await self.compute.run(served.cascade, vectors)
             ranked = await self.compute.run(
                 answer.search_and_rank, served, vectors, plan, request.form, request.allowed,
-                self.settings.candidates_per_window,
+                self.settings.candidates_per_window, self.settings.species_rule,
             )  # fmt: skip
         request.watch.lap("search")
         return ranked

@@ -46,6 +46,13 @@ class QueryForm(BaseModel):
     genus: str | None = Field(None, description="only images of this genus", examples=["Turdus"])
     family: str | None = Field(None, description="only images of this family", examples=["Turdidae"])
     order: str | None = Field(None, description="only images of this order", examples=["Passeriformes"])
+    species_rule: str | None = Field(
+        None,
+        description="how a species' photos among each window's candidates pool into its score: 'best' (the "
+        "best photo), 'mean-top:M', 'kth:Q' or 'lme:T' (log-mean-exp at temperature T); default: the server's "
+        "BIRDSEARCH_SPECIES_RULE. Pooling keeps species with many gallery photos from winning for that alone",
+        examples=["lme:0.1"],
+    )
     mode: QueryMode = Field(
         "auto",
         description="'distilled' (the distilled encoder), 'cascade' (zero-shot: the student classifies, the "

@@ -32,6 +32,7 @@ from birdsearch.cpus import available_cpus
 from birdsearch.errors import ConfigError
 from birdsearch.model.hub import DEFAULT_STUDENT
 from birdsearch.paths import cache_root
+from birdsearch.service.ranking import DEFAULT_SPECIES_RULE, parse_rule
 
 CONFIG_ENV = "BIRDSEARCH_CONFIG"
 Mode = Literal["distilled", "cascade"]
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1)  # most images one request may ask for
     max_species_k: int = Field(50, ge=1)  # most species one request may ask for
     candidates_per_window: int = Field(200, ge=1)  # images searched per window to rank species
+    # how a species' photos among a window's candidates pool into its score (service/ranking.py)
+    species_rule: str = DEFAULT_SPECIES_RULE
 
     # Micro-batching and concurrency
     max_batch: int = Field(
@@ -104,6 +107,15 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(config_file_source(settings_cls, Path(config_file)))
         return tuple(sources)
+
+    @field_validator("species_rule")
+    @classmethod
+    def check_species_rule(cls, value: str) -> str:
+        """'best', 'mean-top:M', 'kth:Q' or 'lme:T', refused at start with the list of rules."""
+        try:
+            return str(parse_rule(value))
+        except ConfigError as e:
+            raise ValueError(str(e)) from e
 
     @field_validator("cors_origins", mode="before")
     @classmethod

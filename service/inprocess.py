@@ -90,7 +90,7 @@ class Birdsearch:
         Args:
             inputs: files, folders (recursive) and glob patterns.
             options: fields of ``birdsearch.service.analyze.pipeline.AnalyzeConfig``: ``min_conf``,
-                ``species_k``, ``species_list``, ``skip_unknown_species``, ``window_s``, ``hop_s``,
+                ``species_k``, ``species_list``, ``skip_unknown_species``, ``species_rule``, ``window_s``, ``hop_s``,
                 ``batch_size``, ``workers``, ``max_duration_s``, ``mode``.
 
         Yields a ``RecordingResult`` (path, duration, detections) per recording, in the order they
@@ -106,6 +106,7 @@ class Birdsearch:
         )
 
         paths = [str(inputs)] if isinstance(inputs, str | Path) else [str(i) for i in inputs]
+        options = {"species_rule": self.settings.species_rule, **options}  # the server's rule unless given
         config = AnalyzeConfig(inputs=paths, out=Path("."), index_root=self.settings.index_root,
                                checkpoint=self.settings.checkpoint, student=self.settings.student,
                                device=self.settings.device, progress=False, **options)  # fmt: skip

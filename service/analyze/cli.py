@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
                         help="only these species: scientific names or BirdNET 'Scientific_Common' lines")  # fmt: skip
     parser.add_argument("--skip-unknown-species", action="store_true",
                         help="skip listed species the index lacks instead of stopping")  # fmt: skip
+    parser.add_argument("--species-rule", default=os.environ.get("BIRDSEARCH_SPECIES_RULE"),
+                        help="how a species' photos pool into its window score: best, mean-top:M, kth:Q or "
+                        "lme:T (default: BIRDSEARCH_SPECIES_RULE, else the service's default)")  # fmt: skip
     parser.add_argument("--window-s", type=float, help="window length, seconds (default: the model's)")
     parser.add_argument("--hop-s", type=float, help="hop between windows, seconds (default: the window)")
     parser.add_argument("--batch-size", type=int, default=0, help="windows per forward pass (0: 64 on a GPU, 8 on a CPU)")
@@ -70,6 +73,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         hop_s=args.hop_s,
         species_list=args.species_list,
         skip_unknown_species=args.skip_unknown_species,
+        **({"species_rule": args.species_rule} if args.species_rule else {}),
         batch_size=args.batch_size,
         workers=args.workers,
         max_duration_s=args.max_duration_s,

@@ -42,6 +42,7 @@ from birdsearch.service.analyze import formats
 from birdsearch.service.analyze.batches import SharedBatches
 from birdsearch.service.analyze.formats import Detection, RecordingResult
 from birdsearch.service.analyze.inputs import Recording, find_recordings
+from birdsearch.service.ranking import DEFAULT_SPECIES_RULE, parse_rule
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class AnalyzeConfig:
     species_list: Path | None = None  # only these species (scientific names or BirdNET lines)
     skip_unknown_species: bool = False  # skip listed species the index lacks instead of failing
     candidates_per_window: int = 200  # images searched per window to score species
+    species_rule: str = DEFAULT_SPECIES_RULE  # how a species' photos pool into its window score (the service's)
     batch_size: int = 0  # windows per forward pass; 0: 64 on a GPU, 8 on a CPU
     workers: int = 0  # decoding threads; 0: the cores this process may use
     max_duration_s: float = 3600.0  # longer recordings are listed as failures (decoded audio is in memory)
@@ -87,6 +89,7 @@ class AnalyzeConfig:
         if self.max_duration_s <= 0:
             raise ConfigError(f"max_duration_s={self.max_duration_s:g} must be positive")
         formats.parse_formats(",".join(self.formats))
+        parse_rule(self.species_rule)  # ConfigError listing the rules
 
 
 @dataclass
@@ -183,6 +186,7 @@ def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s:
         "min_conf": config.min_conf,
         "species_k": config.species_k,
         "candidates_per_window": config.candidates_per_window,
+        "species_rule": str(parse_rule(config.species_rule)),
         "species_list": engine.species_names,
         "max_duration_s": config.max_duration_s,
     }
@@ -198,35 +202,36 @@ def local_path(spec: str) -> str:
 
 def detect(
     engine: Engine, vectors: np.ndarray, starts_s: np.ndarray, window_s: float, duration_s: float,
-    min_conf: float, species_k: int, candidates_per_window: int,
+    config: AnalyzeConfig,
 ) -> list[Detection]:  # fmt: skip
-    """Search each window's vector and keep the species scoring at least ``min_conf`` in it.
+    """Search each window's vector and keep the species scoring at least ``config.min_conf`` in it.
 
-    The search and the scores are the query path's (``answer.search``, ``ranking.species_scores``):
-    a species' window score is its best photo among the window's candidates, and that photo is the
-    detection's photo.
+    The search and the scores are the query path's (``answer.search``, ``ranking.species_scores``
+    with the species rule): a species' window score pools its photos among the window's candidates.
+    The detection's photo is the species' best photo in that window, with its own score.
     """
     from birdsearch.service import answer, ranking
 
     served = engine.served
-    scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, candidates_per_window)
-    per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species)).per_window
-    found: list[tuple[int, int, float, int]] = []  # (window, species row, score, photo id)
+    scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, config.candidates_per_window)
+    per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species),
+                                        config.species_rule).per_window  # fmt: skip
+    found: list[tuple[int, int, float, int, float]] = []  # (window, species row, score, photo id, photo score)
     for w in range(len(starts_s)):
-        for row in ranking.top_species(per_window[w], species_k):
+        for row in ranking.top_species(per_window[w], config.species_k):
             score = float(per_window[w, row])
-            if score < min_conf:
+            if score < config.min_conf:
                 break  # best first
             photo = ranking.best_image_of_species(scores[w : w + 1], ids[w : w + 1], served.image_species, int(row))
-            found.append((w, int(row), score, photo))
+            found.append((w, int(row), score, photo, float(scores[w][ids[w] == photo].max())))
     photos = answer.image_records(served, [f[3] for f in found]) if found else {}
     detections = []
-    for w, row, score, photo_id in found:
+    for w, row, score, photo_id, photo_score in found:
         species, photo = served.species[row], photos[photo_id]
         start = float(starts_s[w])
         detections.append(Detection(
             round(start, 3), round(min(start + window_s, duration_s), 3), species.scientific, species.common,
-            round(score, 6), photo_id, round(score, 6), photo.license, photo.attribution, photo.content_hash,
+            round(score, 6), photo_id, round(photo_score, 6), photo.license, photo.attribution, photo.content_hash,
         ))  # fmt: skip
     return detections
 
@@ -448,8 +453,7 @@ class Analyser:
     def finish(self, item: Decoded, model_out: np.ndarray) -> tuple[Recording, RecordingResult]:
         engine, config, fe = self.engine, self.config, self.engine.front_end
         started = time.perf_counter()
-        detections = detect(engine, engine.vectors(model_out), item.starts_s, self.window_s, item.duration_s,
-                            config.min_conf, config.species_k, config.candidates_per_window)  # fmt: skip
+        detections = detect(engine, engine.vectors(model_out), item.starts_s, self.window_s, item.duration_s, config)
         self.seconds["search"] += time.perf_counter() - started
         result = RecordingResult(str(item.recording.path), round(item.duration_s, 3), item.source_rate,
                                  detections, float(fe.f_min), float(fe.f_max))  # fmt: skip

@@ -168,6 +168,8 @@ def test_the_combined_raven_table_reads_back_by_column_name(first_run, engine):
         assert row["Begin Path"] == record["file"]
         photo = engine.served.version.images([int(row["Photo Id"])])[0]
         assert photo.species == row["Species Code"]  # the photo shows the detected species
+        # Its own score: the species' pooled score never exceeds its best photo's.
+        assert float(row["Photo Score"]) >= float(row["Confidence"]) - 1e-4
         assert row["Photo Attribution"] == " ".join(photo.attribution.split())
     # The combined table lays the recordings end to end: begin times never go back.
     begins = [float(r["Begin Time (s)"]) for r in rows]

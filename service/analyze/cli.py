@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
                         help="comma-separated: csv, raven, audacity, jsonl (default: %(default)s)")  # fmt: skip
     parser.add_argument("--min-conf", type=float, default=0.1,
                         help="keep species whose window score is at least this (default: %(default)s; "
-                        "scores are raw cosine similarities until calibration lands)")  # fmt: skip
+                        "scores are cosine similarities until calibration lands)")  # fmt: skip
     parser.add_argument("--species-k", type=int, default=5, help="at most this many species a window (default: %(default)s)")
     parser.add_argument("--species-list", type=Path,
                         help="only these species: scientific names or BirdNET 'Scientific_Common' lines")  # fmt: skip

@@ -66,7 +66,7 @@ class AnalyzeConfig:
     mode: str = "auto"  # "distilled", "cascade" or "auto" (distilled when a checkpoint is given)
     device: str = "auto"
     formats: Sequence[str] = formats.FORMATS
-    min_conf: float = 0.1  # detections need a window species score at least this (raw cosine today)
+    min_conf: float = 0.1  # detections need a window species score at least this (pooled cosine today)
     species_k: int = 5  # at most this many species per window
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)

@@ -275,7 +275,10 @@ def row_http(ctx: Context) -> dict[str, Any]:
         f"from {s.http_client_procs} processes, {result['requests']} × 10 s Ogg clips"
     )
     if result["failed"]:
-        raise RuntimeError(f"{result['failed']} of {result['requests']} requests failed ({setting})")
+        raise RuntimeError(
+            f"{result['failed']} of {result['requests']} requests failed ({setting}; {result['qps']:.0f} q/s, "
+            f"p50 {result['p50_ms']:.0f} ms)"
+        )
     return {
         "figures": [
             figure(f"{setting}: throughput", result["qps"], "q/s"),

@@ -74,6 +74,7 @@ class StudyConfig:
     work: str | None = None  # runs and evaluations (default: the cache, per preset)
     out: str = "docs"  # study.md, study.json, study.png
     device: str = "cpu"
+    finished_only: bool = False  # report the cells already finished; train and evaluate nothing
 
     def validate(self) -> None:
         unknown = [s for s in self.students if s not in STUDENTS]
@@ -206,13 +207,18 @@ def select_setting(cfg: StudyConfig, world: Any, work: Path) -> dict[str, Any]:
     }
 
 
+def cell_dir(work: Path, kind: str, coverage: float, seed: int, chosen: dict[str, Any]) -> Path:
+    """Where one student × coverage × seed keeps its runs and its evaluation."""
+    return work / "cells" / f"{kind}-c{coverage:g}-s{seed}-{setting_name(chosen['setting'])}"
+
+
 def run_cell(
     cfg: StudyConfig, world: Any, work: Path, kind: str, coverage: float, seed: int, chosen: dict[str, Any]
 ) -> dict[str, Any]:
     """One student × coverage × seed: distil (and the ablation), evaluate every method on the test split."""
     student = student_dir(world, kind, coverage)
     setting = chosen["setting"]
-    cell = work / "cells" / f"{kind}-c{coverage:g}-s{seed}-{setting_name(setting)}"
+    cell = cell_dir(work, kind, coverage, seed, chosen)
     encoders = {"distilled": distilled(cfg, world, student, cell / "distilled", setting, seed, "teacher")}
     if cfg.ablation:
         encoders["ablation"] = distilled(
@@ -288,15 +294,21 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     if not world.student_manifest.is_file():  # models installed, not trained: the study trains students
         world = ensure_world(cfg.preset, stages=("student-audio",), progress=False)
     work = Path(cfg.work) if cfg.work else cache_root() / "study" / cfg.preset
+    if cfg.finished_only and not (work / "selection").is_dir():
+        raise ConfigError(f"{work}: no study has run there yet; run it without --finished-only first")
     with torch_threads(training_threads()):
         chosen = select_setting(cfg, world, work)
         log.info("chosen on validation: %s, %s", chosen["setting"], chosen["snap"])
         table: dict[str, dict[str, Any]] = {kind: {} for kind in cfg.students}
         total = len(cfg.students) * len(cfg.coverages)
-        for (
-            coverage
-        ) in cfg.coverages:  # both students at a coverage before the next: a partial study compares
+        data = report_data(cfg, world, chosen, table, started, 0, total)
+        # both students at a coverage before the next coverage: a partial study still compares them
+        for coverage in cfg.coverages:
             for kind in cfg.students:
+                if cfg.finished_only and not all(
+                    (cell_dir(work, kind, coverage, s, chosen) / "test.json").is_file() for s in cfg.seeds
+                ):
+                    continue
                 cells = [run_cell(cfg, world, work, kind, coverage, s, chosen) for s in cfg.seeds]
                 table[kind][f"{coverage:g}"] = intervals(cells, cfg.resamples)
                 done = sum(len(v) for v in table.values())
@@ -371,6 +383,8 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
     parser.add_argument("--work", help="where runs are kept (default: the cache)")
     parser.add_argument("--out", default="docs", help="folder for study.md, study.json, study.png")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="write the report from the cells already finished (e.g. by runs in parallel); train nothing")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="the tiny world, one cell: checks the wiring")
     args = parser.parse_args(argv)
 
@@ -384,7 +398,8 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         preset=args.preset, coverages=floats(args.coverages), seeds=ints(args.seeds),
         students=tuple(s.strip() for s in args.students.split(",") if s.strip()), ablation=not args.no_ablation,
         objectives=tuple(args.objectives.split(",")), epochs=ints(args.epochs), temperatures=floats(args.temperatures),
-        selection_coverage=args.selection_coverage, resamples=args.resamples, work=args.work, out=args.out, device=args.device,
+        selection_coverage=args.selection_coverage, resamples=args.resamples, work=args.work,
+        finished_only=args.finished_only, out=args.out, device=args.device,
     )  # fmt: skip
     if args.smoke:
         cfg = replace(cfg, **SMOKE, selection_coverage=SMOKE["coverages"][0])
@@ -398,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     plugin.register()
     cfg = parse_args(argv)
     data = run_study(cfg)
-    log.info("study written to %s in %.1f minutes", cfg.out, data["minutes"])
+    if not data["cells"]["done"]:
+        log.warning("no student × coverage cell has finished all its seeds yet: no report written")
+        return 1
+    log.info("study written to %s (%d of %d cells)", cfg.out, data["cells"]["done"], data["cells"]["total"])
     return 0
 
 

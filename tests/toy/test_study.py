@@ -53,6 +53,18 @@ def test_smoke_study_writes_table_json_and_plot(toy_cache, tmp_path):
     # the own-captions student's audio tower learned from captions alone: it exists and says so
     students = list((study_world_models(toy_cache)).glob("student-own-captions-*/toy_captions.json"))
     assert students and json.loads(students[0].read_text())["variant"] == "own-captions"
+    # both realistic students are told the same captions: they differ only in what learns from them
+    from birdsearch.toy.student_model import OWN_CAPTIONS, prepared_captions
+    from birdsearch.toy.world import open_world
+
+    world = open_world("tiny")
+    species = world.species * 3
+    own, realistic = (
+        prepared_captions(world, OWN_CAPTIONS, species),
+        prepared_captions(world, "realistic", species),
+    )
+    assert own[0] == realistic[0] and own[2] == realistic[2] and (own[1] == realistic[1]).all()
+    assert len(own[2]) < len(world.species)  # coverage 0.5: some species are never named
 
 
 def study_world_models(cache):

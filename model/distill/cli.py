@@ -24,7 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CSV/TSV/Parquet: path, species, [start_s, end_s, split]; or a data set: toy, toy:small",
     )
     parser.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, encoder/)")
-    parser.add_argument("--taxa", help="species table CSV (scientific_name, common_name, order, family, key)")
+    parser.add_argument(
+        "--taxa",
+        help="species table CSV (scientific_name, common_name, order, family, key), or the eBird taxonomy, "
+        "eBird/Clements or IOC master list CSV as published",
+    )
     parser.add_argument(
         "--audio-root", help="folder relative audio paths are under (default: the manifest's)"
     )

@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,8 +128,12 @@ def strip_family_gloss(family: str) -> str:
 class SpeciesTable:
     """Taxa and the names that refer to each: keys, scientific names, common names."""
 
-    def __init__(self, taxa: list[Taxon], keys: Sequence[str] | None = None):
+    def __init__(self, taxa: list[Taxon], keys: Sequence[str] | None = None, lookup_only: bool = False):
         self.taxa = taxa
+        self.keys = list(keys) if keys else []
+        # A world checklist lists every bird: it names species, and a data set's species are the ones
+        # its rows name (``restrict``), not all ten thousand as classes and distillation targets.
+        self.lookup_only = lookup_only
         self.index: dict[str, int] = {}
         self.ambiguous: set[str] = set()
         for i, taxon in enumerate(taxa):
@@ -145,6 +149,13 @@ class SpeciesTable:
         if name in self.ambiguous:
             raise ConfigError(f"species {value!r} names more than one species in the species table")
         return self.index.get(name)
+
+    def restrict(self, rows: Iterable[int]) -> tuple[SpeciesTable, dict[int, int]]:
+        """The species at ``rows`` (in table order) as a table of their own, and old row -> new row."""
+        kept = sorted(set(rows))
+        keys = [self.keys[i] for i in kept] if self.keys else None
+        log.info("%d of the species table's %d species are used", len(kept), len(self.taxa))
+        return SpeciesTable([self.taxa[i] for i in kept], keys), {old: new for new, old in enumerate(kept)}
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, source: str) -> SpeciesTable:
@@ -190,7 +201,7 @@ def load_species_table(path: str | Path) -> SpeciesTable:
     checklist (eBird taxonomy, eBird/Clements, IOC master list; ``birdsearch.model.world_lists``)."""
     world = read_world_list(path)
     if world is not None:
-        return SpeciesTable(world.taxa, world.keys)
+        return SpeciesTable(world.taxa, world.keys, lookup_only=True)
     return SpeciesTable.from_frame(read_table(path), str(path))
 
 
@@ -293,6 +304,9 @@ def load_manifest(
     root = Path(audio_root) if audio_root is not None else path.parent
     clips, problems = parse_rows(frame, table, root, path_col, species_col, start_col, end_col, split_col)
     raise_problems(source, problems)
+    if table.lookup_only:
+        table, new_row = table.restrict(c.species for c in clips)
+        clips = [replace(c, species=new_row[c.species]) for c in clips]
     if check_audio:
         raise_problems(source, check_audio_files(clips))
     manifest = Manifest(clips, table.taxa, source)

@@ -28,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", default="toy",
                         help="toy, toy:small, ssw60:DIR, manifest:PATH or none (default: %(default)s)")  # fmt: skip
     parser.add_argument("--soundscapes", help="a BirdSet-style folder (annotations + recordings + taxa.csv)")
-    parser.add_argument("--taxa", help="species table for manifest: and soundscape data")
+    parser.add_argument(
+        "--taxa",
+        help="species table for manifest: and soundscape data (the project's CSV, or the eBird taxonomy, "
+        "eBird/Clements or IOC master list CSV as published)",
+    )
     gallery = parser.add_mutually_exclusive_group()
     gallery.add_argument("--index", help="index root built by 'birdsearch index' (the photos searched)")
     gallery.add_argument("--gallery", help="gallery manifest (path, species), embedded here with the teacher")

@@ -368,6 +368,9 @@ def load_soundscapes(
         )
     if unknown_files:
         log.warning("%s: %d annotated files not found under %s", annotations, len(unknown_files), audio_dir)
+    if table.lookup_only:  # a world checklist: the species annotated, not every bird
+        table, new_row = table.restrict(s for found in events.values() for *_, s in found)
+        events = {p: [(a, b, new_row[s]) for a, b, s in found] for p, found in events.items()}
     segments, labels = [], []
     for path in recordings:
         duration = audio_duration(path)

@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from birdsearch.errors import ConfigError
 from birdsearch.indexer.taxonomy import TaxonomyResolver
-from birdsearch.model.distill.manifest import load_species_table
+from birdsearch.model.distill.manifest import load_manifest, load_species_table
 from birdsearch.model.world_lists import detect_layout, read_world_list
 
 LISTS = Path(__file__).parents[1] / "data" / "world_lists"
@@ -87,3 +88,33 @@ def test_index_refuses_a_taxa_file_in_no_published_layout(tmp_path):
     own.write_text("scientific_name\nStruthio camelus\n")
     with pytest.raises(ConfigError, match="none of the published layouts"):
         TaxonomyResolver([own])
+
+
+def test_a_manifest_names_species_by_code_and_keeps_only_the_species_it_uses(tmp_path):
+    # a checklist lists every bird; the data set's species (classes, distillation targets) are its own
+    import soundfile as sf
+
+    rows = ["path,species,split"]
+    for i, name in enumerate(["amerob", "Mallard", "amerob", "Anas platyrhynchos"]):
+        sf.write(tmp_path / f"c{i}.wav", np.zeros(1600, np.float32), 16000)
+        rows.append(f"c{i}.wav,{name},{'val' if i > 1 else 'train'}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    loaded = load_manifest(manifest, LISTS / "ebird_taxonomy_v2024.csv")
+    assert [t.scientific for t in loaded.taxa] == ["Anas platyrhynchos", "Turdus migratorius"]  # table order
+    assert [loaded.taxa[c.species].common for c in loaded.clips] == ["American Robin", "Mallard"] * 2
+
+
+def test_soundscape_labels_cover_the_annotated_species_of_a_checklist(tmp_path):
+    import soundfile as sf
+
+    from birdsearch.model.evaluate.datasets import load_soundscapes
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "dawn.wav", np.zeros(16000 * 10, np.float32), 16000)
+    annotations = tmp_path / "annotations.csv"
+    annotations.write_text("filename,start_s,end_s,ebird_code\ndawn.wav,1,2,ostric3\ndawn.wav,6,7,mallar3\n")
+    soundscapes = load_soundscapes(annotations, audio, LISTS / "ebird_taxonomy_v2024.csv", segment_s=5.0)
+    assert [t.scientific for t in soundscapes.taxa] == ["Struthio molybdophanes", "Anas platyrhynchos"]
+    assert soundscapes.labels.tolist() == [[True, False], [False, True]]

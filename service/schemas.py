@@ -108,7 +108,13 @@ class TimelineWindow(BaseModel):
 class Aggregation(BaseModel):
     """How window results became the recording's answer."""
 
-    window_species_score: str = Field(examples=["max over the species' images among the window's candidates"])
+    window_species_score: str = Field(
+        description="how a species' photos among a window's candidates pool into its window score (species rule)",
+        examples=[
+            "log-mean-exp at temperature 0.05 over the species' images among the window's candidates "
+            "(species rule lme:0.05)"
+        ],
+    )
     recording_species_score: str = Field(examples=["max over windows"])
     species_windows: str = Field(examples=["number of windows in which the species ranks first"])
     recording_image_score: str = Field(examples=["max over windows"])

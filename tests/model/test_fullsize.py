@@ -2,7 +2,8 @@
 
 Each model is saved in its publisher's on-disk format, laid out in a Hugging Face cache exactly as
 a download leaves it, and loaded with HF_HUB_OFFLINE=1 through the code path real weights take
-(``hf-hub:imageomics/bioclip-2``, ``davidrrobinson/BioLingual``). About a minute on two cores.
+(``hf-hub:imageomics/bioclip-2``, ``davidrrobinson/BioLingual``). The full-size teacher's load is a slow
+test; the default suite checks its architecture on the meta device.
 """
 
 import numpy as np
@@ -44,6 +45,20 @@ def student(hf_cache, tmp_path_factory):
     return Student.load(DEFAULT_STUDENT, device="cpu")
 
 
+def test_bioclip2_architecture_has_the_published_shape():
+    """BioCLIP-2's architecture without its 1.7 GB of weights (the meta device): ViT-L/14, 224 px, 768-d.
+
+    Loading it at full size from the hub cache is the slow test below; the loading path itself is
+    checked with tiny models in test_hub.py (test_cached_hub_models_load_through_the_cache).
+    """
+    with torch.device("meta"):
+        model = standins.build_teacher(standins.BIOCLIP2_MODEL_CFG)
+    assert 425e6 < sum(p.numel() for p in model.parameters()) < 430e6  # ViT-L/14 CLIP: 428M
+    assert model.visual.image_size == (224, 224) and model.visual.patch_size == (14, 14)
+    assert model.visual.output_dim == 768 and tuple(model.text_projection.shape) == (768, 768)
+
+
+@pytest.mark.slow  # builds, saves and loads 428M random parameters: about 25 s of CPU
 def test_bioclip2_architecture_loads_from_the_hub_cache(teacher, audio_dir):
     assert teacher.resolved.source == "hf-hub" and teacher.id == "hf-hub:imageomics/bioclip-2"
     assert teacher.dim == 768

@@ -129,7 +129,14 @@ def plot(data: dict[str, Any], path: Path) -> Path:
     for ax, kind in zip(axes[0], students, strict=True):
         by_coverage = {c: data["results"][kind][c] for c in sorted(data["results"][kind], key=float)}
         coverages = [float(c) for c in by_coverage]
-        for i, method in enumerate(m for m in PLOTTED if m in next(iter(by_coverage.values()))):
+        # the chosen snap variant may be the raw encoder itself: one line for it then
+        same = data["selection"]["snap"] == "distilled"
+        shown = [
+            m
+            for m in PLOTTED
+            if m in next(iter(by_coverage.values())) and not (same and m == "distilled+snap")
+        ]
+        for i, method in enumerate(shown):
             mean, low, high = zip(*(by_coverage[c][method]["mAP"] for c in by_coverage), strict=True)
             ax.plot(coverages, mean, marker="o", label=method, color=cmap(i % 10))
             ax.fill_between(coverages, low, high, color=cmap(i % 10), alpha=0.15)

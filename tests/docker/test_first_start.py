@@ -228,3 +228,43 @@ def test_the_first_start_story(host, toy_photos):
         except subprocess.TimeoutExpired:
             os.killpg(api.pid, signal.SIGKILL)
             api.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_the_distill_job_writes_an_encoder_that_the_api_serves(host, tmp_path, monkeypatch):
+    """The `distill` profile on the tiny toy world's recordings, then the API on its encoder."""
+    from birdsearch.toy.world import ensure_world
+
+    monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "data-source"))
+    world = ensure_world("tiny", stages=("images", "audio"), progress=False)
+    data = tmp_path / "calls"  # the site's labelled recordings, BIRDSEARCH_DISTILL_DATA
+    rows = ["path,species,split"]
+    for row in world.read_manifest(world.distill_manifest):
+        relative = Path(row["path"]).relative_to(world.audio_dir)
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(row["path"], data / relative)
+        rows.append(f"{relative},{row['species']},{row['split']}")
+    (data / "recordings.csv").write_text("\n".join(rows) + "\n")
+    shutil.copy(world.taxa_csv, data / "species.csv")
+    gallery = Path(host.site["BIRDSEARCH_GALLERY"])
+    shutil.copytree(world.gallery_dir, gallery, dirs_exist_ok=True)
+    site = {**host.site, "BIRDSEARCH_DISTILL_DATA": str(data), "BIRDSEARCH_RUN": "toy",
+            "BIRDSEARCH_DISTILL_EPOCHS": "2", "BIRDSEARCH_DISTILL_BATCH": "4", "BIRDSEARCH_CHECKPOINT": "/checkpoints/toy/encoder"}  # fmt: skip
+    host = Host(host.root, site)
+
+    host.run_job("models")
+    host.run_job("reindex")
+    host.run_job("distill")
+    assert (host.volume("checkpoints") / "toy" / "encoder" / "card.json").is_file()
+    port = free_port()
+    api = host.start("api", port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base}/readyz", api, host.root / "api.log", lambda r: r.status_code == 200, timeout=90)
+        with RECORDING.open("rb") as f:
+            answer = httpx.post(f"{base}/query", files={"audio": f}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["query"]["model"]["mode"] == "distilled"
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(timeout=30)

@@ -9,7 +9,7 @@ teacher's text embedding of every species (one such query per species, drawn onc
 tunes efSearch / nprobe on those, and this bench measures recall on *held-out* cross-modal
 queries (fresh noise), on self-queries (gallery vectors) and against exact search.
 
-Every index build runs in its own process, so its peak RSS (``ru_maxrss``) is its own; the
+Every index build runs in its own process, so its peak RSS (``VmHWM``) is its own; the
 gallery's vectors are generated once per size into a temporary .npy that the builds map.
 
     python bench/index_scale.py --smoke                              # seconds; the test suite runs it
@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,7 @@ PER_SPECIES = 40  # photos per species (200,000 photos -> 5,000 species, the iss
 SPREAD = 1.0  # norm of a photo's offset from its species' centroid
 GAP = 2.5  # norm of the shared modality gap between photos and the text/audio queries
 QUERY_NOISE = 1.0  # norm of a query's own offset
-HELD_OUT = 1000  # held-out cross-modal queries (and self-queries) measured per build
+HELD_OUT = 1000  # held-out cross-modal queries (and self-queries) measured per build (--queries)
 LATENCY_SINGLE = 200  # queries timed one at a time (at most; see LATENCY_BUDGET_S)
 LATENCY_BATCHES = 10  # batches of 64 timed (at most)
 LATENCY_BUDGET_S = 20.0  # seconds each latency loop may take; it stops early, after 5 calls at least
@@ -76,7 +75,7 @@ def centroids(species: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return unit(family[genus_family[species_genus]] + 0.8 * genus[species_genus] + 0.6 * own)
 
 
-def make_gallery(n: int, dim: int, folder: Path, seed: int = 0) -> dict[str, Any]:
+def make_gallery(n: int, dim: int, folder: Path, seed: int = 0, held_out: int = HELD_OUT) -> dict[str, Any]:
     """Write vectors.npy (photos), species_text.npy (one per species), audio.npy and self.npy (held out)."""
     rng = np.random.default_rng(seed)
     species = max(2, n // PER_SPECIES)
@@ -93,8 +92,8 @@ def make_gallery(n: int, dim: int, folder: Path, seed: int = 0) -> dict[str, Any
         return unit(centre[rows] + gap + normal(rng, len(rows), dim, QUERY_NOISE))
 
     np.save(folder / "species_text.npy", cross_modal(np.arange(species)))
-    np.save(folder / "audio.npy", cross_modal(rng.integers(0, species, HELD_OUT)))
-    np.save(folder / "self.npy", np.asarray(vectors[np.sort(rng.choice(n, min(n, HELD_OUT), replace=False))]))
+    np.save(folder / "audio.npy", cross_modal(rng.integers(0, species, held_out)))
+    np.save(folder / "self.npy", np.asarray(vectors[np.sort(rng.choice(n, min(n, held_out), replace=False))]))
     del vectors
     return {"n": n, "dim": dim, "species": species}
 
@@ -103,7 +102,14 @@ def make_gallery(n: int, dim: int, folder: Path, seed: int = 0) -> dict[str, Any
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident set (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries it over fork and exec, so a child would report its parent's
+    peak (the gallery generator's) whenever that is higher. VmHWM belongs to the process's own
+    address space, which exec replaces.
+    """
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def current_rss_bytes() -> int:
@@ -150,7 +156,7 @@ def build_worker(spec: dict[str, Any]) -> dict[str, Any]:
     vectors = np.load(data / "vectors.npy", mmap_mode="r")
     species_text = np.load(data / "species_text.npy")
     audio, self_queries = np.load(data / "audio.npy"), np.load(data / "self.npy")
-    options = IndexOptions(index_type=spec["type"], storage=spec["storage"], recall_queries=HELD_OUT)
+    options = IndexOptions(index_type=spec["type"], storage=spec["storage"], recall_queries=len(audio))
     rss_before = current_rss_bytes()
     built = build_index(vectors, options, {"species_text": species_text})
     path = data / f"index-{spec['type']}-{spec['storage']}.faiss"
@@ -226,8 +232,9 @@ def reload_worker(spec: dict[str, Any]) -> dict[str, Any]:
     (root / store.POINTER_FILE).write_text("v0001\n")
 
     def serve(holder: IndexHolder) -> None:
+        """Two batches of searches: enough to touch every page of a flat index."""
         assert holder.current is not None
-        for start in range(0, len(queries), 64):
+        for start in (0, 64):
             holder.current.version.search(queries[start : start + 64], 10)
 
     async def main() -> dict[str, Any]:
@@ -326,7 +333,8 @@ def gib(b: float) -> str:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {result['machine']}. Dimension {result['dim']}, {PER_SPECIES} photos a species; "
-        f"recall@10 against exact search on {HELD_OUT} held-out queries of each kind.",
+        f"recall@10 against exact search on {result['queries']} held-out queries of each kind "
+        f"(species text: the tuning set, one per species, at most {result['queries']}).",
         "",
         "| N | index (storage) | auto | tuned | build s | peak RSS GiB | disk GiB | recall self | recall cross-modal "
         "| recall species text | p50 / p99 ms, batch 1 | p50 / p99 ms, batch 64 |",
@@ -371,6 +379,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(out: Path | None, result: dict[str, Any]) -> str:
+    """Write OUT.json and OUT.md (when OUT is given); returns the Markdown."""
+    table = markdown({"slopes": {}, **result})
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        out.with_suffix(".md").write_text(table)
+    return table
+
+
 def machine() -> str:
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
@@ -381,7 +399,7 @@ def measure_reload(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
     """Peak RSS of serving one version, and of a hot reload to a second, with the index mapped and not."""
     data = work / f"reload-data-{args.reload_size}"
     data.mkdir()
-    make_gallery(args.reload_size, args.dim, data, seed=7)
+    make_gallery(args.reload_size, args.dim, data, seed=7, held_out=128)
     root = work / "reload-root"
     vectors = np.load(data / "vectors.npy", mmap_mode="r")
     for shift in (0, 1):  # two versions of the same size, different content
@@ -400,6 +418,9 @@ def measure_reload(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--queries", type=int, default=HELD_OUT, help="held-out queries of each kind per build"
+    )
     parser.add_argument("--dim", type=int, default=DIM)
     parser.add_argument("--types", nargs="+", default=["auto", "flat", "hnsw", "ivf"],
                         help="index types: auto (its pick at each size), flat, hnsw, ivf, ivfpq")  # fmt: skip
@@ -429,10 +450,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.smoke:
-        args.sizes, args.dim, args.reload_size = [800, 1_600], 32, 1_000
+        args.sizes, args.dim, args.reload_size, args.queries = [800, 1_600], 32, 1_000, 200
         args.types, args.storage, args.storage_types = ["auto", "hnsw", "ivf"], ["float32", "sq8"], ["flat"]
     work = Path(tempfile.mkdtemp(prefix="index-scale-", dir=args.work))
     result: dict[str, Any] = {
+        "queries": args.queries,
         "machine": machine(),
         "dim": args.dim,
         "rows": [],
@@ -444,25 +466,21 @@ def main(argv: list[str] | None = None) -> int:
             data = work / f"data-{n}"
             data.mkdir()
             started = time.perf_counter()
-            make_gallery(n, args.dim, data)
+            make_gallery(n, args.dim, data, held_out=args.queries)
             log.info("gallery of %d x %d written in %.1f s", n, args.dim, time.perf_counter() - started)
             for spec in build_specs(args, n):
                 row = run_child("build-worker", {**spec, "data": str(data)}, args.timeout)
                 if row:
                     result["rows"].append({**row, "auto": spec["auto"]})
                     log.info("row %s", json.dumps(result["rows"][-1]))
+                    save(args.out, result)  # row by row: a run cut short keeps what it measured
             shutil.rmtree(data)
         result["slopes"] = fit_slopes(result["rows"])
         if args.reload_size:
             result["reload"] = measure_reload(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = markdown(result)
-    sys.stdout.write(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(table)
+    sys.stdout.write(save(args.out, result))
     expected = sum(len(build_specs(args, n)) for n in args.sizes)
     return 0 if len(result["rows"]) == expected and (not args.reload_size or result["reload"]) else 1
 

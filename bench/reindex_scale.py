@@ -58,6 +58,7 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
         IndexConfig,
         Summary,
         collect_rows,
+        gather_vectors,
         species_records,
         tuning_queries,
         version_manifest,
@@ -77,13 +78,12 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
     collected = collect_rows(config, listed, hashed, None, vectors, {k: (1, 1) for k in vectors}, {})
     species = species_records(collected)
     text = rng.standard_normal((len(species), dim)).astype(np.float32)
-    built = build_index(np.stack(collected.vectors), config.index, tuning_queries(text, config))
+    matrix = gather_vectors(collected, None, vectors, dim)
+    built = build_index(matrix, config.index, tuning_queries(text, config))
     manifest = version_manifest(
         config, listed, embedder, built, collected.source_hash(), None, Summary(root, None, False)
     )
-    content = VersionContent(
-        np.stack(collected.vectors), collected.rows, species, text, built.index, manifest, collected.failures
-    )
+    content = VersionContent(matrix, collected.rows, species, text, built.index, manifest, collected.failures)
     staging = new_staging_dir(root)
     write_version_files(staging, content)
     return publish(root, staging), first_hash_s

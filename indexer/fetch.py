@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 BLOBS_DIR = "blobs"
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30.0
+HASH_CHUNK = 64  # items per hashing task
 
 
 @dataclass
@@ -121,11 +122,22 @@ def hash_items(
     """Hash (and fetch) every item in parallel threads, in the items' order."""
     from tqdm.auto import tqdm
 
-    def one(item: GalleryItem) -> Hashed:
-        if item.url:
-            return fetch_url(item, root, previous.get(item.key), refresh_urls)
-        return hash_local(item, previous.get(item.key))
+    def chunk(part: list[GalleryItem]) -> list[Hashed]:
+        return [
+            fetch_url(item, root, previous.get(item.key), refresh_urls)
+            if item.url
+            else hash_local(item, previous.get(item.key))
+            for item in part
+        ]
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = pool.map(one, items)
-        return list(tqdm(results, total=len(items), desc="hashing", unit="file", disable=not progress))
+    # Tasks of HASH_CHUNK items: one future per file cost more than the stat that usually decides it.
+    parts = [items[i : i + HASH_CHUNK] for i in range(0, len(items), HASH_CHUNK)]
+    hashed: list[Hashed] = []
+    with (
+        ThreadPoolExecutor(max_workers=max(1, threads)) as pool,
+        tqdm(total=len(items), desc="hashing", unit="file", disable=not progress) as bar,
+    ):
+        for done in pool.map(chunk, parts):
+            hashed.extend(done)
+            bar.update(len(done))
+    return hashed

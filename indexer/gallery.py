@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,22 +86,46 @@ def read_gallery(location: str | Path) -> Gallery:
     return gallery
 
 
-def hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
 def read_folder(root: Path) -> Gallery:
-    """``root/<species>/<...>/<image>``: every non-hidden file under a species folder is an item."""
+    """``root/<species>/<...>/<image>``: every non-hidden file under a species folder is an item.
+
+    Symlinked files count (as their targets), symlinked folders are not followed, hidden files and
+    folders are not the gallery's. Walks with ``os.scandir`` on strings: at 100,000 files, pathlib's
+    per-file ``resolve()`` and ``relative_to()`` took most of a reindex that found nothing new.
+    """
+    base = root.resolve()
     items, skipped = [], []
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = file.relative_to(root)
-        if hidden(relative):
+    for key, path in walk_files(str(base), skipped):
+        if "/" not in key:
+            skipped.append((key, "not inside a species folder (expected <species>/<image>)"))
             continue
-        if len(relative.parts) < 2:
-            skipped.append((relative.as_posix(), "not inside a species folder (expected <species>/<image>)"))
+        items.append(GalleryItem(key=key, label=key.split("/", 1)[0], path=path))
+    skipped.sort()
+    return Gallery("folder", base, items, skipped)
+
+
+def walk_files(base: str, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(key relative to ``base`` in POSIX form, absolute path) of every non-hidden regular file.
+
+    A folder that cannot be listed is added to ``skipped`` with the reason, and the walk goes on.
+    """
+    stack = [("", base)]
+    while stack:
+        prefix, folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as e:
+            skipped.append((prefix or ".", f"cannot list folder: {e.strerror or e}"))
             continue
-        items.append(GalleryItem(key=relative.as_posix(), label=relative.parts[0], path=str(file.resolve())))
-    return Gallery("folder", root.resolve(), items, skipped)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            key = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((key + "/", entry.path))
+            elif entry.is_file():  # follows a link: a link to a file counts, a broken one does not
+                yield key, os.path.realpath(entry.path) if entry.is_symlink() else entry.path
 
 
 def load_table(path: Path) -> Any:

@@ -310,7 +310,9 @@ class Collected:
     """The new version's rows, in gallery-key order, with their vectors and each species' taxonomy."""
 
     rows: list[ImageRow] = field(default_factory=list)
-    vectors: list[np.ndarray] = field(default_factory=list)  # row i's vector
+    # Where row i's vector is: an int is its row in the previous version, a str the content hash
+    # of a vector embedded in this run. Gathered only when a version is written (gather_vectors).
+    sources: list[int | str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     taxa: dict[str, SpeciesRecord] = field(default_factory=dict)  # lineage from the first image naming it
 
@@ -345,7 +347,7 @@ def assemble(
         summary.index_type = previous.version.index_type
         summary.recall_at_10 = previous.version.manifest.get("recall_at_10")
         return None
-    vectors = np.stack(collected.vectors).astype(np.float32)
+    vectors = gather_vectors(collected, previous, new_vectors, embedder.teacher.dim)
     species = species_records(collected)
     species_vectors = species_embeddings(embedder, species, previous, config)
     built = build_index(vectors, config.index, tuning_queries(species_vectors, config))
@@ -369,7 +371,6 @@ def collect_rows(
     collected = Collected(failures=list(gallery.skipped))
     resolver = TaxonomyResolver(config.taxa)
     known = previous.rows_by_hash if previous else {}
-    old_vectors = previous.version.vectors() if previous and known else None
     for h in hashed:
         reason = (
             (h.error or "unknown error") if h.content_hash is None else embed_failures.get(h.content_hash)
@@ -380,10 +381,10 @@ def collect_rows(
         assert h.content_hash is not None
         if h.content_hash in known:
             row_id, width, height, thumb = known[h.content_hash]
-            collected.vectors.append(np.asarray(old_vectors[row_id]))  # type: ignore[index]
+            collected.sources.append(row_id)
         else:
             width, height = sizes[h.content_hash]
-            collected.vectors.append(new_vectors[h.content_hash])
+            collected.sources.append(h.content_hash)
             thumb = thumbnail_relpath(h.content_hash) if config.thumbnail_size else None
         if thumb and not (Path(config.out) / thumb).is_file():
             thumb = None
@@ -414,6 +415,23 @@ def load_tuning_audio(path: Path, dim: int) -> np.ndarray:
         )
     queries = queries.astype(np.float32)
     return queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+
+
+def gather_vectors(
+    collected: Collected, previous: Previous | None, new_vectors: dict[str, np.ndarray], dim: int
+) -> np.ndarray:
+    """(N, dim) float32: reused rows read from the previous version in one sorted gather, new ones copied."""
+    vectors = np.empty((len(collected.sources), dim), dtype=np.float32)
+    reused = [(i, s) for i, s in enumerate(collected.sources) if isinstance(s, int)]
+    if reused:
+        assert previous is not None
+        at, rows = (np.asarray(column, dtype=np.int64) for column in zip(*reused, strict=True))
+        order = np.argsort(rows, kind="stable")  # ascending rows read the memory map front to back
+        vectors[at[order]] = previous.version.vectors()[rows[order]]
+    for i, source in enumerate(collected.sources):
+        if isinstance(source, str):
+            vectors[i] = new_vectors[source]
+    return vectors
 
 
 def unchanged_since(previous: Previous | None, source_hash: str, force: bool) -> bool:

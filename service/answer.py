@@ -78,24 +78,27 @@ def search_and_rank(
     allowed: np.ndarray | None,
     candidates_per_window: int,
     species_rule: str = ranking.DEFAULT_SPECIES_RULE,
+    calibration: Any = None,
 ) -> tuple[list[SpeciesHit], list[ImageHit], list[TimelineWindow], Aggregation]:
     """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts.
 
     ``species_rule`` (the server's setting) pools a species' photos; the form's own rule wins.
+    ``calibration`` (a ``birdsearch.model.calibration.Platt``) adds each species' confidence.
     """
     rule = request_rule(form.species_rule or species_rule)
     scores, ids, candidates = search(served, vectors, form.k, allowed, candidates_per_window)
     species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule)
     top_rows = ranking.top_species(species_scores.recording, form.species_k)
+    confidence = calibration(species_scores.per_window) if calibration is not None else None
     images = ranking.best_images(scores, ids, form.k)
     species_images = [
         ranking.best_image_of_species(scores, ids, served.image_species, int(row)) for row in top_rows
     ]
     records = image_records(served, [hit.id for hit in images] + species_images)
     return (
-        species_hits(served, species_scores, top_rows, species_images, records),
+        species_hits(served, species_scores, top_rows, species_images, records, confidence),
         image_hits(images, records),
-        timeline(served, species_scores, plan, form.species_k),
+        timeline(served, species_scores, plan, form.species_k, confidence),
         Aggregation(
             **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
             candidates_per_window=candidates,
@@ -154,8 +157,9 @@ def species_hits(
     top_rows: np.ndarray,
     species_images: list[int],
     records: dict[int, Any],
+    confidence: np.ndarray | None = None,
 ) -> list[SpeciesHit]:
-    """The recording's top species, each with its lineage, score and best photo."""
+    """The recording's top species, each with its lineage, score, best photo and (W, S) ``confidence``'s best."""
     hits = []
     for row, image_id in zip(top_rows, species_images, strict=True):
         record = served.species[int(row)]
@@ -165,13 +169,15 @@ def species_hits(
                 family=record.family, order=record.order, score=round(float(scores.recording[row]), 6),
                 windows=int(scores.top_windows[row]), best_window=int(scores.best_window[row]),
                 image_id=image_id, thumbnail_url=image_urls(image_id, records[image_id].content_hash)[1],
+                confidence=None if confidence is None else round(float(confidence[:, row].max()), 4),
             )
         )  # fmt: skip
     return hits
 
 
 def timeline(
-    served: ServedIndex, scores: ranking.SpeciesScores, plan: WindowPlan, species_k: int
+    served: ServedIndex, scores: ranking.SpeciesScores, plan: WindowPlan, species_k: int,
+    confidence: np.ndarray | None = None,
 ) -> list[TimelineWindow]:
     """Each window's time span and its own top species."""
     return [
@@ -184,6 +190,7 @@ def timeline(
                     species=served.species[int(row)].scientific,
                     common_name=served.species[int(row)].common,
                     score=round(float(scores.per_window[w, row]), 6),
+                    confidence=None if confidence is None else round(float(confidence[w, row]), 4),
                 )
                 for row in ranking.top_species(scores.per_window[w], species_k)
             ],

@@ -16,6 +16,7 @@ import numpy as np
 
 from birdsearch.model import audio
 from birdsearch.service import answer, recording
+from birdsearch.service.calibrate import apply_min_conf, calibration_for, no_calibration
 from birdsearch.service.cpu_share import ComputeThread
 from birdsearch.service.errors import BadParameterError, ModeUnavailableError, NotReadyError
 from birdsearch.service.index_state import ServedIndex
@@ -97,6 +98,11 @@ class QueryPath:
         self.compute = compute
         self.budget = recording.MemoryBudget(settings.audio_memory_bytes, settings.max_decoded_bytes)
         self.limits = audio.AudioLimits(max_duration_s=settings.max_duration_s)
+        # Each mode's calibration of window species scores (None: raw scores only; min_conf refused).
+        self.calibrations = {
+            mode: calibration_for(mode, settings.calibration, settings.checkpoint, settings.index_root)
+            for mode in ("distilled", "cascade")
+        }
 
     def resolve_mode(self, mode: str) -> str:
         """'auto' to the configured default; a mode without a loaded model is a 422 saying how to get it."""
@@ -119,9 +125,12 @@ class QueryPath:
             ranked = await self._search(request, vectors, plan)
             facts = query_facts(request, rec, plan)
         species, images, timeline, aggregation = ranked
+        species, images, timeline, abstained = apply_min_conf(species, images, timeline, form.min_conf)
         return QueryResponse(
-            species=species, images=images, timeline=timeline, aggregation=aggregation, query=facts
-        )
+            species=species, images=images, timeline=timeline, aggregation=aggregation, query=facts,
+            min_conf=form.min_conf, abstained=abstained,
+            message=f"no species reached the confidence threshold of {form.min_conf:g}" if abstained else None,
+        )  # fmt: skip
 
     async def _begin(self, form: QueryForm) -> Request:
         """Checks that need no audio: a served index, a loaded mode, the form's limits and filters."""
@@ -130,6 +139,8 @@ class QueryPath:
         mode = self.resolve_mode(form.mode)
         embedder = self.loaded.models.by_mode()[mode]  # type: ignore[union-attr]
         window_s, hop_s = check_form(self.settings, form, embedder.front_end.window_s)
+        if form.min_conf is not None and self.calibrations.get(mode) is None:
+            raise BadParameterError(no_calibration(mode))
         allowed = await asyncio.to_thread(answer.filter_ids, served, form)
         return Request(form, served, mode, embedder, window_s, hop_s, allowed, watch)
 
@@ -169,7 +180,7 @@ class QueryPath:
                 vectors = await self.compute.run(served.cascade, vectors)
             ranked = await self.compute.run(
                 answer.search_and_rank, served, vectors, plan, request.form, request.allowed,
-                self.settings.candidates_per_window, self.settings.species_rule,
+                self.settings.candidates_per_window, self.settings.species_rule, self.calibrations.get(request.mode),
             )  # fmt: skip
         request.watch.lap("search")
         return ranked

@@ -53,6 +53,14 @@ class QueryForm(BaseModel):
         "BIRDSEARCH_SPECIES_RULE. Pooling keeps species with many gallery photos from winning for that alone",
         examples=["lme:0.1"],
     )
+    min_conf: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="keep only species whose calibrated confidence reaches this (0..1), in the ranking and in "
+        "each window; nothing left says so (abstained). Needs a calibration for the mode (GET /version shows it)",
+        examples=[0.5],
+    )
     mode: QueryMode = Field(
         "auto",
         description="'distilled' (the distilled encoder), 'cascade' (zero-shot: the student classifies, the "
@@ -84,6 +92,12 @@ class SpeciesHit(BaseModel):
     family: str = Field(examples=["Turdidae"])
     order: str = Field(examples=["Passeriformes"])
     score: float = Field(description="best image score over all windows", examples=[0.61])
+    confidence: float | None = Field(
+        None,
+        description="calibrated probability that the species calls in its best window (0..1); null without a "
+        "calibration for the mode",
+        examples=[0.87],
+    )
     windows: int = Field(description="windows in which this species ranks first", examples=[3])
     best_window: int = Field(description="the window of the best score", examples=[0])
     image_id: int = Field(description="its best-scoring photo", examples=[42])
@@ -94,6 +108,7 @@ class WindowSpecies(BaseModel):
     species: str = Field(examples=["Turdus migratorius"])
     common_name: str = Field(examples=["American Robin"])
     score: float = Field(examples=[0.61])
+    confidence: float | None = Field(None, description="calibrated probability (0..1)", examples=[0.87])
 
 
 class TimelineWindow(BaseModel):
@@ -103,6 +118,7 @@ class TimelineWindow(BaseModel):
     start_s: float = Field(examples=[0.0])
     end_s: float = Field(examples=[10.0])
     species: list[WindowSpecies]
+    abstained: bool = Field(False, description="no species reached min_conf in this window", examples=[False])
 
 
 class Aggregation(BaseModel):
@@ -175,6 +191,11 @@ class QueryResponse(BaseModel):
     timeline: list[TimelineWindow] = Field(description="one entry per window (one for a short recording)")
     aggregation: Aggregation
     query: QueryFacts
+    min_conf: float | None = Field(None, description="the threshold applied (null: none)", examples=[0.5])
+    abstained: bool = Field(
+        False, description="no species reached min_conf anywhere: the recording names none", examples=[False]
+    )
+    message: str | None = Field(None, examples=["no species reached the confidence threshold of 0.5"])
 
 
 class SpeciesInfo(BaseModel):

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     student: str = DEFAULT_STUDENT  # the student spec the cascade classifies with
     cascade: Literal["auto", "always", "never"] = "auto"  # load the cascade: auto = only without checkpoint
     device: str = "auto"  # auto, cpu, cuda or cuda:N
+    # calibration file (birdsearch.model.calibration) with an entry per mode; empty: <checkpoint>/calibration.json
+    # for the distilled encoder and <index_root>/calibration.json for the cascade, where they exist
+    calibration: str = ""
 
     # Limits on what a request may ask for
     max_upload_bytes: int = Field(20 * 2**20, ge=1024)  # request body; refused with 413 while it streams
@@ -116,6 +119,19 @@ class Settings(BaseSettings):
             return str(parse_rule(value))
         except ConfigError as e:
             raise ValueError(str(e)) from e
+
+    @field_validator("calibration")
+    @classmethod
+    def check_calibration(cls, value: str) -> str:
+        """A given calibration file must read (refused at start, naming what is wrong)."""
+        if value:
+            from birdsearch.model.calibration import load_calibration
+
+            try:
+                load_calibration(value)
+            except ConfigError as e:
+                raise ValueError(str(e)) from e
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -45,21 +45,21 @@ def test_platt_recovers_a_logistic_model():
     scores = rng.uniform(-0.2, 0.8, size=20000)
     labels = rng.uniform(size=scores.size) < cal.sigmoid(12.0 * scores - 4.0)
     platt = cal.fit_platt(scores, labels)
-    assert platt.a == pytest.approx(12.0, rel=0.1)
-    assert platt.b == pytest.approx(-4.0, rel=0.1)
+    assert platt.weights[0] == pytest.approx(12.0, rel=0.1)
+    assert platt.bias == pytest.approx(-4.0, rel=0.1)
     assert cal.expected_calibration_error(platt(scores), labels) < 0.02
     assert platt.facts["positives"] == int(labels.sum())
 
 
 def test_platt_separable_classes_stay_finite_and_ordered():
     platt = cal.fit_platt([0.1, 0.2, 0.3, 0.7, 0.8], [0, 0, 0, 1, 1])
-    assert np.isfinite([platt.a, platt.b]).all()
+    assert np.isfinite([*platt.weights, platt.bias]).all()
     conf = platt(np.array([0.1, 0.5, 0.8]))
     assert conf[0] < 0.5 < conf[2] and conf[0] < conf[1] < conf[2]
 
 
 def test_unscored_species_have_zero_confidence():
-    platt = cal.Platt(10.0, -3.0)
+    platt = cal.Platt((10.0,), -3.0)
     out = platt(np.array([[-np.inf, 0.3], [1.0, -np.inf]]))
     assert out[0, 0] == 0.0 and out[1, 1] == 0.0
     assert out[0, 1] == pytest.approx(0.5)
@@ -86,11 +86,11 @@ def test_window_examples_background_windows_are_all_negatives():
 
 def test_file_round_trip_keeps_other_modes(tmp_path):
     path = tmp_path / "calibration.json"
-    cal.save_calibration(path, "distilled", cal.Platt(5.0, -2.0, {"ece": 0.01}))
-    cal.save_calibration(path, "cascade", cal.Platt(7.0, -1.0))
+    cal.save_calibration(path, "distilled", cal.Platt((5.0,), -2.0, facts={"ece": 0.01}))
+    cal.save_calibration(path, "cascade", cal.Platt((7.0, 3.0), -1.0, ("score", "contrast")))
     loaded = cal.load_calibration(path)
-    assert loaded["distilled"] == cal.Platt(5.0, -2.0) and loaded["distilled"].facts == {"ece": 0.01}
-    assert loaded["cascade"] == cal.Platt(7.0, -1.0)
+    assert loaded["distilled"] == cal.Platt((5.0,), -2.0) and loaded["distilled"].facts == {"ece": 0.01}
+    assert loaded["cascade"] == cal.Platt((7.0, 3.0), -1.0, ("score", "contrast"))
 
 
 @pytest.mark.parametrize(
@@ -99,9 +99,12 @@ def test_file_round_trip_keeps_other_modes(tmp_path):
         ("{", "not readable JSON"),
         (json.dumps({"format": "other"}), "not a calibration file"),
         (json.dumps({"format": cal.FORMAT, "format_version": 99}), "version 99"),
-        (json.dumps({"format": cal.FORMAT, "format_version": 1, "modes": {"distilled": {"a": "x"}}}), "numbers"),
-        (json.dumps({"format": cal.FORMAT, "format_version": 1, "modes": {"cascade": {"a": 1, "b": "nan"}}}),
-         "finite"),
+        (json.dumps({"format": cal.FORMAT, "format_version": 1, "modes": {"distilled": {"weights": "x"}}}),
+         "needs 'features'"),
+        (json.dumps({"format": cal.FORMAT, "format_version": 1,
+                     "modes": {"cascade": {"features": ["score"], "weights": [1], "bias": "nan"}}}), "not finite"),
+        (json.dumps({"format": cal.FORMAT, "format_version": 1,
+                     "modes": {"cascade": {"features": ["loudness"], "weights": [1], "bias": 0}}}), "loudness"),
     ],
 )  # fmt: skip
 def test_bad_files_say_what_is_wrong(tmp_path, content, message):
@@ -111,3 +114,54 @@ def test_bad_files_say_what_is_wrong(tmp_path, content, message):
         cal.load_calibration(path)
     with pytest.raises(ConfigError, match="does not exist"):
         cal.load_calibration(tmp_path / "missing.json")
+
+
+def test_contrast_is_the_score_minus_the_window_mean():
+    per_window = np.array([[0.6, 0.2, -np.inf], [0.5, 0.5, 0.5]])
+    x = cal.window_features(per_window, ("score", "contrast", "zscore"))
+    assert x[0, 0].tolist() == pytest.approx([0.6, 0.2, 1.0])  # std of (0.6, 0.2) is 0.2
+    assert x[0, 1].tolist() == pytest.approx([0.2, -0.2, -1.0])
+    assert np.isnan(x[0, 2]).all()
+    assert x[1, :, 1].tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert x[1, :, 2].tolist() == pytest.approx([0.0, 0.0, 0.0])  # no spread: nothing stands out
+    assert np.isnan(cal.window_features(np.full((1, 2), -np.inf), ("zscore",))).all()
+    with pytest.raises(ConfigError, match="loudness"):
+        cal.window_features(per_window, ("loudness",))
+
+
+def diffuse_world(rng, recordings=40, species=8):
+    """Windows where the true species stands out from its window's others, but a window of noise
+    scores every species high (like a diffuse mixture): the raw score misleads, the contrast does not."""
+    per_windows, presents = [], []
+    for r in range(recordings):
+        if r % 4 == 0:  # background: everything high and flat
+            per_windows.append(0.6 + 0.02 * rng.standard_normal((3, species)))
+            presents.append([set(), set(), set()])
+        else:
+            base = 0.2 + 0.05 * rng.standard_normal((3, species))
+            truth = int(rng.integers(species))
+            base[:, truth] += 0.25
+            per_windows.append(base)
+            presents.append([{truth}] * 3)
+    return per_windows, presents
+
+
+def test_choose_platt_takes_the_contrast_when_the_raw_score_misleads():
+    per_windows, presents = diffuse_world(np.random.default_rng(3))
+    platt = cal.choose_platt(per_windows, presents)
+    assert platt.features != ("score",)
+    loss = platt.facts["cv_log_loss"]
+    assert min(loss["score+contrast"], loss["score+zscore"]) < loss["score"]
+    background = platt(per_windows[0])
+    assert background.max() < 0.2  # a window of noise: nothing confident
+
+
+def test_choose_platt_keeps_the_simpler_fit_when_the_score_suffices():
+    rng = np.random.default_rng(4)
+    per_windows, presents = [], []
+    for _ in range(60):
+        scores = rng.uniform(-0.2, 0.8, size=(2, 6))
+        truth = rng.uniform(size=scores.shape) < cal.sigmoid(12 * scores - 5)
+        per_windows.append(scores)
+        presents.append([set(np.flatnonzero(row).tolist()) for row in truth])
+    assert cal.choose_platt(per_windows, presents).features == ("score",)

@@ -9,9 +9,11 @@ species, index), so that the bytes do not depend on the order or the process tha
 from __future__ import annotations
 
 import csv
+import functools
 import logging
+import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from birdsearch.toy.calls import SAMPLE_RATE, NoiseBank, recording, soundscape
 from birdsearch.toy.images import draw_photo
+from birdsearch.toy.parallel import call, idle_cores, ordered_map
 from birdsearch.toy.taxonomy import ToySpecies, write_taxa_csv
 
 # Annotations only: the world imports the builders, so a runtime import would close a circle.
@@ -34,13 +37,16 @@ SPLIT_SEEDS = {
 }  # fmt: skip
 LICENSE = "CC0-1.0"
 ATTRIBUTION = "birdsearch toy world (synthetic, procedurally drawn)"
-# (share of recordings, container, sample rate, channels): most like field recorders, the rest
-# exercise resampling (22.05 kHz like SSW60, 44.1 kHz) and downmixing (stereo).
-AUDIO_FORMATS = (
-    (0.6, "flac", 48_000, 1),
-    (0.15, "wav", 22_050, 1),
-    (0.15, "flac", 44_100, 2),
-    (0.1, "wav", 48_000, 2),
+# (extension, libsndfile subtype, sample rate, channels) of the recordings, in a cycle of 20 over
+# them. Mostly Ogg Vorbis at 48 kHz, as BirdSet and xeno-canto ship compressed audio: 16-bit FLAC
+# of a broadband noise floor costs 7x the bytes (a world's audio would fill about 1 GB). One in 20
+# each exercises MP3 at 44.1 kHz, lossless FLAC, WAV at SSW60's 22.05 kHz, and downmixing (stereo).
+AUDIO_FORMAT_CYCLE = (
+    ("mp3", "MPEG_LAYER_III", 44_100, 1),
+    ("flac", "PCM_16", 48_000, 1),
+    ("wav", "PCM_16", 22_050, 1),
+    ("ogg", "VORBIS", 48_000, 2),
+    *[("ogg", "VORBIS", 48_000, 1)] * 16,
 )
 
 
@@ -74,6 +80,15 @@ def photo_row(world: ToyWorld, path: Path, species: ToySpecies) -> list[str]:
     return [str(path), t.scientific, t.common, t.genus, t.family, t.order, LICENSE, ATTRIBUTION, source]
 
 
+def write_photo(world: ToyWorld, split: str, folder: Path, species: ToySpecies, i: int) -> Path:
+    """Draw and save one photo; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{species.slug}_{split}_{i:04d}.jpg"
+    photo = draw_photo(species, item_rng(world, split, species.label, i), world.config.photo_size)
+    photo.save(path, format="JPEG", quality=90)
+    return path
+
+
 def build_images(world: ToyWorld, progress: bool) -> dict[str, Any]:
     """Teacher-training photos and the gallery: JPEG files in a folder per species, plus manifests."""
     splits = (
@@ -85,21 +100,20 @@ def build_images(world: ToyWorld, progress: bool) -> dict[str, Any]:
         ),
         ("gallery", world.gallery_dir, world.gallery_manifest, world.config.gallery_images),
     )
-    total = sum(count for *_, count in splits) * len(world.species)
-    bar = tqdm(total=total, desc="toy photos", unit="img", disable=not progress)
-    for split, directory, manifest, count in splits:
-        rows = []
-        for species in world.species:
-            folder = directory / species.slug
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                path = folder / f"{species.slug}_{split}_{i:04d}.jpg"
-                photo = draw_photo(species, item_rng(world, split, species.label, i), world.config.photo_size)
-                photo.save(path, format="JPEG", quality=90)
-                rows.append(photo_row(world, path, species))
-                bar.update()
-        write_csv(manifest, PHOTO_COLUMNS, rows)
-    bar.close()
+    jobs = [
+        (write_photo, (world, split, directory / species.slug, species, i))
+        for split, directory, _, count in splits
+        for species in world.species
+        for i in range(count)
+    ]
+    paths = ordered_map(call, jobs, idle_cores())
+    bar = tqdm(paths, total=len(jobs), desc="toy photos", unit="img", disable=not progress)
+    rows: dict[str, list[list[str]]] = {split: [] for split, *_ in splits}
+    for (_, (_, split, _, species, _)), path in zip(jobs, bar, strict=True):
+        rows[split].append(photo_row(world, path, species))
+    for split, _, manifest, _ in splits:
+        write_csv(manifest, PHOTO_COLUMNS, rows[split])
+    total = len(jobs)
     return {"photos": total}
 
 
@@ -114,6 +128,7 @@ class AudioItem:
     species: ToySpecies
     index: int  # within the species and split
     subset: str = ""  # "train" or "val" for distillation recordings
+    position: int = 0  # in the world's list of recordings (``audio_items``): picks the file format
 
 
 def audio_items(world: ToyWorld) -> list[AudioItem]:
@@ -124,16 +139,12 @@ def audio_items(world: ToyWorld) -> list[AudioItem]:
         items += [AudioItem("distill", sp, i, "train") for i in range(c.distill_train)]
         items += [AudioItem("distill", sp, c.distill_train + i, "val") for i in range(c.distill_val)]
         items += [AudioItem("query", sp, i) for i in range(c.query_recordings)]
-    return items
+    return [replace(item, position=position) for position, item in enumerate(items)]
 
 
-def choose_format(rng: np.random.Generator) -> tuple[str, int, int]:
-    draw, cumulative = rng.random(), 0.0
-    for share, container, rate, channels in AUDIO_FORMATS:
-        cumulative += share
-        if draw < cumulative:
-            return container, rate, channels
-    return AUDIO_FORMATS[0][1:]
+def file_format(item: AudioItem) -> tuple[str, str, int, int]:
+    """The item's place in ``AUDIO_FORMAT_CYCLE``: every world of 20 recordings or more has every format."""
+    return AUDIO_FORMAT_CYCLE[item.position % len(AUDIO_FORMAT_CYCLE)]
 
 
 def to_file_layout(samples: np.ndarray, rate: int, channels: int, rng: np.random.Generator) -> np.ndarray:
@@ -157,19 +168,58 @@ def recording_length(config: Any, rng: np.random.Generator) -> float:
     return float(rng.uniform(min(10.0, high), high))
 
 
-def write_recording(world: ToyWorld, item: AudioItem, noise: NoiseBank) -> tuple[Path, float]:
+def write_recording(world: ToyWorld, item: AudioItem) -> tuple[Path, float]:
     """Synthesise and save one recording; returns its path and duration."""
     import soundfile as sf
 
     rng = item_rng(world, item.split, item.species.label, item.index)
     duration = recording_length(world.config, rng)
-    samples = recording(item.species.song, duration, rng, noise)
-    container, rate, channels = choose_format(rng)
+    samples = recording(item.species.song, duration, rng, noise_bank(world.config.seed))
+    extension, subtype, rate, channels = file_format(item)
     folder = world.audio_dir / item.split / item.species.slug
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{item.species.slug}_{item.split}_{item.index:04d}.{container}"
-    sf.write(path, to_file_layout(samples, rate, channels, rng), rate, subtype="PCM_16")
+    path = folder / f"{item.species.slug}_{item.split}_{item.index:04d}.{extension}"
+    sf.write(path, to_file_layout(samples, rate, channels, rng), rate, subtype=subtype)
+    if extension == "ogg":
+        fix_ogg_serial(path, item.position + 1)
     return path, len(samples) / SAMPLE_RATE
+
+
+# Ogg's page checksum is CRC-32 without bit reflection; zlib's is reflected, so bytes are mirrored in.
+_MIRROR = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def ogg_crc(page: bytes) -> int:
+    """An Ogg page's CRC-32 (polynomial 0x04c11db7, no reflection, no initial or final xor)."""
+    crc = zlib.crc32(page.translate(_MIRROR), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{crc:032b}"[::-1], 2)
+
+
+def fix_ogg_serial(path: Path, serial: int) -> None:
+    """Give every page of an Ogg file the stream serial ``serial`` (libsndfile draws one at random).
+
+    Without it a world's Ogg files would differ from build to build in four bytes per page (and
+    their checksums), though not in a single sample.
+    """
+    data = bytearray(path.read_bytes())
+    position = 0
+    while position < len(data):
+        if data[position : position + 4] != b"OggS":
+            raise ValueError(f"{path}: no Ogg page at byte {position}")
+        segments = data[position + 26]
+        size = 27 + segments + sum(data[position + 27 : position + 27 + segments])
+        data[position + 14 : position + 18] = serial.to_bytes(4, "little")
+        data[position + 22 : position + 26] = bytes(4)
+        crc = ogg_crc(bytes(data[position : position + size]))
+        data[position + 22 : position + 26] = crc.to_bytes(4, "little")
+        position += size
+    path.write_bytes(bytes(data))
+
+
+@functools.cache
+def noise_bank(seed: int) -> NoiseBank:
+    """The world's background noise tracks, made once per process (each worker makes its own)."""
+    return NoiseBank(seed)
 
 
 def distill_rows(path: Path, item: AudioItem, duration: float) -> list[list[Any]]:
@@ -182,21 +232,37 @@ def distill_rows(path: Path, item: AudioItem, duration: float) -> list[list[Any]
 
 
 def build_audio(world: ToyWorld, progress: bool) -> dict[str, Any]:
-    """Student-training, distillation and query recordings, soundscapes, and their manifests."""
-    noise = NoiseBank(world.config.seed)
-    rows: dict[str, list[list[Any]]] = {"student_train": [], "distill": [], "query": []}
+    """Distillation and query recordings, soundscapes, and their manifests."""
+    facts = write_recordings(world, ("distill", "query"), progress)
+    build_soundscapes(world, noise_bank(world.config.seed), progress)
+    return facts
+
+
+def build_student_audio(world: ToyWorld, progress: bool) -> dict[str, Any]:
+    """The student's training recordings: needed only to train the students, not to install them."""
+    return write_recordings(world, ("student_train",), progress)
+
+
+def write_recordings(world: ToyWorld, splits: tuple[str, ...], progress: bool) -> dict[str, Any]:
+    """The recordings of ``splits`` and their manifests, side by side on the idle cores."""
+    rows: dict[str, list[list[Any]]] = {split: [] for split in splits}
     seconds = 0.0
-    for item in tqdm(audio_items(world), desc="toy recordings", unit="rec", disable=not progress):
-        path, duration = write_recording(world, item, noise)
+    items = [item for item in audio_items(world) if item.split in splits]
+    written = ordered_map(call, [(write_recording, (world, item)) for item in items], idle_cores())
+    bar = tqdm(written, total=len(items), desc="toy recordings", unit="rec", disable=not progress)
+    for item, (path, duration) in zip(items, bar, strict=True):
         seconds += duration
         if item.split == "distill":
             rows["distill"] += distill_rows(path, item, duration)
         else:
             rows[item.split].append([path, item.species.scientific])
-    write_csv(world.student_manifest, ("path", "species"), rows["student_train"])
-    write_csv(world.distill_manifest, ("path", "species", "split", "start", "end"), rows["distill"])
-    write_csv(world.query_manifest, ("path", "species"), rows["query"])
-    build_soundscapes(world, noise, progress)
+    manifests = {
+        "student_train": (world.student_manifest, ("path", "species")),
+        "distill": (world.distill_manifest, ("path", "species", "split", "start", "end")),
+        "query": (world.query_manifest, ("path", "species")),
+    }
+    for split in splits:
+        write_csv(manifests[split][0], manifests[split][1], rows[split])
     return {"recordings": sum(len(r) for r in rows.values()), "audio_seconds": round(seconds, 1)}
 
 
@@ -260,6 +326,7 @@ STAGE_BUILDERS: dict[str, Callable[[ToyWorld, bool], dict[str, Any] | None]] = {
     "taxonomy": build_taxonomy,
     "images": build_images,
     "audio": build_audio,
+    "student-audio": build_student_audio,
     "teacher": build_teacher,
     "student-realistic": student_builder("realistic"),
     "student-perfect": student_builder("perfect"),
@@ -269,13 +336,14 @@ STAGE_OUTPUTS: dict[str, Callable[[ToyWorld], list[Path]]] = {
     "taxonomy": lambda w: [w.taxa_csv],
     "images": lambda w: [w.root / "images", w.gallery_dir, w.teacher_images_manifest, w.gallery_manifest],
     "audio": lambda w: [
-        w.audio_dir,
+        w.audio_dir / "distill",
+        w.audio_dir / "query",
         w.soundscape_dir,
-        w.student_manifest,
         w.distill_manifest,
         w.query_manifest,
         w.soundscape_annotations,
     ],  # fmt: skip
+    "student-audio": lambda w: [w.audio_dir / "student_train", w.student_manifest],
     "teacher": lambda w: [w.teacher_dir],
     "student-realistic": lambda w: [w.student_dir_for("realistic")],
     "student-perfect": lambda w: [w.student_dir_for("perfect")],

@@ -63,15 +63,17 @@ def run_demo(args: argparse.Namespace) -> int:
 def distil(world: Any, student: str, out: Path, args: argparse.Namespace) -> Path:
     """Distil one student (resumes an interrupted run; reuses a finished one)."""
     from birdsearch.model.distill.trainer import DistillConfig, distill
+    from birdsearch.toy.shipped import install_encoder
+    from birdsearch.toy.training import torch_threads, training_threads
 
     encoder_dir = out / "encoder"
     if encoder_dir.is_dir() and not args.rebuild:
         return encoder_dir
+    settings = distill_settings(world)
+    # ``out`` is <demo>/encoder-<variant>; the package ships the default world's two encoders.
+    if not args.rebuild and install_encoder(world, out.name.removeprefix("encoder-"), settings, encoder_dir):
+        return encoder_dir
     log.info("distilling %s into %s's text space", student, world.teacher_spec)
-    settings = {
-        **DEMO_DISTILL,
-        "batch_size": min(DEMO_DISTILL["batch_size"], training_clips(world.distill_manifest)),
-    }
     config = DistillConfig(
         manifest=str(world.distill_manifest),
         out=str(out),
@@ -81,9 +83,18 @@ def distil(world: Any, student: str, out: Path, args: argparse.Namespace) -> Pat
         device=args.device,
         **settings,
     )
-    result = distill(config)
+    with torch_threads(training_threads()):  # as the toy models: same thread count, same encoder
+        result = distill(config)
     assert result.encoder_dir is not None  # no stop_after: the run finished
     return result.encoder_dir
+
+
+def distill_settings(world: Any) -> dict[str, Any]:
+    """``DEMO_DISTILL``, the batch no larger than the world's training clips."""
+    return {
+        **DEMO_DISTILL,
+        "batch_size": min(DEMO_DISTILL["batch_size"], training_clips(world.distill_manifest)),
+    }
 
 
 def training_clips(manifest: Path) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from birdsearch.errors import ConfigError
 
 # Part of every cache key: bump it when a generator or a trainer changes its output.
-CODE_VERSION = "toy-3"
+CODE_VERSION = "toy-4"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from birdsearch.model.mel import FrontEndConfig, MelFrontEnd
 from birdsearch.model.standins import BIOLINGUAL_FEATURES, build_student, save_student, train_bpe_tokenizer
 from birdsearch.model.student import PROMPT, encode_audio
 from birdsearch.toy.config import StudentTrainConfig
+from birdsearch.toy.shipped import round_to_half
 from birdsearch.toy.taxonomy import COLOURS, PARTS, ToySpecies
 from birdsearch.toy.training import batches, class_contrastive_loss, optimizer_for, warmup_cosine
 
@@ -180,6 +181,7 @@ def train_student(
         world, model, tokenizer, audio, distinct, targets, variant, progress
     )
     directory = directory or world.student_dir_for(variant)
+    round_to_half(model)  # what ships is exactly what the build goes on with (birdsearch.toy.shipped)
     save_student(model.eval(), tokenizer, directory)
     caption_facts = {"variant": variant, "captioned": named, "captions": distinct}
     (directory / "toy_captions.json").write_text(json.dumps(caption_facts, indent=1))

@@ -21,6 +21,7 @@ from birdsearch.errors import ConfigError
 from birdsearch.model.names import NAME_FORMATS, OPENAI_TEMPLATES, TEMPLATE_SETS
 from birdsearch.model.standins import OPENAI_PREPROCESS_CFG, build_teacher, save_teacher
 from birdsearch.toy.config import TeacherTrainConfig
+from birdsearch.toy.shipped import round_to_half, token_table
 from birdsearch.toy.training import batches, class_contrastive_loss, optimizer_for, warmup_cosine
 
 # Annotations only: the world imports the builders, so a runtime import would close a circle.
@@ -110,6 +111,10 @@ def train_teacher(world: ToyWorld, progress: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng([world.config.seed, 31])
     model_cfg = teacher_model_cfg(tc)
     model = build_teacher(model_cfg, seed=world.config.seed).train()
+    with torch.no_grad():  # a start numpy draws alike everywhere: the shipped copy stores only changed rows
+        model.token_embedding.weight.copy_(
+            torch.from_numpy(token_table(world.config.seed, *model.token_embedding.weight.shape))
+        )
     photos, labels = load_photos(world, tc.image_size)
     tokens = tokenized_names(world)
     optimizer = optimizer_for(model, tc.lr)
@@ -133,5 +138,6 @@ def train_teacher(world: ToyWorld, progress: bool = True) -> dict[str, Any]:
             model.logit_scale.clamp_(0, np.log(100))
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    round_to_half(model)  # what ships is exactly what the build goes on with (birdsearch.toy.shipped)
     save_teacher(model.eval(), world.teacher_dir, model_cfg)
     return {"steps": tc.steps, "final_loss": round(float(np.mean(losses[-20:])), 4)}

@@ -10,7 +10,7 @@ the scientific name):
 ``teacher_train.csv``          photos that trained the teacher: path, species, common_name, ...
 ``gallery/<Genus_epithet>/``   gallery photos (JPEG); never seen by the teacher in training
 ``gallery.csv``                path, species, common_name, genus, family, order, license, attribution, source
-``student_train.csv``          recordings that trained the student: path, species
+``student_train.csv``          recordings that trained the student: path, species (when it trained here)
 ``distill.csv``                path, species, split (train/val), start, end (seconds; empty = whole file)
 ``query.csv``                  held-out query recordings: path, species
 ``soundscapes/``               30–60 s recordings mixing several species (32 kHz FLAC)
@@ -21,10 +21,14 @@ the scientific name):
 ``world.json``                 the config, its key, the code version and per-stage build times
 =============================  ===================================================================
 
-Recordings are FLAC or WAV at 48, 44.1 or 22.05 kHz, mono or stereo, 3–20 s long, so that every
+Recordings are mostly Ogg Vorbis at 48 kHz (as BirdSet and xeno-canto ship compressed audio), one
+in 20 each MP3 at 44.1 kHz, FLAC, WAV at 22.05 kHz and stereo Ogg, 3–20 s long, so that every
 consumer exercises decoding, resampling, downmixing, padding and windowing. Everything is drawn
 from generators seeded by ``WorldConfig.seed`` and the item's index: the same config gives the same
-bytes, whatever the order of building.
+bytes, whatever the order or the process of building (with the same libsndfile encoders).
+
+The students' training recordings are a stage of their own (``student-audio``), drawn only when a
+student trains: a world whose models the package ships (``birdsearch.toy.shipped``) skips them.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,7 +53,7 @@ from birdsearch.toy.taxonomy import ToySpecies, make_species, read_taxa
 log = logging.getLogger(__name__)
 
 STUDENT_VARIANTS = ("realistic", "perfect")  # the realistic one hears only part of the species' names
-DATA_STAGES = ("taxonomy", "images", "audio")
+DATA_STAGES = ("taxonomy", "images", "audio", "student-audio")
 MODEL_STAGES = ("teacher", "student-perfect", "student-realistic")
 ALL_STAGES = (*DATA_STAGES, *MODEL_STAGES, "metrics")
 # What each stage needs built first.
@@ -57,10 +61,16 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "taxonomy": (),
     "images": ("taxonomy",),
     "audio": ("taxonomy",),
+    "student-audio": ("taxonomy",),
     "teacher": ("images",),
     "student-realistic": ("student-perfect",),  # it keeps the perfect student's audio tower
-    "student-perfect": ("audio",),
-    "metrics": MODEL_STAGES,
+    "student-perfect": ("taxonomy",),
+    "metrics": (*MODEL_STAGES, "images", "audio"),  # the gallery photos and the query recordings
+}
+# What a model stage needs only to train: installing the model the package ships needs none of it.
+TRAINING_NEEDS: dict[str, tuple[str, ...]] = {
+    "student-perfect": ("student-audio",),
+    "student-realistic": ("student-audio",),
 }
 
 
@@ -259,17 +269,21 @@ def open_world(config: WorldConfig | str | None = None) -> ToyWorld:
 def ensure_world(
     config: WorldConfig | str | None = None,
     rebuild: bool = False,
-    stages: Sequence[str] = ALL_STAGES,
+    stages: Sequence[str] = (*MODEL_STAGES, "metrics"),
     progress: bool = True,
+    train: bool = False,
 ) -> ToyWorld:
     """Build what is missing of a toy world (or all of it, with ``rebuild``) and return it.
 
     Args:
         config: a ``WorldConfig``, a preset name ("default", "small") or None for "default".
-        rebuild: delete the cached world first and build it again.
-        stages: build only these stages and what they need (default: everything, models included);
+        rebuild: delete the cached world first and build it again, models trained from scratch
+            (otherwise a model the package ships for this world is installed, not trained).
+        stages: build only these stages and what they need (default: the models and their metrics,
+            with the data they need; the students' training recordings only if the students train);
             e.g. ``("images",)`` for the photos alone, ``("audio",)`` for the recordings alone.
         progress: show tqdm progress bars.
+        train: train the missing models even where the package ships them (``rebuild`` implies it).
 
     Safe to call from several processes at once: building holds a file lock on the world.
     """
@@ -277,7 +291,15 @@ def ensure_world(
     unknown = [s for s in stages if s not in ALL_STAGES]
     if unknown:
         raise ConfigError(f"unknown toy world stages {unknown}: use some of {', '.join(ALL_STAGES)}")
-    wanted = expand_stages(stages)
+    from birdsearch.toy import shipped as package
+
+    dirs = model_dirs(world)
+
+    def trains(stage: str) -> bool:
+        installs = stage in dirs and package.ships(dirs[stage])
+        return rebuild or train or not (world.is_built(stage) or installs)
+
+    wanted = expand_stages(stages, trains)
     if not rebuild and all(world.is_built(s) for s in wanted):
         return world
     from filelock import FileLock
@@ -291,16 +313,16 @@ def ensure_world(
         write_world_json(world)
         for stage in wanted:
             if not world.is_built(stage):
-                run_stage(world, stage, progress)
+                run_stage(world, stage, progress, shipped=not (rebuild or train))
     return world
 
 
-def expand_stages(stages: Sequence[str]) -> list[str]:
-    """``stages`` and everything they need, in build order."""
+def expand_stages(stages: Sequence[str], trains: Callable[[str], bool] = lambda stage: True) -> list[str]:
+    """``stages`` and everything they need, in build order (``trains``: whether a stage will train)."""
     needed: set[str] = set()
 
     def add(stage: str) -> None:
-        for need in STAGE_NEEDS[stage]:
+        for need in STAGE_NEEDS[stage] + (TRAINING_NEEDS.get(stage, ()) if trains(stage) else ()):
             add(need)
         needed.add(stage)
 
@@ -309,8 +331,12 @@ def expand_stages(stages: Sequence[str]) -> list[str]:
     return [s for s in ALL_STAGES if s in needed]
 
 
-def run_stage(world: ToyWorld, stage: str, progress: bool) -> None:
-    """Build one stage from scratch (removing any half-built output), then mark it done."""
+def run_stage(world: ToyWorld, stage: str, progress: bool, shipped: bool = True) -> None:
+    """Build one stage from scratch (removing any half-built output), then mark it done.
+
+    A model stage installs the model the package ships for this world when there is one and
+    ``shipped`` is true (``birdsearch.toy.shipped``); otherwise it trains.
+    """
     from birdsearch.toy import build
 
     for path in build.STAGE_OUTPUTS[stage](world):
@@ -320,12 +346,40 @@ def run_stage(world: ToyWorld, stage: str, progress: bool) -> None:
             path.unlink()
     log.info("toy world: building %s", stage)
     started = time.perf_counter()
-    facts = build.STAGE_BUILDERS[stage](world, progress) or {}
+    installed = install_shipped(world, stage) if shipped else None
+    if installed is None:  # training: what it needs may have been skipped for a shipped model
+        for need in TRAINING_NEEDS.get(stage, ()):
+            if not world.is_built(need):
+                run_stage(world, need, progress)
+    facts = installed or build.STAGE_BUILDERS[stage](world, progress) or {}
     seconds = time.perf_counter() - started
     log.info("toy world: %s built in %.1f s", stage, seconds)
     marker = world.stage_marker(stage)
     marker.parent.mkdir(exist_ok=True)
     marker.write_text(json.dumps({"seconds": round(seconds, 2), **facts}, indent=1))
+
+
+def install_shipped(world: ToyWorld, stage: str) -> dict[str, Any] | None:
+    """Install what the package ships for a model stage, or the metrics of shipped models; None if nothing.
+
+    The metrics are a function of the recordings, the photos and the models: when all three
+    models are the shipped ones, the figures measured when they were exported are this world's.
+    """
+    from birdsearch.toy import shipped as package
+
+    if stage in MODEL_STAGES:
+        return package.install(model_dirs(world)[stage], world.config.seed)
+    if stage != "metrics":
+        return None
+    if all(json.loads(world.stage_marker(s).read_text()).get("shipped") for s in MODEL_STAGES):
+        return package.install_file(world.metrics_json)
+    return None
+
+
+def model_dirs(world: ToyWorld) -> dict[str, Path]:
+    """The folder each model stage writes."""
+    students = {f"student-{variant}": world.student_dir_for(variant) for variant in STUDENT_VARIANTS}
+    return {"teacher": world.teacher_dir, **students}
 
 
 def write_world_json(world: ToyWorld) -> None:

@@ -25,10 +25,10 @@ def toy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_world(toy_cache: Path):
-    """The tiny world's data (no models)."""
-    from birdsearch.toy.world import ensure_world
+    """The tiny world's data (no models), the students' training recordings included."""
+    from birdsearch.toy.world import DATA_STAGES, ensure_world
 
-    return ensure_world(tiny_config(), stages=("images", "audio"), progress=False)
+    return ensure_world(tiny_config(), stages=DATA_STAGES, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from PIL import Image
 from birdsearch.errors import ConfigError
 from birdsearch.model.audio import load
 from birdsearch.toy.config import tiny_config
-from birdsearch.toy.world import ensure_world, open_world
+from birdsearch.toy.world import DATA_STAGES, ensure_world, open_world
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -60,7 +60,7 @@ def test_recordings_exercise_the_front_end(tiny_world):
     infos = [sf.info(p) for p in set(all_paths)]
     assert {i.samplerate for i in infos} >= {48_000, 22_050, 44_100} or len(infos) < 20
     assert {i.channels for i in infos} == {1, 2}
-    assert {Path(p).suffix for p in all_paths} == {".flac", ".wav"}
+    assert {Path(p).suffix for p in all_paths} == {".ogg", ".mp3", ".flac", ".wav"}
     durations = [i.duration for i in infos]
     assert min(durations) < 10 < max(durations)
     for row in distill:
@@ -93,7 +93,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_same_bytes_other_seed_other_world(tiny_world, tmp_path, monkeypatch):
     monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path))
-    again = ensure_world(tiny_config(), stages=("images", "audio"), progress=False)
+    again = ensure_world(tiny_config(), stages=DATA_STAGES, progress=False)
     assert again.root != tiny_world.root
     first, second = tree_bytes(tiny_world.root), tree_bytes(again.root)
     assert first.keys() == second.keys() and len(first) > 40
@@ -107,14 +107,14 @@ def test_cache_is_reused_and_rebuilt_on_request(tiny_world):
     photo = Path(rows(tiny_world.gallery_manifest)[0]["path"])
     before = photo.stat().st_mtime_ns
     started = time.perf_counter()
-    again = ensure_world(tiny_config(), stages=("images", "audio"), progress=False)
+    again = ensure_world(tiny_config(), stages=DATA_STAGES, progress=False)
     assert time.perf_counter() - started < 1.0
     assert again.root == tiny_world.root and photo.stat().st_mtime_ns == before
     os.utime(photo, ns=(before - 10**9, before - 10**9))
     rebuilt = ensure_world(tiny_config(), rebuild=True, stages=("images",), progress=False)
     assert photo.stat().st_mtime_ns > before - 10**9  # written again
     assert rebuilt.is_built("images") and not rebuilt.is_built("audio")
-    ensure_world(tiny_config(), stages=("images", "audio"), progress=False)  # leave it whole for others
+    ensure_world(tiny_config(), stages=DATA_STAGES, progress=False)  # leave it whole for others
 
 
 def test_a_half_built_stage_is_built_again(tiny_world):

@@ -1,0 +1,291 @@
+"""The toy models shipped with the package, so that a fresh install trains nothing to run the demo.
+
+``python -m birdsearch.toy.shipped --preset default`` builds a world from scratch (its teacher, both
+students and the demo's two distilled encoders, on ``BIRDSEARCH_TOY_THREADS`` threads, 1 unless
+set) and writes them under ``birdsearch/toy/shipped/``, one folder per model named like its folder in
+the cache (``teacher-<k>``, ``student-<variant>-<k>``, ``encoder-<variant>-<k>``). The key ``k``
+hashes the data, the code version and the model's settings, so a shipped model is used only for
+the world it was trained on: change a generator or a trainer and the build trains again.
+
+To stay a few MB, a shipped folder stores its weights as float16, which is exact: the toy builds
+round every weight to float16 before saving (``round_to_half``), so that what the build uses
+downstream is what ships. The teacher's token table (49,408 rows, of which the toy names use a few
+hundred) is stored as the rows training changed; the others are its seeded start
+(``token_table``), which numpy draws the same on any machine. Installing checks every weights file
+against the SHA-256 of the file the build wrote, so an installed model is bit-identical to a
+rebuilt one on the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from birdsearch.toy.config import digest
+
+if TYPE_CHECKING:  # the builders import this module, and the world imports the builders
+    from birdsearch.toy.world import ToyWorld
+
+log = logging.getLogger(__name__)
+
+SHIPPED_ROOT = Path(__file__).parent / "shipped"
+FACTS_FILE = "shipped.json"
+WEIGHTS_SUFFIX = ".safetensors"
+ROWS, VALUES = "::rows", "::values"  # a partly trained table: the changed rows' indices and values
+TOKEN_TABLE = "token_embedding.weight"  # the toy teacher's open_clip token table
+TOKEN_STD = 0.02  # open_clip's initial token embedding scale
+
+
+def token_table(seed: int, rows: int, width: int) -> np.ndarray:
+    """The toy teacher's token table before training: normals x 0.02 from numpy's seeded stream.
+
+    Float16 values (held as float32), so that ``round_to_half`` leaves the rows training never
+    touched as they were.
+    """
+    rng = np.random.default_rng([seed, 32])
+    table = rng.standard_normal((rows, width), dtype=np.float32) * np.float32(TOKEN_STD)
+    return table.astype(np.float16).astype(np.float32)
+
+
+def round_to_half(model: Any) -> None:
+    """Round every floating weight and buffer of a torch module to the nearest float16 value, in place."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
+def encoder_dir_name(world: ToyWorld, variant: str, settings: dict[str, Any]) -> str:
+    """``encoder-<variant>-<k>``: ``k`` names the teacher, the student and the distillation settings."""
+    keys = {"teacher": world.teacher_dir.name, "student": world.student_dir_for(variant).name}
+    return f"encoder-{variant}-{digest({**keys, 'distill': settings})[:8]}"
+
+
+def install_encoder(world: ToyWorld, variant: str, settings: dict[str, Any], target: Path) -> bool:
+    """Put the shipped distilled encoder of ``variant`` at ``target``; False when none ships for them."""
+    name = encoder_dir_name(world, variant, settings)
+    return install(target, world.config.seed, name=name) is not None
+
+
+# --- install -----------------------------------------------------------------------------------
+
+
+def ships(target: Path) -> bool:
+    """Whether the package ships a model for the folder ``target`` (installing it may still fail)."""
+    return (SHIPPED_ROOT / target.name / FACTS_FILE).is_file()
+
+
+def install(
+    target: Path, seed: int, name: str | None = None, root: Path | None = None
+) -> dict[str, Any] | None:
+    """Put the shipped copy of the model folder ``target`` in place; its build facts, or None if none ships.
+
+    ``name``: the shipped folder's name, when it is not ``target``'s (a distilled encoder's).
+
+    Nothing half-written: the folder is assembled beside ``target`` and renamed into place. A shipped
+    copy whose weights do not hash to what the build wrote is skipped with a warning (the caller
+    trains instead), as is one stored as a Git LFS pointer.
+    """
+    source = (root or SHIPPED_ROOT) / (name or target.name)
+    if not (source / FACTS_FILE).is_file():
+        return None
+    facts = json.loads((source / FACTS_FILE).read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for path in sorted(source.iterdir()):
+            if path.name == FACTS_FILE:
+                continue
+            if path.suffix == WEIGHTS_SUFFIX:
+                unpack_weights(path, staging / path.name, facts["weights"][path.name], seed)
+            else:
+                shutil.copyfile(path, staging / path.name)
+        bad = [name for name, entry in facts["weights"].items() if sha256(staging / name) != entry["sha256"]]
+        if bad:
+            log.warning(
+                "shipped toy model %s: %s differ from what its build wrote; training it instead",
+                source,
+                ", ".join(bad),
+            )
+            return None
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("shipped toy model %s cannot be installed (%s); training it instead", source, e)
+        return None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("toy world: installed the shipped %s", target.name)
+    return {**facts["build"], "shipped": True}
+
+
+def install_file(target: Path) -> dict[str, Any] | None:
+    """Copy the shipped file named like ``target`` (a world's metrics) into place; None if none ships."""
+    source = SHIPPED_ROOT / target.name
+    if not source.is_file():
+        return None
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+    log.info("toy world: installed the shipped %s", target.name)
+    return {"shipped": True}
+
+
+def unpack_weights(packed: Path, out: Path, entry: dict[str, Any], seed: int) -> None:
+    """Float16 tensors back to the float32 file the build wrote, token table rows included."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    stored = load_file(packed)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in stored.items():
+        if name.endswith(VALUES):
+            continue
+        if name.endswith(ROWS):
+            base = name[: -len(ROWS)]
+            table = torch.from_numpy(token_table(seed, *entry["tables"][base]))
+            table[tensor] = stored[base + VALUES].float()
+            state[base] = table
+        else:
+            dtype = getattr(torch, entry["dtypes"][name])
+            state[name] = tensor.to(dtype)
+    ordered = {name: state[name] for name in entry["order"]}
+    save_file(ordered, out, metadata=entry["metadata"])
+
+
+# --- pack ----------------------------------------------------------------------------------------
+
+
+def pack(source: Path, out: Path, build_facts: dict[str, Any], seed: int, rounding: bool = False) -> None:
+    """Write the shipped copy of the model folder ``source`` to ``out``.
+
+    ``rounding``: round the weights to float16 here (a distilled encoder, which nothing downstream
+    uses); otherwise they must be float16-exact already (``round_to_half`` in the build).
+    """
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    weights = {}
+    for path in sorted(source.iterdir()):
+        if path.suffix == WEIGHTS_SUFFIX:
+            weights[path.name] = pack_weights(path, out / path.name, seed, rounding)
+        elif path.is_file():
+            shutil.copyfile(path, out / path.name)
+    facts = {"build": build_facts, "weights": weights}
+    (out / FACTS_FILE).write_text(json.dumps(facts, indent=1, sort_keys=True))
+
+
+def pack_weights(path: Path, out: Path, seed: int, rounding: bool) -> dict[str, Any]:
+    """Store a safetensors file as float16 and changed rows; the entry ``unpack_weights`` reads.
+
+    Unpacks it again at once: without ``rounding`` the result must be ``path`` byte for byte.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from birdsearch.errors import ConfigError
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()  # None stays None: an empty dict would change the header
+        order = list(f.keys())
+    state = load_file(path)
+    stored: dict[str, torch.Tensor] = {}
+    entry: dict[str, Any] = {"metadata": metadata, "order": order, "dtypes": {}, "tables": {}}
+    for name, tensor in state.items():
+        if rounding and tensor.is_floating_point():
+            tensor = tensor.half().to(tensor.dtype)
+        if tensor.is_floating_point() and not torch.equal(tensor.half().to(tensor.dtype), tensor):
+            raise ConfigError(f"{path}: {name} is not float16-exact; the build must call round_to_half first")
+        if name.endswith(TOKEN_TABLE):
+            start = torch.from_numpy(token_table(seed, *tensor.shape))
+            changed = (tensor != start).any(dim=1).nonzero().flatten()
+            stored[name + ROWS] = changed
+            stored[name + VALUES] = tensor[changed].half()
+            entry["tables"][name] = list(tensor.shape)
+            continue
+        entry["dtypes"][name] = str(tensor.dtype).removeprefix("torch.")
+        stored[name] = tensor.half() if tensor.is_floating_point() else tensor
+    save_file(stored, out)
+    with tempfile.TemporaryDirectory() as scratch:
+        unpacked = Path(scratch) / path.name
+        unpack_weights(out, unpacked, entry, seed)
+        entry["sha256"] = sha256(unpacked)
+    if not rounding and entry["sha256"] != sha256(path):
+        raise ConfigError(f"{path}: packing does not round-trip to the same bytes; it cannot ship")
+    return entry
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export(preset: str, out_root: Path = SHIPPED_ROOT, keep_data: bool = False) -> list[Path]:
+    """Build ``preset``'s world from scratch, distil the demo's encoders, and pack every model.
+
+    ``keep_data``: train on the photos and recordings already in the cache (the same bytes a
+    rebuild would draw), retraining every model and distilling again.
+    """
+    from birdsearch.toy import plugin
+    from birdsearch.toy.cli import distil, distill_settings
+    from birdsearch.toy.world import MODEL_STAGES, ensure_world, model_dirs, open_world
+
+    plugin.register()  # the encoders' cards name their student by its toy spec
+    if keep_data:
+        world = open_world(preset)
+        models = [*model_dirs(world).values(), world.root / "demo", world.metrics_json]
+        models += [world.stage_marker(stage) for stage in (*MODEL_STAGES, "metrics")]
+        for path in models:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    world = ensure_world(preset, rebuild=not keep_data, train=True)
+    written = []
+    for stage, directory in model_dirs(world).items():
+        facts = json.loads(world.stage_marker(stage).read_text())
+        written.append(out_root / directory.name)
+        pack(directory, written[-1], facts, world.config.seed)
+    written.append(out_root / world.metrics_json.name)  # measured on the models above
+    shutil.copyfile(world.metrics_json, written[-1])
+    specs = {"realistic": world.student_spec, "perfect": world.perfect_student_spec}
+    for variant, spec in specs.items():
+        run = world.root / "demo" / f"encoder-{variant}"
+        encoder = distil(world, spec, run, argparse.Namespace(rebuild=True, device="cpu"))
+        settings = distill_settings(world)
+        written.append(out_root / encoder_dir_name(world, variant, settings))
+        pack(encoder, written[-1], {"distill": settings}, world.config.seed, rounding=True)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m birdsearch.toy.shipped",
+        description="Rebuild a toy world's models from scratch and write them as the package's shipped models.",
+    )
+    parser.add_argument("--preset", default="default", help="toy world: default, small or tiny")
+    parser.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="train on the cached photos and recordings instead of redrawing them",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("BIRDSEARCH_TOY_THREADS", "1")  # one thread: the same models on any machine
+    for path in export(args.preset, keep_data=args.keep_data):
+        files = list(path.iterdir()) if path.is_dir() else [path]
+        log.info("%s: %.1f MB", path, sum(f.stat().st_size for f in files) / 1e6)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -85,8 +85,10 @@ class StudyConfig:
             raise ConfigError(f"caption coverages {list(self.coverages)} must be in (0, 1]")
         if not self.seeds:
             raise ConfigError("give at least one seed")
-        if self.selection_student not in self.students:
-            raise ConfigError(f"selection student {self.selection_student!r} is not among {self.students}")
+        if self.selection_student not in STUDENTS:
+            raise ConfigError(
+                f"unknown selection student {self.selection_student!r}: use one of {', '.join(STUDENTS)}"
+            )
 
 
 SMOKE = {

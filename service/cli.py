@@ -51,6 +51,8 @@ def register(subparsers: Any) -> None:
     query.add_argument("--genus", help="only this genus")
     query.add_argument("--family", help="only this family")
     query.add_argument("--order", help="only this order")
+    query.add_argument("--min-conf", type=float,
+                       help="only species whose calibrated confidence reaches this (0..1); none left: abstains")  # fmt: skip
     query.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default: %(default)s)")
     query.set_defaults(func=run_query)
 
@@ -105,6 +107,7 @@ def run_query(args: argparse.Namespace) -> int:
         genus=args.genus,
         family=args.family,
         order=args.order,
+        min_conf=args.min_conf,
     )
     sys.stdout.write(json.dumps(answer, indent=2) + "\n" if args.json else render_table(answer))
     return 0

@@ -79,11 +79,13 @@ def render_table(answer: dict[str, Any]) -> str:
         f"mode {q['model']['mode']}, index {q['index']['name']} ({q['index']['count']} images); "
         f"{q['timings_ms']['total']:.0f} ms",
         "",
-        f"{'#':>2}  {'score':>6}  {'windows':>7}  species",
+        f"{'#':>2}  {'score':>6}  {'conf':>5}  {'windows':>7}  species",
     ]
+    if answer.get("abstained"):
+        lines.append(f"    {answer.get('message') or 'no species reached the confidence threshold'}")
     for i, s in enumerate(answer["species"], 1):
         name = f"{s['common_name']} ({s['species']})" if s["common_name"] else s["species"]
-        lines.append(f"{i:>2}  {s['score']:>6.3f}  {s['windows']:>7}  {name}")
+        lines.append(f"{i:>2}  {s['score']:>6.3f}  {confidence(s):>5}  {s['windows']:>7}  {name}")
     lines += ["", f"{'#':>2}  {'score':>6}  {'image':>6}  species / license / attribution"]
     for i, hit in enumerate(answer["images"], 1):
         extra = " / ".join(x for x in (hit["license"], hit["attribution"]) if x)
@@ -95,5 +97,12 @@ def render_table(answer: dict[str, Any]) -> str:
         lines += ["", "timeline:"]
         for w in answer["timeline"]:
             best = ", ".join(f"{s['common_name'] or s['species']} {s['score']:.3f}" for s in w["species"][:3])
+            best = best or ("nothing above the threshold" if w.get("abstained") else "")
             lines.append(f"  {w['start_s']:7.1f}–{w['end_s']:<7.1f} {best}")
     return "\n".join(lines) + "\n"
+
+
+def confidence(hit: dict[str, Any]) -> str:
+    """A species' calibrated confidence for the table; "-" when the server has no calibration."""
+    value = hit.get("confidence")
+    return "-" if value is None else f"{value:.2f}"

@@ -119,10 +119,11 @@ class Birdsearch:
         served = self.runtime.served()
         names = listed_species(config, served.version)
         allowed = served.version.ids_for(species=names) if names is not None else None
+        calibration = self.runtime.queries.calibrations.get(mode)  # the server's, as its min_conf uses
         recordings, problems = find_recordings(paths)
         for item, reason in problems:
             log.warning("input %s: %s", item, reason)
-        for _, outcome in Analyser(Engine(embedders[mode], served, allowed, names), config).run(recordings):
+        for _, outcome in Analyser(Engine(embedders[mode], served, allowed, names, calibration), config).run(recordings):
             if isinstance(outcome, BaseException):
                 log.warning("%s", outcome)
                 continue

@@ -32,8 +32,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--format", default="csv,raven,audacity,jsonl",
                         help="comma-separated: csv, raven, audacity, jsonl (default: %(default)s)")  # fmt: skip
     parser.add_argument("--min-conf", type=float, default=0.1,
-                        help="keep species whose window score is at least this (default: %(default)s; "
-                        "scores are cosine similarities until calibration lands)")  # fmt: skip
+                        help="keep species whose calibrated confidence in a window is at least this (0..1; "
+                        "default: %(default)s); without a calibration for the mode, the raw pooled cosine score")  # fmt: skip
+    parser.add_argument("--calibration", default=os.environ.get("BIRDSEARCH_CALIBRATION", ""),
+                        help="calibration file (default: BIRDSEARCH_CALIBRATION, else calibration.json beside "
+                        "the encoder or in the index root)")  # fmt: skip
     parser.add_argument("--species-k", type=int, default=5, help="at most this many species a window (default: %(default)s)")
     parser.add_argument("--species-list", type=Path,
                         help="only these species: scientific names or BirdNET 'Scientific_Common' lines")  # fmt: skip
@@ -68,6 +71,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         device=args.device,
         formats=tuple(parse_formats(args.format)),
         min_conf=args.min_conf,
+        calibration=args.calibration,
         species_k=args.species_k,
         window_s=args.window_s,
         hop_s=args.hop_s,

@@ -64,12 +64,13 @@ class Detection:
     end_s: float  # window end (the recording's end for a padded short recording)
     scientific: str
     common: str
-    confidence: float  # the window's species score (today: best cosine among its photos)
+    confidence: float  # calibrated confidence of the species in the window (its raw score without a calibration)
     photo_id: int  # image id in the index version that answered
     photo_score: float  # that photo's score for the window
     photo_license: str = ""
     photo_attribution: str = ""
     photo_hash: str = ""  # the photo's content hash: its id in any later index version
+    score: float | None = None  # the window's pooled cosine species score (None in results from before)
 
 
 @dataclass(frozen=True)

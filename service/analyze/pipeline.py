@@ -8,7 +8,7 @@ reader → mapper → writer, in one process:
 - **mapper**: ``SharedBatches`` runs the windows of many recordings through shared forward passes
   of the service's embedder (distilled encoder, or the cascade's student and species head);
 - **writer**: each recording's windows are searched in the index like a query's; every species
-  whose window score reaches ``min_conf`` (at most ``species_k`` a window) is a detection, with the
+  whose window confidence reaches ``min_conf`` (at most ``species_k`` a window) is a detection, with the
   best photo of that species for that window; the outputs are written atomically, then a state file
   that records the settings' hash, so that a rerun skips what is done.
 
@@ -37,11 +37,13 @@ import numpy as np
 
 from birdsearch.cpus import available_cpus
 from birdsearch.errors import BirdsearchError, ConfigError
+from birdsearch.model.calibration import describe as describe_calibration
 from birdsearch.model.hub import DEFAULT_STUDENT
 from birdsearch.service.analyze import formats
 from birdsearch.service.analyze.batches import SharedBatches
 from birdsearch.service.analyze.formats import Detection, RecordingResult
 from birdsearch.service.analyze.inputs import Recording, find_recordings
+from birdsearch.service.calibrate import calibration_for
 from birdsearch.service.ranking import DEFAULT_SPECIES_RULE, parse_rule
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ class AnalyzeConfig:
     mode: str = "auto"  # "distilled", "cascade" or "auto" (distilled when a checkpoint is given)
     device: str = "auto"
     formats: Sequence[str] = formats.FORMATS
-    min_conf: float = 0.1  # detections need a window species score at least this (pooled cosine today)
+    min_conf: float = 0.1  # detections need a calibrated confidence at least this (the raw score without a calibration)
+    calibration: str = ""  # calibration file; empty: calibration.json beside the encoder / in the index root
     species_k: int = 5  # at most this many species per window
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)
@@ -120,6 +123,7 @@ class Engine:
     served: Any  # birdsearch.service.index_state.ServedIndex
     allowed: np.ndarray | None  # image ids of the species list; None: every image
     species_names: list[str] | None  # the species list as the index spells it
+    calibration: Any = None  # birdsearch.model.calibration.Platt of the mode; None: raw scores
 
     @property
     def front_end(self) -> Any:
@@ -149,7 +153,11 @@ def load_engine(config: AnalyzeConfig) -> Engine:
     if mode == "cascade" and served.cascade is None:
         raise ConfigError(f"index {version.name} has no species for the cascade to classify against")
     allowed = version.ids_for(species=names) if names is not None else None
-    return Engine(embedder, served, allowed, names)
+    calibration = calibration_for(mode, config.calibration, config.checkpoint, config.index_root)
+    if calibration is None:
+        log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score", mode,
+                    config.min_conf)  # fmt: skip
+    return Engine(embedder, served, allowed, names, calibration)
 
 
 def chosen_mode(mode: str, have_checkpoint: bool) -> str:
@@ -184,6 +192,7 @@ def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s:
         "window_s": window_s,
         "hop_s": hop_s,
         "min_conf": config.min_conf,
+        "calibration": describe_calibration(engine.calibration) if engine.calibration is not None else None,
         "species_k": config.species_k,
         "candidates_per_window": config.candidates_per_window,
         "species_rule": str(parse_rule(config.species_rule)),
@@ -204,10 +213,11 @@ def detect(
     engine: Engine, vectors: np.ndarray, starts_s: np.ndarray, window_s: float, duration_s: float,
     config: AnalyzeConfig,
 ) -> list[Detection]:  # fmt: skip
-    """Search each window's vector and keep the species scoring at least ``config.min_conf`` in it.
+    """Search each window's vector and keep its best species whose confidence reaches ``config.min_conf``.
 
     The search and the scores are the query path's (``answer.search``, ``ranking.species_scores``
-    with the species rule): a species' window score pools its photos among the window's candidates.
+    with the species rule): a species' window score pools its photos among the window's candidates;
+    the engine's calibration makes it a confidence (without one the raw score stands in for it).
     The detection's photo is the species' best photo in that window, with its own score.
     """
     from birdsearch.service import answer, ranking
@@ -216,14 +226,14 @@ def detect(
     scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, config.candidates_per_window)
     per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species),
                                         config.species_rule).per_window  # fmt: skip
+    confidence = engine.calibration(per_window) if engine.calibration is not None else per_window
     found: list[tuple[int, int, float, int, float]] = []  # (window, species row, score, photo id, photo score)
     for w in range(len(starts_s)):
         for row in ranking.top_species(per_window[w], config.species_k):
-            score = float(per_window[w, row])
-            if score < config.min_conf:
-                break  # best first
+            if confidence[w, row] < config.min_conf:
+                continue
             photo = ranking.best_image_of_species(scores[w : w + 1], ids[w : w + 1], served.image_species, int(row))
-            found.append((w, int(row), score, photo, float(scores[w][ids[w] == photo].max())))
+            found.append((w, int(row), float(per_window[w, row]), photo, float(scores[w][ids[w] == photo].max())))
     photos = answer.image_records(served, [f[3] for f in found]) if found else {}
     detections = []
     for w, row, score, photo_id, photo_score in found:
@@ -231,7 +241,8 @@ def detect(
         start = float(starts_s[w])
         detections.append(Detection(
             round(start, 3), round(min(start + window_s, duration_s), 3), species.scientific, species.common,
-            round(score, 6), photo_id, round(photo_score, 6), photo.license, photo.attribution, photo.content_hash,
+            round(float(confidence[w, row]), 6), photo_id, round(photo_score, 6), photo.license,
+            photo.attribution, photo.content_hash, round(score, 6),
         ))  # fmt: skip
     return detections
 

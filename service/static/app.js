@@ -139,6 +139,7 @@ async function runQuery(file) {
   form.append("species_k", $("opt-species-k").value || "5");
   form.append("mode", $("opt-mode").value);
   if ($("opt-hop").value) form.append("hop_s", $("opt-hop").value);
+  if ($("opt-min-conf").value) form.append("min_conf", $("opt-min-conf").value);
   let response;
   try {
     response = await fetch("/query", { method: "POST", body: form });
@@ -166,7 +167,8 @@ function renderAnswer(answer) {
     `Species score: ${answer.aggregation.window_species_score}, then ${answer.aggregation.recording_species_score}. ` +
     `“Windows” counts the windows where the species ranks first.`;
   const best = Math.max(...answer.species.map((s) => s.score), 1e-6);
-  $("species-list").replaceChildren(...answer.species.map((s) => speciesCard(s, best)));
+  const abstained = el("li", { class: "abstained muted" }, answer.message || "No species reached the threshold.");
+  $("species-list").replaceChildren(...(answer.abstained ? [abstained] : answer.species.map((s) => speciesCard(s, best))));
   $("images").replaceChildren(...answer.images.map(photoCard));
   renderTimeline(answer.timeline, q.duration_s, q.window_s, q.hop_s);
   $("results").hidden = false;
@@ -179,7 +181,9 @@ function speciesCard(s, best) {
     el("div", {},
       el("div", { class: "name" }, s.common_name || s.species),
       el("div", { class: "sci" }, s.species),
-      el("div", { class: "muted" }, `score ${s.score.toFixed(3)} · first in ${s.windows} window(s) · ${s.family}`),
+      el("div", { class: "muted" }, `score ${s.score.toFixed(3)}` +
+        (s.confidence == null ? "" : ` · confidence ${s.confidence.toFixed(2)}`) +
+        ` · first in ${s.windows} window(s) · ${s.family}`),
       el("div", { class: "score-bar" }, el("span", { style: `width:${width}%` }))));
 }
 
@@ -200,7 +204,7 @@ function renderTimeline(timeline, duration, window, hop) {
   const span = Math.max(duration, window);
   box.replaceChildren(...timeline.map((w) => {
     const top = w.species[0];
-    const label = top ? `${top.common_name || top.species} ${top.score.toFixed(2)}` : "—";
+    const label = top ? `${top.common_name || top.species} ${(top.confidence ?? top.score).toFixed(2)}` : "—";
     const node = el("div", {
       class: "window",
       "data-start": String(w.start_s),

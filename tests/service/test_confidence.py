@@ -98,3 +98,20 @@ def test_without_a_calibration_confidence_is_null(api, helpers):
     answer = helpers.run(main())
     assert answer.status_code == 200, answer.text
     assert all(s["confidence"] is None for s in answer.json()["species"])
+
+
+def test_the_query_table_shows_confidence_and_abstention():
+    from birdsearch.service.client import render_table
+
+    facts = {"duration_s": 20.0, "windows": 2, "window_s": 10, "hop_s": 10, "model": {"mode": "distilled"},
+             "index": {"name": "v1", "count": 3}, "timings_ms": {"total": 5}}  # fmt: skip
+    species = {"species": "Apus apus", "common_name": "", "score": 0.61, "windows": 1, "confidence": 0.87}
+    answered = {"query": facts, "species": [species], "images": [], "abstained": False,
+                "timeline": [{"start_s": 0, "end_s": 10, "species": [species], "abstained": False},
+                             {"start_s": 10, "end_s": 20, "species": [], "abstained": True}]}  # fmt: skip
+    table = render_table(answered)
+    assert "0.87" in table and "nothing above the threshold" in table
+    abstained = {**answered, "species": [], "abstained": True, "message": "no species reached the confidence "
+                 "threshold of 0.5", "timeline": answered["timeline"][1:]}  # fmt: skip
+    assert "threshold of 0.5" in render_table(abstained)
+    assert " - " in render_table({**answered, "species": [{**species, "confidence": None}]})

@@ -95,6 +95,7 @@ def test_jsonl_has_every_field(results):
         "file": "site1/dawn.flac", "start_s": 0.0, "end_s": 10.0, "scientific": "Turdus migratorius",
         "common": "American Robin", "confidence": 0.81234, "photo_id": 7, "photo_score": 0.81234,
         "photo_license": "CC BY 4.0", "photo_attribution": "A. Photographer", "photo_hash": "hash7",
+        "score": None,
     }  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from birdsearch.errors import ConfigError
+from birdsearch.errors import BirdsearchError, ConfigError
 from birdsearch.model.calibration import (
     FILE_NAME,
     Platt,
@@ -91,21 +91,22 @@ def window_scores(engine: Any, path: str | Path, rule: str, candidates: int = 20
     """(W, S) species scores of one recording's windows and their (W,) start times, as ``analyze`` scores them."""
     from birdsearch.model import audio
     from birdsearch.service import answer, ranking
-    from birdsearch.service.analyze.inputs import Recording
-    from birdsearch.service.analyze.pipeline import read_windows
+    from birdsearch.service.recording import plan_windows
 
     fe = engine.front_end
     window_s = window_s or fe.window_s
-    decoded = read_windows(Recording(Path(path), Path(path).name), fe.sample_rate, window_s, hop_s or window_s,
-                           fe.window_samples, audio.AudioLimits())  # fmt: skip
-    windows = np.concatenate(decoded.parts)
+    hop = hop_s or window_s
+    rec = audio.load(path, sample_rate=fe.sample_rate, limits=audio.AudioLimits())
+    count = len(audio.window_starts(len(rec.samples), round(window_s * fe.sample_rate), round(hop * fe.sample_rate)))
+    plan = plan_windows(rec.samples, rec.sample_rate, window_s, hop, count, fe.window_samples)
+    windows = np.concatenate(plan.parts)
     if windows.shape[1] != fe.window_samples:
         windows = np.stack([audio.repeat_pad(row, fe.window_samples) for row in windows])
     vectors = np.concatenate([engine.vectors(engine.embedder(windows[i : i + 8])) for i in range(0, len(windows), 8)])
     served = engine.served
     scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, candidates)
     per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule).per_window
-    return per_window, decoded.starts_s
+    return per_window, plan.starts_s
 
 
 def labelled_windows(engine: Any, clips: Sequence[tuple[str | Path, str | None]], rule: str,
@@ -144,3 +145,73 @@ def fit_engine(engine: Any, clips: Sequence[tuple[str | Path, str | None]], rule
     log.info("calibration of %s on %d scores: %s (ECE %.4f on the fitting data)",
              engine.embedder.mode, labels.size, describe(platt), facts["ece_fit"])  # fmt: skip
     return Platt(platt.weights, platt.bias, platt.features, facts)
+
+
+# -- python -m birdsearch.service.calibrate -------------------------------------------------------
+
+
+def read_clips(manifest: Path) -> list[tuple[str, str]]:
+    """(path, species) rows of a CSV with ``path`` and ``species`` columns; only ``val`` rows when it has ``split``.
+
+    Relative paths are under the manifest's folder.
+    """
+    import csv
+
+    try:
+        with open(manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ConfigError(f"calibration clips {manifest}: {e.strerror or e}") from None
+    if not rows or not {"path", "species"} <= set(rows[0]):
+        raise ConfigError(f"calibration clips {manifest}: needs a header with 'path' and 'species' and some rows")
+    if "split" in rows[0]:
+        rows = [r for r in rows if r["split"] == "val"]
+        if not rows:
+            raise ConfigError(f"calibration clips {manifest}: no row of split 'val' (clips held out from training)")
+    return [(str(manifest.parent / r["path"]), r["species"].strip()) for r in rows]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fit a mode's calibration on held-out clips (and background-only recordings) and write it."""
+    import argparse
+    import glob
+
+    from birdsearch.model.calibration import save_calibration
+    from birdsearch.model.hub import DEFAULT_STUDENT
+    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
+    from birdsearch.service.ranking import DEFAULT_SPECIES_RULE
+
+    parser = argparse.ArgumentParser(prog="python -m birdsearch.service.calibrate", description=main.__doc__)
+    parser.add_argument("--index-root", type=Path, required=True, help="the published index the service searches")
+    parser.add_argument("--checkpoint", default="", help="distilled encoder folder (mode distilled)")
+    parser.add_argument("--student", default=DEFAULT_STUDENT, help="the cascade's student (mode cascade)")
+    parser.add_argument("--mode", choices=("auto", "distilled", "cascade"), default="auto")
+    parser.add_argument("--clips", type=Path, required=True, help="CSV path,species[,split]: held-out labelled clips")
+    parser.add_argument("--background", action="append", default=[],
+                        help="glob of background-only recordings (no bird), repeatable")  # fmt: skip
+    parser.add_argument("--species-rule", default=DEFAULT_SPECIES_RULE, help="the service's species rule")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path,
+                        help=f"calibration file (default: {FILE_NAME} beside the encoder, or in the index root)")  # fmt: skip
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    background = sorted({p for pattern in args.background for p in glob.glob(pattern, recursive=True)})
+    try:
+        if args.background and not background:
+            raise ConfigError(f"--background {args.background}: no file matches")
+        clips: list[tuple[str | Path, str | None]] = [*read_clips(args.clips), *[(p, None) for p in background]]
+        config = AnalyzeConfig(inputs=[], out=Path("."), index_root=args.index_root, checkpoint=args.checkpoint,
+                               student=args.student, mode=args.mode, device=args.device)  # fmt: skip
+        engine = load_engine(config)
+        platt = fit_engine(engine, clips, args.species_rule, config.candidates_per_window)
+    except BirdsearchError as e:
+        log.error("error: %s", e)
+        return 2
+    mode = engine.embedder.mode
+    out = args.out or (Path(args.checkpoint) if mode == "distilled" else args.index_root) / FILE_NAME
+    log.info("calibration of %s written to %s", mode, save_calibration(out, mode, platt))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -115,3 +115,31 @@ def test_the_query_table_shows_confidence_and_abstention():
                  "threshold of 0.5", "timeline": answered["timeline"][1:]}  # fmt: skip
     assert "threshold of 0.5" in render_table(abstained)
     assert " - " in render_table({**answered, "species": [{**species, "confidence": None}]})
+
+
+def test_fitting_a_calibration_for_an_existing_encoder(tmp_path, index_root, tiny_models, helpers):
+    """python -m birdsearch.service.calibrate: val rows of a manifest plus background, written where asked."""
+    import numpy as np
+    import soundfile as sf
+
+    from birdsearch.model.calibration import load_calibration
+    from birdsearch.service.calibrate import main
+
+    wind = tmp_path / "wind"
+    wind.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(wind / "wind.wav", 0.05 * rng.standard_normal(48_000 * 5).astype(np.float32), 48_000)
+    clips = tmp_path / "clips.csv"
+    focal, scape = helpers.audio_file(FOCAL), helpers.audio_file("birdnet_soundscape_48k_30s.flac")
+    clips.write_text(f"path,species,split\n{focal},Turdus migratorius,val\n{scape},Junco hyemalis,val\n"
+                     f"{scape},Turdus merula,train\n")  # fmt: skip
+    out = tmp_path / "calibration.json"
+    argv = ["--index-root", str(index_root), "--checkpoint", str(tiny_models["encoder"]), "--clips", str(clips),
+            "--background", str(wind / "*.wav"), "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    fitted = load_calibration(out)["distilled"]
+    assert fitted.facts["clips"] == 3 and fitted.facts["background_clips"] == 1  # the train row is left out
+    assert fitted.facts["positives"] == 4  # one window of the focal recording, three of the soundscape
+    clips.write_text(f"path,species\n{focal},Nonexistent bird\n")
+    assert main([*argv[:6], "--device", "cpu", "--out", str(out)]) == 2  # an unknown species: an error, no file
+    assert load_calibration(out)["distilled"] == fitted

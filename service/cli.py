@@ -10,7 +10,10 @@ import tempfile
 from typing import Any
 
 # serve's flags that are settings too: flag given -> exported as BIRDSEARCH_<NAME> for every worker.
-SERVE_SETTINGS = ("index_root", "checkpoint", "student", "device", "max_batch", "max_wait_ms", "admin_key")
+SERVE_SETTINGS = (
+    "index_root", "checkpoint", "student", "device", "max_batch", "max_wait_ms", "admin_key", "species_list",
+    "calibration",
+)  # fmt: skip
 
 
 def register(subparsers: Any) -> None:
@@ -34,6 +37,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--max-batch", type=int, help="windows per forward pass (BIRDSEARCH_MAX_BATCH)")
     serve.add_argument("--max-wait-ms", type=float, help="batching wait (BIRDSEARCH_MAX_WAIT_MS)")
     serve.add_argument("--admin-key", help="enables /admin routes (BIRDSEARCH_ADMIN_KEY)")
+    serve.add_argument("--species-list", help="only these species: plain names or BirdNET lines "
+                       "(BIRDSEARCH_SPECIES_LIST); a request's own species_list wins")  # fmt: skip
+    serve.add_argument("--calibration", help="calibration file of the modes' confidences (BIRDSEARCH_CALIBRATION)")
     serve.set_defaults(func=run_serve)
 
     query = subparsers.add_parser(
@@ -51,6 +57,8 @@ def register(subparsers: Any) -> None:
     query.add_argument("--genus", help="only this genus")
     query.add_argument("--family", help="only this family")
     query.add_argument("--order", help="only this order")
+    query.add_argument("--species-list", help="only these species: a list file (plain names or BirdNET lines), "
+                       "checked against the server's species (GET /species)")  # fmt: skip
     query.add_argument("--min-conf", type=float,
                        help="only species whose calibrated confidence reaches this (0..1); none left: abstains")  # fmt: skip
     query.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default: %(default)s)")
@@ -92,7 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from birdsearch.service.client import query_file, render_table
+    from birdsearch.service.client import query_file, render_table, resolve_list
 
     answer = query_file(
         args.file,
@@ -108,6 +116,7 @@ def run_query(args: argparse.Namespace) -> int:
         family=args.family,
         order=args.order,
         min_conf=args.min_conf,
+        species_list=resolve_list(args.species_list, args.url, args.timeout) if args.species_list else None,
     )
     sys.stdout.write(json.dumps(answer, indent=2) + "\n" if args.json else render_table(answer))
     return 0

@@ -24,6 +24,7 @@ from birdsearch.service.lifecycle import Lifecycle
 from birdsearch.service.metrics import observe_stage
 from birdsearch.service.schemas import IndexInfo, ModelInfo, QueryFacts, QueryForm, QueryResponse
 from birdsearch.service.settings import Settings
+from birdsearch.service.species_filter import SpeciesFilter, combine
 
 
 def pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
@@ -103,6 +104,7 @@ class QueryPath:
             mode: calibration_for(mode, settings.calibration, settings.checkpoint, settings.index_root)
             for mode in ("distilled", "cascade")
         }
+        self.species_filter = SpeciesFilter(settings.species_list)
 
     def resolve_mode(self, mode: str) -> str:
         """'auto' to the configured default; a mode without a loaded model is a 422 saying how to get it."""
@@ -141,8 +143,13 @@ class QueryPath:
         window_s, hop_s = check_form(self.settings, form, embedder.front_end.window_s)
         if form.min_conf is not None and self.calibrations.get(mode) is None:
             raise BadParameterError(no_calibration(mode))
-        allowed = await asyncio.to_thread(answer.filter_ids, served, form)
+        allowed = await asyncio.to_thread(self.allowed_ids, served, form)
         return Request(form, served, mode, embedder, window_s, hop_s, allowed, watch)
+
+    def allowed_ids(self, served: ServedIndex, form: QueryForm) -> np.ndarray | None:
+        """Image ids the taxon filters and the species list allow (None: all); on a worker thread."""
+        by_list = self.species_filter.allowed(served, form.species_list)
+        return combine(answer.filter_ids(served, form), by_list, served.name)
 
     async def _estimate(self, upload: BinaryIO, request: Request) -> int:
         """Bytes the decoded upload will take, from its header, to hold in the memory budget."""

@@ -53,6 +53,14 @@ class QueryForm(BaseModel):
         "BIRDSEARCH_SPECIES_RULE. Pooling keeps species with many gallery photos from winning for that alone",
         examples=["lme:0.1"],
     )
+    species_list: str | None = Field(
+        None,
+        max_length=2**20,
+        description="only these species: a species list's text, one species a line (scientific names, or BirdNET's "
+        "'Scientific name_Common name' lines); wins over the server's BIRDSEARCH_SPECIES_LIST. A name the index "
+        "lacks is a 422 suggesting the nearest names",
+        examples=["Turdus migratorius\nCyanocitta cristata_Blue Jay"],
+    )
     min_conf: float | None = Field(
         None,
         ge=0,

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # calibration file (birdsearch.model.calibration) with an entry per mode; empty: <checkpoint>/calibration.json
     # for the distilled encoder and <index_root>/calibration.json for the cascade, where they exist
     calibration: str = ""
+    # species list file (plain names or BirdNET lines): only its species are searched; a request's own list wins
+    species_list: str = ""
 
     # Limits on what a request may ask for
     max_upload_bytes: int = Field(20 * 2**20, ge=1024)  # request body; refused with 413 while it streams
@@ -129,6 +131,19 @@ class Settings(BaseSettings):
 
             try:
                 load_calibration(value)
+            except ConfigError as e:
+                raise ValueError(str(e)) from e
+        return value
+
+    @field_validator("species_list")
+    @classmethod
+    def check_species_list(cls, value: str) -> str:
+        """A given species list must read and parse (names are resolved against each index version)."""
+        if value:
+            from birdsearch.service.species_list import read_species_list
+
+            try:
+                read_species_list(value)
             except ConfigError as e:
                 raise ValueError(str(e)) from e
         return value

@@ -16,7 +16,7 @@ import numpy as np
 
 from birdsearch.model import audio
 from birdsearch.service import answer, recording
-from birdsearch.service.calibrate import apply_min_conf, calibration_for, no_calibration
+from birdsearch.service.confidence import apply_min_conf, calibration_for, no_calibration
 from birdsearch.service.cpu_share import ComputeThread
 from birdsearch.service.errors import BadParameterError, ModeUnavailableError, NotReadyError
 from birdsearch.service.index_state import ServedIndex

@@ -43,7 +43,7 @@ from birdsearch.service.analyze import formats
 from birdsearch.service.analyze.batches import SharedBatches
 from birdsearch.service.analyze.formats import Detection, RecordingResult
 from birdsearch.service.analyze.inputs import Recording, find_recordings
-from birdsearch.service.calibrate import calibration_for
+from birdsearch.service.confidence import calibration_for
 from birdsearch.service.ranking import DEFAULT_SPECIES_RULE, parse_rule
 
 log = logging.getLogger(__name__)

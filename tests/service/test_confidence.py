@@ -4,7 +4,7 @@ import pytest
 
 from birdsearch.errors import ConfigError
 from birdsearch.model.calibration import FILE_NAME, Platt, save_calibration, sigmoid
-from birdsearch.service.calibrate import apply_min_conf, calibration_for
+from birdsearch.service.confidence import apply_min_conf, calibration_for
 from birdsearch.service.schemas import SpeciesHit, TimelineWindow, WindowSpecies
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"

@@ -98,7 +98,7 @@ def search_and_rank(
     return (
         species_hits(served, species_scores, top_rows, species_images, records, confidence),
         image_hits(images, records),
-        timeline(served, species_scores, plan, form.species_k, confidence),
+        timeline(served, species_scores, plan, form.species_k, confidence, scores, ids),
         Aggregation(
             **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
             candidates_per_window=candidates,
@@ -175,25 +175,52 @@ def species_hits(
     return hits
 
 
+def window_photo(served: ServedIndex, scores: np.ndarray, ids: np.ndarray, window: int, row: int) -> tuple[int, float]:
+    """Species ``row``'s best photo among window ``window``'s candidates and its score ((-1, nan) when none)."""
+    photo = ranking.best_image_of_species(scores[window : window + 1], ids[window : window + 1],
+                                          served.image_species, row)  # fmt: skip
+    if photo < 0:
+        return photo, float("nan")
+    return photo, float(scores[window][ids[window] == photo].max())
+
+
 def timeline(
     served: ServedIndex, scores: ranking.SpeciesScores, plan: WindowPlan, species_k: int,
-    confidence: np.ndarray | None = None,
+    confidence: np.ndarray | None = None, candidate_scores: np.ndarray | None = None,
+    candidate_ids: np.ndarray | None = None,
 ) -> list[TimelineWindow]:
-    """Each window's time span and its own top species."""
+    """Each window's time span and its own top species, each with its best photo in that window when
+    the candidates (``candidate_scores``, ``candidate_ids``: (W, C)) are given."""
+    tops = [ranking.top_species(scores.per_window[w], species_k) for w in range(len(plan.starts_s))]
+    photos: dict[tuple[int, int], tuple[int, float]] = {}
+    if candidate_scores is not None and candidate_ids is not None:
+        photos = {(w, int(row)): window_photo(served, candidate_scores, candidate_ids, w, int(row))
+                  for w, rows in enumerate(tops) for row in rows}  # fmt: skip
+    records = image_records(served, sorted({p for p, _ in photos.values() if p >= 0}))
     return [
         TimelineWindow(
             index=w,
             start_s=round(float(start), 3),
             end_s=round(min(float(start) + plan.window_s, plan.duration_s), 3),
-            species=[
-                WindowSpecies(
-                    species=served.species[int(row)].scientific,
-                    common_name=served.species[int(row)].common,
-                    score=round(float(scores.per_window[w, row]), 6),
-                    confidence=None if confidence is None else round(float(confidence[w, row]), 4),
-                )
-                for row in ranking.top_species(scores.per_window[w], species_k)
-            ],
+            species=[window_species(served, scores, w, int(row), confidence, photos.get((w, int(row))), records)
+                     for row in tops[w]],  # fmt: skip
         )
         for w, start in enumerate(plan.starts_s)
     ]
+
+
+def window_species(
+    served: ServedIndex, scores: ranking.SpeciesScores, w: int, row: int, confidence: np.ndarray | None,
+    photo: tuple[int, float] | None, records: dict[int, Any],
+) -> WindowSpecies:  # fmt: skip
+    record = records.get(photo[0]) if photo is not None else None
+    return WindowSpecies(
+        species=served.species[row].scientific,
+        common_name=served.species[row].common,
+        score=round(float(scores.per_window[w, row]), 6),
+        confidence=None if confidence is None else round(float(confidence[w, row]), 4),
+        **({} if record is None else {
+            "image_id": record.id, "image_score": round(photo[1], 6), "image_license": record.license,
+            "image_attribution": record.attribution, "image_hash": record.content_hash,
+        }),
+    )  # fmt: skip

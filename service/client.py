@@ -72,26 +72,31 @@ def query_file(
     return response.json()
 
 
-def resolve_list(path: str | Path, url: str | None = None, timeout_s: float = 30.0) -> str:
+def resolve_list(path: str | Path, url: str | None = None, timeout_s: float = 30.0, allow_unknown: bool = False) -> str:
     """A species list file resolved against the server's species (``GET /species``): the names, one a line.
 
     Checked here so that a typo fails before the upload, with the nearest names the server holds.
     """
-    import httpx
-
     from birdsearch.service.species_list import read_species_list, resolve_species_list
 
     entries = read_species_list(path)
+    body = get_json("species", url, timeout_s)
+    species = [SimpleNamespace(scientific=s["species"], common=s["common_name"]) for s in body["species"]]
+    return "\n".join(resolve_species_list(entries, species, allow_unknown, index=f"the server's index {body['index']}"))
+
+
+def get_json(endpoint: str, url: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
+    """``GET {url}/{endpoint}`` (species, version, ...): the JSON answer, or a ServiceError saying why not."""
+    import httpx
+
     base = (url or default_url()).rstrip("/")
     try:
-        response = httpx.get(f"{base}/species", timeout=timeout_s)
+        response = httpx.get(f"{base}/{endpoint}", timeout=timeout_s)
     except httpx.HTTPError as e:
         raise ServiceError(f"cannot reach the query service at {base} ({e}); start it with 'birdsearch serve'") from e
     if response.status_code != 200:
-        raise ServiceError(f"GET /species answered {response.status_code}: {response.text[:300]}", response.status_code)
-    body = response.json()
-    species = [SimpleNamespace(scientific=s["species"], common=s["common_name"]) for s in body["species"]]
-    return "\n".join(resolve_species_list(entries, species, index=f"the server's index {body['index']}"))
+        raise ServiceError(f"GET /{endpoint} answered {response.status_code}: {response.text[:300]}", response.status_code)
+    return response.json()
 
 
 def render_table(answer: dict[str, Any]) -> str:

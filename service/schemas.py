@@ -117,6 +117,12 @@ class WindowSpecies(BaseModel):
     common_name: str = Field(examples=["American Robin"])
     score: float = Field(examples=[0.61])
     confidence: float | None = Field(None, description="calibrated probability (0..1)", examples=[0.87])
+    image_id: int | None = Field(None, description="the species' best photo in this window", examples=[42])
+    image_score: float | None = Field(None, description="that photo's score for this window", examples=[0.58])
+    image_license: str = Field("", examples=["CC BY 4.0"])
+    image_attribution: str = Field("", examples=["(c) Jane Doe"])
+    image_hash: str = Field("", description="the photo's content hash: its id in any index version",
+                            examples=["5c1f0a9d2e7b4c3a"])  # fmt: skip
 
 
 class TimelineWindow(BaseModel):

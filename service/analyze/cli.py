@@ -52,6 +52,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-duration-s", type=float, default=3600.0,
                         help="longer recordings are listed as failures (default: %(default)s)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    runners = parser.add_argument_group("runners (default: this process)")
+    runners.add_argument("--url", default="", help="send the recordings to the query service at URL ('birdsearch "
+                         "serve') instead of loading models here; --workers uploads in flight (0: 4)")  # fmt: skip
+    runners.add_argument("--runner", default="local", choices=("local", "ray"),
+                         help="ray: decoding and the model on Ray Data across machines (needs the distributed extra)")  # fmt: skip
+    runners.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    runners.add_argument("--ray-actors", type=int, default=1, help="model actors on Ray (one GPU each where present)")
     parser.set_defaults(func=run_analyze)
 
 
@@ -82,6 +89,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_duration_s=args.max_duration_s,
         progress=not args.no_progress and not args.quiet,
+        url=args.url,
+        runner=args.runner,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
     )
     analyze(config)
     return 0  # failed recordings are listed in failures.csv; they never fail the run

@@ -81,6 +81,10 @@ class AnalyzeConfig:
     workers: int = 0  # decoding threads; 0: the cores this process may use
     max_duration_s: float = 3600.0  # longer recordings are listed as failures (decoded audio is in memory)
     progress: bool = True
+    url: str = ""  # a running query service to send the recordings to instead of loading models (remote.py)
+    runner: str = "local"  # "local" (this process) or "ray" (decoding and the model on Ray Data: distributed.py)
+    ray_address: str | None = None  # the Ray cluster (None: RAY_ADDRESS, else a local instance)
+    ray_actors: int = 1  # model actors (one model, and one GPU where there are GPUs, each)
 
     def __post_init__(self) -> None:
         if self.species_k < 1:
@@ -91,6 +95,12 @@ class AnalyzeConfig:
             raise ConfigError("batch_size and workers must be 0 (automatic) or positive")
         if self.max_duration_s <= 0:
             raise ConfigError(f"max_duration_s={self.max_duration_s:g} must be positive")
+        if self.runner not in ("local", "ray"):
+            raise ConfigError(f"runner {self.runner!r}: use local or ray")
+        if self.url and self.runner != "local":
+            raise ConfigError("--url sends the work to a server; it does not combine with --runner ray")
+        if self.ray_actors < 1:
+            raise ConfigError(f"ray_actors={self.ray_actors} must be at least 1")
         formats.parse_formats(",".join(self.formats))
         parse_rule(self.species_rule)  # ConfigError listing the rules
 
@@ -181,6 +191,16 @@ def listed_species(config: AnalyzeConfig, version: Any) -> list[str] | None:
 
 def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s: float) -> tuple[str, dict]:
     """What decides a recording's detections, and its hash: outputs made with another are redone."""
+    settings = settings_of(config, engine, window_s, hop_s)
+    return digest_of(settings), settings
+
+
+def digest_of(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_of(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s: float) -> dict:
+    """The settings of an in-process (or Ray) run that decide its detections."""
     facts = engine.embedder.facts
     settings = {
         "mode": facts.mode,
@@ -199,8 +219,7 @@ def settings_hash(config: AnalyzeConfig, engine: Engine, window_s: float, hop_s:
         "species_list": engine.species_names,
         "max_duration_s": config.max_duration_s,
     }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return digest, settings
+    return settings
 
 
 def local_path(spec: str) -> str:
@@ -232,8 +251,8 @@ def detect(
         for row in ranking.top_species(per_window[w], config.species_k):
             if confidence[w, row] < config.min_conf:
                 continue
-            photo = ranking.best_image_of_species(scores[w : w + 1], ids[w : w + 1], served.image_species, int(row))
-            found.append((w, int(row), float(per_window[w, row]), photo, float(scores[w][ids[w] == photo].max())))
+            photo, photo_score = answer.window_photo(served, scores, ids, w, int(row))
+            found.append((w, int(row), float(per_window[w, row]), photo, photo_score))
     photos = answer.image_records(served, [f[3] for f in found]) if found else {}
     detections = []
     for w, row, score, photo_id, photo_score in found:
@@ -362,8 +381,9 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     recordings, problems = find_recordings(config.inputs)
     for item, reason in problems:
         log.warning("input %s: %s", item, reason)
-    engine = engine or load_engine(config)
-    digest, settings = settings_hash(config, engine, *resolve_window(config, engine.front_end.window_s))
+    analyser = make_analyser(config, engine)
+    settings = analyser.settings
+    digest = digest_of(settings)
     outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest)
     config.out.mkdir(parents=True, exist_ok=True)
     summary = Summary(recordings=len(recordings), settings_hash=digest)
@@ -381,7 +401,6 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     if summary.skipped:
         log.info("%d of %d recordings already analysed with these settings: skipped", summary.skipped, len(recordings))
 
-    analyser = Analyser(engine, config)
     bar = progress_bar(len(todo), config.progress)
     write_s = 0.0
     for recording, outcome in analyser.run(todo):
@@ -403,11 +422,29 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     outputs.write_failures(summary.failures)
     summary.wall_s = time.perf_counter() - started
     summary.stage_s = {**{k: round(v, 3) for k, v in analyser.seconds.items()}, "write": round(write_s, 3)}
-    write_run_file(config, outputs, settings, summary, analyser.batch_size, analyser.workers, analyser.batches.calls)
+    write_run_file(config, outputs, settings, summary, analyser.facts())
     log.info("analysed %d recordings (%.2f h of audio, %.3f h/s), %d skipped, %d failed, %d detections; "
              "outputs in %s", summary.analysed, summary.audio_s / 3600, summary.audio_hours_per_s,
              summary.skipped, summary.failed, summary.detections, config.out)  # fmt: skip
     return summary
+
+
+def make_analyser(config: AnalyzeConfig, engine: Engine | None) -> Any:
+    """The runner of ``config``: a server (``--url``), Ray Data (``--runner ray``) or this process.
+
+    Each has ``settings`` (what decides its detections), ``run(todo)`` (as ``Analyser.run``),
+    ``seconds`` (per stage) and ``facts()`` (for ``run.json``).
+    """
+    if config.url:
+        from birdsearch.service.analyze.remote import RemoteAnalyser
+
+        return RemoteAnalyser(config)
+    engine = engine or load_engine(config)
+    if config.runner == "ray":
+        from birdsearch.service.analyze.distributed import RayAnalyser
+
+        return RayAnalyser(engine, config)
+    return Analyser(engine, config)
 
 
 class Analyser:
@@ -419,6 +456,7 @@ class Analyser:
         self.engine = engine
         self.config = config
         self.window_s, self.hop_s = resolve_window(config, engine.front_end.window_s)
+        self.settings = settings_of(config, engine, self.window_s, self.hop_s)
         self.limits = audio.AudioLimits(max_duration_s=config.max_duration_s)
         self.batch_size = config.batch_size or default_batch(config.device)
         self.workers = config.workers or usable_cores()
@@ -427,6 +465,9 @@ class Analyser:
         # thread waiting for them (decoding is the bottleneck when it grows).
         self.seconds = {"decode": 0.0, "waiting": 0.0, "model": 0.0, "search": 0.0}
         self.lock = threading.Lock()
+
+    def facts(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "workers": self.workers, "forward_passes": self.batches.calls}
 
     def read(self, recording: Recording) -> Decoded:
         fe = self.engine.front_end
@@ -498,7 +539,8 @@ def read_ahead(pool: ThreadPoolExecutor, read: Any, todo: Sequence[Recording], a
 
 
 def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, str]:
-    code = getattr(error, "code", None) or type(error).__name__
+    # A server's refusal carries the server's own code (unreadable_audio, ...), as a local failure would.
+    code = getattr(error, "server_code", None) or getattr(error, "code", None) or type(error).__name__
     log.warning("%s", error)  # messages name the file
     reason = " ".join(str(error).split()).removeprefix(f"{recording.path}: ")  # the file has its own column
     return str(recording.path), str(code), reason
@@ -518,15 +560,14 @@ def advance(bar: Any, summary: Summary, started: float) -> None:
 
 
 def write_run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summary: Summary,
-                   batch_size: int, workers: int, calls: int) -> None:  # fmt: skip
+                   runner_facts: dict[str, Any]) -> None:  # fmt: skip
     run = {
         "settings_hash": summary.settings_hash,
         "settings": settings,
         "formats": outputs.formats,
         "inputs": list(config.inputs),
-        "batch_size": batch_size,
-        "workers": workers,
-        "forward_passes": calls,
+        "runner": "url" if config.url else config.runner,
+        **runner_facts,
         "summary": {
             "recordings": summary.recordings, "analysed": summary.analysed, "skipped": summary.skipped,
             "failed": summary.failed, "detections": summary.detections, "audio_s": round(summary.audio_s, 3),

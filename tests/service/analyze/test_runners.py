@@ -87,3 +87,19 @@ def test_url_runner_stops_when_no_server_answers(tmp_path, card, index_root, tin
         run_analyze(tmp_path / "none", card, index_root, tiny_models["encoder"], calibration,
                     url=f"http://127.0.0.1:{port}")  # fmt: skip
     assert not (tmp_path / "none").exists()  # nothing half-written
+
+
+def test_ray_runner_writes_the_local_detections(tmp_path, card, index_root, tiny_models, calibration, local_run):
+    ray = pytest.importorskip("ray", reason="Ray Data comes with the dev and distributed extras")
+    _, expected, expected_failures = local_run
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        summary, rows, failures = run_analyze(tmp_path / "ray", card, index_root, tiny_models["encoder"],
+                                              calibration, runner="ray", batch_size=4)  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert summary.analysed == 3 and summary.failed == 1
+    assert_same_detections(rows, expected)
+    assert failures == expected_failures
+    run = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert run["runner"] == "ray" and run["windows"] >= 3

@@ -49,7 +49,14 @@ def decode_batch(batch: dict[str, np.ndarray], sample_rate: int, window_s: float
     limits = audio.AudioLimits(max_duration_s=max_duration_s)
     rows: list[dict[str, Any]] = []
     for path, name in zip(batch["path"], batch["name"], strict=True):
-        base = {"name": str(name), "duration_s": 0.0, "source_rate": 0, "start_s": 0.0, "window": 0, "windows": 1}
+        base = {
+            "name": str(name),
+            "duration_s": 0.0,
+            "source_rate": 0,
+            "start_s": 0.0,
+            "window": 0,
+            "windows": 1,
+        }
         try:
             decoded = read_windows(Recording(Path(str(path)), str(name)), sample_rate, window_s, hop_s,
                                    model_window, limits)  # fmt: skip
@@ -82,7 +89,9 @@ class WindowEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], dtype=bool)
         out = {key: value for key, value in batch.items() if key != "samples"}  # the audio stays here
-        vectors = self.embedder(np.ascontiguousarray(batch["samples"][ok], dtype=np.float32)) if ok.any() else None
+        vectors = (
+            self.embedder(np.ascontiguousarray(batch["samples"][ok], dtype=np.float32)) if ok.any() else None
+        )
         dim = vectors.shape[1] if vectors is not None else self.embedder.facts.dim
         out["vector"] = np.zeros((len(ok), dim), np.float32)
         if vectors is not None:
@@ -167,7 +176,10 @@ class RayAnalyser:
                                                  int(batch["source_rate"][i]))  # fmt: skip
             waited = time.perf_counter()
         for name in pending:  # Ray lost windows: say so rather than write a partial table
-            yield by_name[name], WorkerError(f"{by_name[name].path}: windows missing from Ray's output", "ray_error")
+            yield (
+                by_name[name],
+                WorkerError(f"{by_name[name].path}: windows missing from Ray's output", "ray_error"),
+            )
 
     def finish(self, recording: Recording, windows: dict[int, tuple[float, np.ndarray]], duration_s: float,
                source_rate: int) -> RecordingResult:  # fmt: skip

@@ -49,14 +49,18 @@ def assert_same_detections(rows: list[dict], expected: list[dict]) -> None:
         exact = ("file", "start_s", "end_s", "scientific", "common", "photo_id", "photo_license",
                  "photo_attribution", "photo_hash")  # fmt: skip
         assert {k: row.get(k) for k in exact} == {k: want.get(k) for k in exact}
-        assert row["confidence"] == pytest.approx(want["confidence"], abs=1e-4)  # the API rounds it to 4 places
+        assert row["confidence"] == pytest.approx(
+            want["confidence"], abs=1e-4
+        )  # the API rounds it to 4 places
         assert row["score"] == pytest.approx(want["score"], abs=1e-5)
         assert row["photo_score"] == pytest.approx(want["photo_score"], abs=1e-5)
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, card, index_root, tiny_models, calibration):
-    return run_analyze(tmp_path_factory.mktemp("local"), card, index_root, tiny_models["encoder"], calibration)
+    return run_analyze(
+        tmp_path_factory.mktemp("local"), card, index_root, tiny_models["encoder"], calibration
+    )
 
 
 def test_url_runner_writes_the_local_detections(tmp_path, card, index_root, tiny_models, calibration, helpers,
@@ -77,7 +81,7 @@ def test_url_runner_writes_the_local_detections(tmp_path, card, index_root, tiny
                            url=server.url)[0].skipped == 3  # fmt: skip
 
 
-def test_url_runner_stops_when_no_server_answers(tmp_path, card, index_root, tiny_models, calibration, helpers):
+def test_url_runner_stops_when_no_server_answers(tmp_path, card, index_root, tiny_models, calibration):
     from birdsearch.service.client import ServiceError
 
     with socket.socket() as s:  # a port nothing listens on
@@ -89,7 +93,9 @@ def test_url_runner_stops_when_no_server_answers(tmp_path, card, index_root, tin
     assert not (tmp_path / "none").exists()  # nothing half-written
 
 
-def test_ray_runner_writes_the_local_detections(tmp_path, card, index_root, tiny_models, calibration, local_run):
+def test_ray_runner_writes_the_local_detections(
+    tmp_path, card, index_root, tiny_models, calibration, local_run
+):
     ray = pytest.importorskip("ray", reason="Ray Data comes with the dev and distributed extras")
     _, expected, expected_failures = local_run
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

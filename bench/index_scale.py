@@ -301,7 +301,7 @@ def build_specs(args: argparse.Namespace, n: int) -> list[dict[str, Any]]:
     specs = []
     for kind in sorted(kinds, key=BUILD_ORDER.index):  # the slow HNSW builds last, so a time box cuts them
         for storage in args.storage if kind in args.storage_types else ["float32"]:
-            specs.append({"type": kind, "storage": storage, "auto": kind == picked})
+            specs.append({"type": kind, "storage": storage, "auto": kind == picked and storage == "float32"})
     return specs
 
 
@@ -326,6 +326,10 @@ def fit_slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return slopes
 
 
+def ms(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
@@ -341,13 +345,14 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        tuned = ", ".join(f"{k} {v}" for k, v in r["search_params"].items()) or "exact"
+        tuned = ", ".join(f"{k} {v}" for k, v in r["search_params"].items())
+        tuned = tuned or ("exact" if r["factory"] == "Flat" else "no knob")
         rc = r["recall_at_10"]
         lines.append(
-            f"| {r['n']:,} | {r['factory']} ({r['storage']}) | {'yes' if r['auto'] else ''} | {tuned} | {r['build_s']} "
+            f"| {r['n']:,} | {r['factory']} ({r['storage']}) | {'yes' if r['auto'] and r['storage'] == 'float32' else ''} | {tuned} | {r['build_s']} "
             f"| {gib(r['peak_rss_bytes'])} | {gib(r['disk_bytes'])} | {rc['self']:.3f} | {rc['cross_modal']:.3f} "
-            f"| {rc['species_text']:.3f} | {r['batch1_ms']['p50']} / {r['batch1_ms']['p99']} "
-            f"| {r['batch64_ms']['p50']} / {r['batch64_ms']['p99']} |"
+            f"| {rc['species_text']:.3f} | {ms(r['batch1_ms']['p50'])} / {ms(r['batch1_ms']['p99'])} "
+            f"| {ms(r['batch64_ms']['p50'])} / {ms(r['batch64_ms']['p99'])} |"
         )
     if result["slopes"]:
         lines += [
@@ -377,6 +382,17 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {gib(r['peak_rss_bytes'])} | {ratio} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' results as one (the first run's machine and settings), with slopes refitted."""
+    merged = {**results[0], "rows": [], "reload": [], "reload_size": 0}
+    for result in results:
+        merged["rows"] += result["rows"]
+        merged["reload"] += result["reload"]
+        merged["reload_size"] = result.get("reload_size") or merged["reload_size"]
+    merged["slopes"] = fit_slopes(merged["rows"])
+    return merged
 
 
 def save(out: Path | None, result: dict[str, Any]) -> str:
@@ -439,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds")
+    parser.add_argument(
+        "--from-json", type=Path, nargs="+", default=None, metavar="JSON",
+        help="measure nothing: merge these results (rows, reload rows), fit the slopes, write --out",
+    )  # fmt: skip
     parser.add_argument("--build-worker", help=argparse.SUPPRESS)
     parser.add_argument("--reload-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -449,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(json.dumps(worker(json.loads(getattr(args, mode)))) + "\n")
             return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.from_json:
+        sys.stdout.write(save(args.out, merge([json.loads(p.read_text()) for p in args.from_json])))
+        return 0
     if args.smoke:
         args.sizes, args.dim, args.reload_size, args.queries = [800, 1_600], 32, 1_000, 200
         args.types, args.storage, args.storage_types = ["auto", "hnsw", "ivf"], ["float32", "sq8"], ["flat"]

@@ -94,7 +94,8 @@ def read_folder(root: Path) -> Gallery:
     per-file ``resolve()`` and ``relative_to()`` took most of a reindex that found nothing new.
     """
     base = root.resolve()
-    items, skipped = [], []
+    items: list[GalleryItem] = []
+    skipped: list[tuple[str, str]] = []
     for key, path in walk_files(str(base), skipped):
         if "/" not in key:
             skipped.append((key, "not inside a species folder (expected <species>/<image>)"))

@@ -203,7 +203,8 @@ def load_previous(root: Path, teacher: dict[str, Any], incremental: bool) -> Pre
         return previous_keys_only(version)
     if not incremental:
         return previous_keys_only(version)
-    records, rows_by_hash = {}, {}
+    records: dict[str, PreviousRecord] = {}
+    rows_by_hash: dict[str, tuple[int, int, int, str | None]] = {}
     for image in version.stored_images():
         records[image.key] = PreviousRecord(image.content_hash, image.size_bytes, image.mtime_ns, image.blob)
         rows_by_hash.setdefault(image.content_hash, (image.id, image.width, image.height, image.thumbnail))

@@ -64,7 +64,8 @@ def register(subparsers: Any) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from birdsearch.service.analyze.formats import parse_formats
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig, analyze
+    from birdsearch.service.analyze.pipeline import AnalyzeConfig
+    from birdsearch.service.analyze.run import analyze
     from birdsearch.service.settings import default_index_root
 
     index_root = args.index_root or Path(os.environ.get("BIRDSEARCH_INDEX_ROOT") or default_index_root())

@@ -20,7 +20,8 @@ import soundfile as sf
 
 from birdsearch.errors import ConfigError
 from birdsearch.service.analyze import formats
-from birdsearch.service.analyze.pipeline import AnalyzeConfig, analyze, load_engine
+from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
+from birdsearch.service.analyze.run import analyze
 
 QUERIES = 3  # held-out query recordings analysed
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from birdsearch.model.calibration import Platt, save_calibration, sigmoid
-from birdsearch.service.analyze.pipeline import AnalyzeConfig, analyze
+from birdsearch.service.analyze.pipeline import AnalyzeConfig
+from birdsearch.service.analyze.run import analyze
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from birdsearch.service.analyze.pipeline import AnalyzeConfig, analyze
+from birdsearch.service.analyze.pipeline import AnalyzeConfig
+from birdsearch.service.analyze.run import analyze
 from birdsearch.service.inprocess import Birdsearch
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "analyze.md"

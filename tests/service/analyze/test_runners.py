@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from birdsearch.model.calibration import Platt, save_calibration
-from birdsearch.service.analyze.pipeline import AnalyzeConfig, analyze
+from birdsearch.service.analyze.pipeline import AnalyzeConfig
+from birdsearch.service.analyze.run import analyze
 
 RECORDINGS = ("perch_21100_36_48_16k_10s.flac", "maad_spinetail_44k1_12s.wav", "birdnet_soundscape_48k_30s.flac",
               "oss_empty_2c_44k1.wav")  # fmt: skip  # the last fails: no audio

@@ -339,10 +339,9 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             at_rest_mb.append((tally.sent, round(at_rest() / 2**20, 1)))
         elapsed = time.monotonic() - started
         alive = server.process.poll() is None
-        protocol_refusals = log.read_text().count(INVALID_REQUEST)
+        tally.protocol_refusals = log.read_text().count(INVALID_REQUEST)
     if tally.count_5xx() or tally.no_answer() or not alive:
         sys.stderr.write(f"server log (last lines):\n{log.read_text()[-4000:]}\n")
-    tally.protocol_refusals = protocol_refusals
     growth = at_rest_mb[-1][1] - at_rest_mb[0][1]
     return {
         "machine": machine(),

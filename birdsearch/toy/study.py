@@ -275,6 +275,28 @@ def intervals(cells: list[dict[str, Any]], resamples: int) -> dict[str, dict[str
     return out
 
 
+def cached_intervals(
+    cfg: StudyConfig,
+    work: Path,
+    kind: str,
+    coverage: float,
+    chosen: dict[str, Any],
+    cells: list[dict[str, Any]],
+) -> dict[str, dict[str, list[float]]]:
+    """``intervals`` of one student × coverage, kept beside its runs (the bootstrap is the slow part of a report)."""
+    seeds = "-".join(map(str, cfg.seeds))
+    name = f"{kind}-c{coverage:g}-s{seeds}-{setting_name(chosen['setting'])}-{chosen['snap']}-r{cfg.resamples}.json"
+    path = work / "intervals" / name
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = intervals(cells, cfg.resamples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
 def compare(a: list[float], b: list[float]) -> str:
     """How two [mean, low, high] intervals relate, in the words the report uses."""
     if a[1] > b[2]:
@@ -312,7 +334,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                 ):
                     continue
                 cells = [run_cell(cfg, world, work, kind, coverage, s, chosen) for s in cfg.seeds]
-                table[kind][f"{coverage:g}"] = intervals(cells, cfg.resamples)
+                table[kind][f"{coverage:g}"] = cached_intervals(cfg, work, kind, coverage, chosen, cells)
                 done = sum(len(v) for v in table.values())
                 data = report_data(cfg, world, chosen, table, started, done, total)
                 write_report(data, Path(cfg.out))  # after every cell: an interrupted study has a report

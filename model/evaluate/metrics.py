@@ -290,13 +290,20 @@ def multilabel_metrics(scores: np.ndarray, positives: np.ndarray) -> dict[str, o
 # ---- intervals --------------------------------------------------------------------------------------
 
 
-def stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Item indices drawn with replacement within each stratum, as many as the stratum holds."""
-    strata = np.asarray(strata)
-    parts = [
-        rng.choice(np.flatnonzero(strata == s), size=int((strata == s).sum())) for s in np.unique(strata)
-    ]
+def stratified_resample(strata: np.ndarray | list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Item indices drawn with replacement within each stratum, as many as the stratum holds.
+
+    ``strata``: each item's stratum, or the item indices of each stratum (``strata_groups``).
+    """
+    groups = strata if isinstance(strata, list) else strata_groups(strata)
+    parts = [group[rng.integers(0, len(group), size=len(group))] for group in groups]
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def strata_groups(strata: np.ndarray) -> list[np.ndarray]:
+    """The item indices of each stratum, strata in sorted order."""
+    strata = np.asarray(strata)
+    return [np.flatnonzero(strata == s) for s in np.unique(strata)]
 
 
 def bootstrap_interval(
@@ -340,12 +347,12 @@ def bootstrap_replicates(
     statistic: Callable[[int, np.ndarray], float], runs: int, strata: np.ndarray, resamples: int, seed: int
 ) -> np.ndarray:
     """(resamples,) values of the statistic, each on drawn runs and items within strata (see above)."""
-    strata = np.asarray(strata)
+    groups = strata_groups(strata)
     rng = np.random.default_rng(seed)
     values = np.empty(resamples)
     for b in range(resamples):
         drawn_runs = rng.integers(0, runs, size=runs)
-        items = stratified_resample(strata, rng)
+        items = stratified_resample(groups, rng)
         values[b] = nanmean(np.array([statistic(int(r), items) for r in drawn_runs]))
     return values
 
@@ -358,11 +365,16 @@ def query_mean(values: np.ndarray) -> Callable[[int, np.ndarray], float]:
 
 def class_mean(values: np.ndarray, labels: np.ndarray) -> Callable[[int, np.ndarray], float]:
     """The statistic of a class-averaged metric: the mean over species of each species' query mean."""
-    values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+    values = np.asarray(values, dtype=np.float64)
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
+    size = int(codes.max()) + 1 if codes.size else 0
 
     def statistic(run: int, items: np.ndarray) -> float:
-        chosen, species = values[run, items], labels[items]
-        return nanmean(np.array([nanmean(chosen[species == s]) for s in np.unique(species)]))
+        chosen, species = values[run, items], codes[items]
+        finite = np.isfinite(chosen)
+        sums = np.bincount(species[finite], weights=chosen[finite], minlength=size)
+        counts = np.bincount(species[finite], minlength=size)
+        return nanmean(sums[counts > 0] / counts[counts > 0])
 
     return statistic
 

@@ -16,6 +16,7 @@ from birdsearch.errors import ConfigError
 from birdsearch.toy import build, shipped
 from birdsearch.toy.cli import DEMO_DISTILL
 from birdsearch.toy.config import tiny_config
+from birdsearch.toy.export import export
 from birdsearch.toy.world import MODEL_STAGES, ensure_world, model_dirs, open_world
 
 
@@ -106,7 +107,7 @@ def test_the_package_ships_the_default_worlds_current_models():
     names |= {shipped.encoder_dir_name(world, variant, DEMO_DISTILL) for variant in ("realistic", "perfect")}
     present = {p.name for p in shipped.SHIPPED_ROOT.iterdir() if (p / shipped.FACTS_FILE).is_file()}
     assert names <= present, (
-        f"run: python -m birdsearch.toy.shipped --preset default (missing {names - present})"
+        f"run: python -m birdsearch.toy.export --preset default (missing {names - present})"
     )
     size = sum(p.stat().st_size for name in names for p in (shipped.SHIPPED_ROOT / name).iterdir())
     assert size < 10e6
@@ -124,7 +125,7 @@ def test_rebuilding_from_scratch_reproduces_the_shipped_models(toy_cache, tmp_pa
 
     monkeypatch.setenv("BIRDSEARCH_TOY_THREADS", "1")
     monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "rebuilt"))
-    written = shipped.export("default", out_root=tmp_path / "shipped")
+    written = export("default", out_root=tmp_path / "shipped")
     differ = []
     for folder in written:
         rebuilt = json.loads((folder / shipped.FACTS_FILE).read_text())["weights"]

@@ -82,10 +82,16 @@ def test_soundscapes_are_annotated(tiny_world):
     assert len({r["species"] for r in annotations}) >= 3
 
 
+MODEL_OUTPUTS = ("models", "demo")  # what other tests may have trained in the shared world meanwhile
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every data file under a world root, by relative path, with the root's own name removed."""
     out = {}
     for path in sorted(root.rglob("*")):
+        parts = path.relative_to(root).parts
+        if parts[0] in MODEL_OUTPUTS or parts[0].startswith("metrics"):
+            continue
         if path.is_file() and ".stages" not in path.parts:
             out[str(path.relative_to(root))] = path.read_bytes().replace(str(root).encode(), b"<root>")
     return out

@@ -89,7 +89,7 @@ class DistillConfig:
     rotation_seed: int = 0  # for target rotated-teacher
     # runtime: may differ between a run and its resume
     device: str = "auto"
-    workers: int = 2  # loader processes decoding and resampling audio
+    workers: int = 2  # loader processes decoding audio, when the clips do not fit data.PRELOAD_BYTES
     checkpoint_every: int = 200  # optimizer steps; 0: only at each epoch's end
     keep_checkpoints: int = 2
     log_every: int = 10  # steps between JSONL log lines
@@ -246,9 +246,20 @@ class Trainer:
         self.val_dataset = data.ClipDataset(
             self.val_clips, self.front_end.sample_rate, self.front_end.window_samples, cfg.seed
         )
+        self.workers = self.preload_small_sets()
         # Loading models may draw random numbers (a teacher built before its weights are read, on a
         # cache miss only): seed again so that training starts from the same RNG state regardless.
         seed_everything(cfg.seed + self.dist.rank)
+
+    def preload_small_sets(self) -> int:
+        """Decode the clips once when they fit in memory; the loader workers to use (0 then)."""
+        size = self.dataset.decoded_bytes() + self.val_dataset.decoded_bytes()
+        if size > data.PRELOAD_BYTES:
+            return self.cfg.workers
+        self.dataset.preload()
+        self.val_dataset.preload()
+        log.info("clips decoded once and held in memory (%.1f MB)", size / 2**20)
+        return 0
 
     def check_plan(self) -> None:
         cfg, plan = self.cfg, self.plan
@@ -414,7 +425,7 @@ class Trainer:
         cfg, plan = self.cfg, self.plan
         batches = data.MicroBatches(plan, cfg.seed, epoch, self.dist.rank, start_micro)
         loader = data.loader(
-            self.dataset, batches, cfg.workers, self.device.type == "cuda", seed=cfg.seed * 1000 + epoch
+            self.dataset, batches, self.workers, self.device.type == "cuda", seed=cfg.seed * 1000 + epoch
         )
         self.module.train()
         window_start, window_clips, losses = time.perf_counter(), 0, []
@@ -475,7 +486,7 @@ class Trainer:
     @torch.no_grad()
     def embed_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         batches = data.validation_batches(len(self.val_clips), max(1, self.plan.micro_batch))
-        loader = data.loader(self.val_dataset, batches, self.cfg.workers, False, seed=self.cfg.seed)
+        loader = data.loader(self.val_dataset, batches, self.workers, False, seed=self.cfg.seed)
         encoder = self.module.encoder
         encoder.eval()
         out, labels = [], []

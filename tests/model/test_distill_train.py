@@ -103,6 +103,25 @@ def test_a_run_saves_an_encoder_with_its_card_and_a_log(world, reference):
     assert encoder.embed_windows(windows).shape == (2, 32)
 
 
+def test_clips_that_fit_in_memory_are_decoded_once_with_the_same_result(world, reference, tmp_path, monkeypatch):
+    """Held in memory or decoded in loader workers every epoch: the same crops, the same weights."""
+    from birdsearch.model.distill import data
+
+    decodes = []
+    read = data.read_segment
+    monkeypatch.setattr(data, "read_segment", lambda clip, rate: decodes.append(clip) or read(clip, rate))
+    distill(config(world, tmp_path / "again", accumulate=2, workers=2))  # fits: workers not needed
+    manifest = load_manifest(world["manifest"], world["taxa"])
+    used = manifest.split("train") + manifest.split("val")
+    assert sorted(map(str, decodes)) == sorted(map(str, used))  # once each, over 2 epochs and 2 validations
+    assert_same_weights(weights(tmp_path / "again"), weights(reference[0]))
+    monkeypatch.setattr(data, "PRELOAD_BYTES", 0)  # too big to hold: 2 forked workers decode
+    decodes.clear()
+    distill(config(world, tmp_path / "streamed", accumulate=2, workers=2))
+    assert decodes == []  # the workers decoded, in their own processes
+    assert_same_weights(weights(tmp_path / "streamed"), weights(reference[0]))
+
+
 def test_stopping_mid_epoch_and_resuming_gives_the_same_weights(world, reference, tmp_path):
     out = tmp_path / "resumed"
     first = distill(config(world, out, accumulate=2, stop_after=3))  # mid-epoch 0 (4 steps per epoch)

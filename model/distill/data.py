@@ -107,7 +107,9 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
         clip = self.clips[index]
-        window = random_crop(self.samples(index), self.window_samples, crop_generator(self.seed, epoch, index))
+        window = random_crop(
+            self.samples(index), self.window_samples, crop_generator(self.seed, epoch, index)
+        )
         return torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)), clip.species
 
 

@@ -103,7 +103,9 @@ def test_a_run_saves_an_encoder_with_its_card_and_a_log(world, reference):
     assert encoder.embed_windows(windows).shape == (2, 32)
 
 
-def test_clips_that_fit_in_memory_are_decoded_once_with_the_same_result(world, reference, tmp_path, monkeypatch):
+def test_clips_that_fit_in_memory_are_decoded_once_with_the_same_result(
+    world, reference, tmp_path, monkeypatch
+):
     """Held in memory or decoded in loader workers every epoch: the same crops, the same weights."""
     from birdsearch.model.distill import data
 

@@ -14,16 +14,23 @@ from safetensors.torch import save_file
 
 from birdsearch.errors import ConfigError
 from birdsearch.toy import build, shipped
-from birdsearch.toy.cli import DEMO_DISTILL
 from birdsearch.toy.config import tiny_config
 from birdsearch.toy.export import export
 from birdsearch.toy.world import MODEL_STAGES, ensure_world, model_dirs, open_world
 
 
 @pytest.fixture(scope="module")
-def tiny_models(toy_cache):
-    """The tiny world with its three models trained here, and their metrics."""
-    return ensure_world(tiny_config(), progress=False, train=True)
+def tiny_models(tmp_path_factory):
+    """The tiny world with its three models trained here, and their metrics.
+
+    In a cache of its own: in the session's cache another test may have installed the shipped tiny
+    models already, and then nothing would train.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BIRDSEARCH_CACHE", str(tmp_path_factory.mktemp("trained-cache")))
+        world = ensure_world(tiny_config(), progress=False, train=True)
+    assert not json.loads(world.stage_marker("teacher").read_text()).get("shipped")
+    return world
 
 
 @pytest.fixture
@@ -100,17 +107,48 @@ def test_the_token_table_start_is_float16_exact_and_seeded():
     assert not np.array_equal(table, shipped.token_table(1, 8, 4))
 
 
-def test_the_package_ships_the_default_worlds_current_models():
-    """Fails when a generator or trainer changed (a new key) and the models were not exported again."""
-    world = open_world("default")
-    names = {directory.name for directory in model_dirs(world).values()}
-    names |= {shipped.encoder_dir_name(world, variant, DEMO_DISTILL) for variant in ("realistic", "perfect")}
-    present = {p.name for p in shipped.SHIPPED_ROOT.iterdir() if (p / shipped.FACTS_FILE).is_file()}
-    assert names <= present, (
-        f"run: python -m birdsearch.toy.export --preset default (missing {names - present})"
+PRESETS = ("default", "small", "tiny")
+
+
+def shipped_names(world) -> set[str]:
+    """The shipped folders and files ``world`` uses: its models, their metrics, the demo's encoders.
+
+    An encoder's name hashes its distillation settings, which depend on the world's data (the batch
+    is capped at the training clips); they are read from the shipped encoder's build facts.
+    """
+    names = {directory.name for directory in model_dirs(world).values()} | {world.metrics_json.name}
+    for folder in shipped.SHIPPED_ROOT.glob("encoder-*"):
+        variant = folder.name.split("-")[1]
+        settings = json.loads((folder / shipped.FACTS_FILE).read_text())["build"]["distill"]
+        if shipped.encoder_dir_name(world, variant, settings) == folder.name:
+            names.add(folder.name)
+    return names
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_package_ships_each_presets_current_models(preset):
+    """Fails when a generator or trainer changed (a new key) and the models were not exported again.
+
+    The small and tiny presets ship too, so that the tests and the study train none of their models.
+    """
+    world = open_world(preset)
+    names = shipped_names(world)
+    present = {p.name for p in shipped.SHIPPED_ROOT.iterdir()}
+    missing = {d.name for d in model_dirs(world).values()} | {world.metrics_json.name}
+    missing -= present
+    encoders = {name.split("-")[1] for name in names if name.startswith("encoder-")}
+    assert not missing and encoders == {"realistic", "perfect"}, (
+        f"run: python -m birdsearch.toy.export --preset {preset} (missing {missing}, encoders {encoders})"
     )
-    size = sum(p.stat().st_size for name in names for p in (shipped.SHIPPED_ROOT / name).iterdir())
-    assert size < 10e6
+    size = sum(p.stat().st_size for name in names for p in (shipped.SHIPPED_ROOT / name).glob("*"))
+    assert size < 8e6
+
+
+def test_nothing_ships_that_no_preset_uses():
+    """An export for an older key leaves folders behind; they would only grow the package."""
+    used = set().union(*(shipped_names(open_world(preset)) for preset in PRESETS))
+    present = {p.name for p in shipped.SHIPPED_ROOT.iterdir() if p.name != "__pycache__"}
+    assert present <= used, f"delete {sorted(present - used)} from {shipped.SHIPPED_ROOT}"
 
 
 @pytest.mark.slow

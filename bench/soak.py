@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:  # half the requests warm up: the model's first allocations are not growth
         args.requests, args.clients, args.warm_up, args.gallery_images = 60, 4, 0.5, 24
+        args.settle_s = min(args.settle_s, 0.5)  # 5 readings: 2.5 s of rest, not 10
     if args.requests < 1 or args.clients < 1 or not 0 < args.warm_up < 1:
         parser.error("--requests and --clients must be at least 1, --warm-up between 0 and 1")
     with tempfile.TemporaryDirectory(prefix="birdsearch-soak-") as tmp:

@@ -22,3 +22,12 @@ REAL_FIXTURES = Path(__file__).resolve().parent / "data"
 def real_fixtures() -> Path:
     """tests/data: real recordings (audio/), photos (images/) and conversions of them (derived/)."""
     return REAL_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs) for every Ray test: starting and stopping one takes 3 to 4 s."""
+    ray = pytest.importorskip("ray", reason="Ray Data comes with the dev and distributed extras")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

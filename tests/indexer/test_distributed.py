@@ -1,19 +1,9 @@
 """The Ray Data embedding stage on a local Ray instance builds the index the local run builds."""
 
 import numpy as np
-import pytest
 
 from birdsearch.indexer.pipeline import IndexConfig, run_index
 from birdsearch.indexer.store import IndexRoot
-
-ray = pytest.importorskip("ray", reason="Ray Data comes with the dev and distributed extras")
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_ray_equals_local(real_gallery, tmp_path, tiny_teacher_spec, local_ray):

@@ -141,5 +141,7 @@ def test_fitting_a_calibration_for_an_existing_encoder(tmp_path, index_root, tin
     assert fitted.facts["clips"] == 3 and fitted.facts["background_clips"] == 1  # the train row is left out
     assert fitted.facts["positives"] == 4  # one window of the focal recording, three of the soundscape
     clips.write_text(f"path,species\n{focal},Nonexistent bird\n")
-    assert main([*argv[:6], "--device", "cpu", "--out", str(out)]) == 2  # an unknown species: an error, no file
+    assert (
+        main([*argv[:6], "--device", "cpu", "--out", str(out)]) == 2
+    )  # an unknown species: an error, no file
     assert load_calibration(out)["distilled"] == fitted

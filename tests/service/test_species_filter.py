@@ -40,7 +40,10 @@ def test_the_server_list_limits_every_answer_and_a_request_list_wins(api, helper
     assert species_of(plain) == {"Junco hyemalis"}  # the unknown loon is skipped for a site list
     assert species_of(own) <= {"Turdus merula", "Turdus migratorius"} and species_of(own)
     assert typo.status_code == 422
-    assert "Turdus migratoryus" in typo.json()["detail"] and "nearest: Turdus migratorius" in typo.json()["detail"]
+    assert (
+        "Turdus migratoryus" in typo.json()["detail"]
+        and "nearest: Turdus migratorius" in typo.json()["detail"]
+    )
     assert empty_mix.status_code == 422 and "listed species" in empty_mix.json()["detail"]
 
 

@@ -125,8 +125,12 @@ def test_recordings_are_analysed_and_junk_is_listed_with_reasons(first_run, fiel
     assert summary.analysed == QUERIES + 2 and summary.failed == 3 and summary.skipped == 0
     failures = {Path(r["file"]).name: r for r in read_table(config.out / "failures.csv", ",")}
     assert failures["notes.wav"]["code"] == "unsupported_audio"
-    assert failures["empty.flac"]["code"] == "unsupported_audio" and "empty" in failures["empty.flac"]["reason"]
-    assert failures["silence.wav"]["code"] == "silent_audio" and failures["silence.wav"]["reason"].startswith("silent")
+    assert (
+        failures["empty.flac"]["code"] == "unsupported_audio" and "empty" in failures["empty.flac"]["reason"]
+    )
+    assert failures["silence.wav"]["code"] == "silent_audio" and failures["silence.wav"]["reason"].startswith(
+        "silent"
+    )
     assert failures["missing.wav"]["code"] == "no_input"
     assert "LOG.TXT" not in failures
 
@@ -236,7 +240,9 @@ def test_detections_match_the_query_services_timeline(
         out = first_run[0].out
     else:
         out = tmp_path / "cascade"
-        config = engine_config(out, [recording], checkpoint="", student=str(tiny_models["student"]), mode=mode)
+        config = engine_config(
+            out, [recording], checkpoint="", student=str(tiny_models["student"]), mode=mode
+        )
         assert analyze(config).analysed == 1
     rows = [json.loads(line) for line in (out / (
         f"site1/night/{recording.name}.birdsearch.jsonl" if mode == "distilled" else f"{recording.name}.birdsearch.jsonl"

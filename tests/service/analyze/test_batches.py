@@ -52,7 +52,9 @@ def test_every_window_goes_through_exactly_once():
 def test_short_windows_are_repeat_padded_to_the_models_length():
     model = Recorder()
     batches = SharedBatches(model, batch_size=2, window=6)
-    done = dict(batches.add("short", [windows(1, 1, width=3)]) + batches.add("full", [windows(5, 1, width=6)]))
+    done = dict(
+        batches.add("short", [windows(1, 1, width=3)]) + batches.add("full", [windows(5, 1, width=6)])
+    )
     np.testing.assert_array_equal(done["short"][:, 1], [6])  # padded to the model's 6 samples
     with pytest.raises(ValueError, match="longer than the model"):
         batches.add("long", [windows(0, 2, width=8)])

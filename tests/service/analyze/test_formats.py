@@ -11,7 +11,9 @@ from birdsearch.service.analyze import formats
 from birdsearch.service.analyze.formats import Detection, RecordingResult
 
 
-def detection(start: float, species: str, confidence: float, photo: int, attribution: str = "A. Photographer") -> Detection:
+def detection(
+    start: float, species: str, confidence: float, photo: int, attribution: str = "A. Photographer"
+) -> Detection:
     common = {"Turdus migratorius": "American Robin", "Junco hyemalis": "Dark-eyed Junco"}[species]
     return Detection(start, start + 10.0, species, common, confidence, photo, confidence, "CC BY 4.0",
                      attribution, f"hash{photo}")  # fmt: skip
@@ -68,7 +70,14 @@ def test_combined_raven_table_places_recordings_one_after_another(results):
 
 def test_csv_reads_back_with_birdnets_columns_first(results):
     rows = list(csv.DictReader(io.StringIO(formats.render_csv(results))))
-    assert list(rows[0])[:6] == ["Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File"]
+    assert list(rows[0])[:6] == [
+        "Start (s)",
+        "End (s)",
+        "Scientific name",
+        "Common name",
+        "Confidence",
+        "File",
+    ]
     assert [(r["File"], r["Scientific name"]) for r in rows] == [
         ("site1/dawn.flac", "Turdus migratorius"),
         ("site1/dawn.flac", "Junco hyemalis"),
@@ -131,7 +140,9 @@ def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_pa
     outputs.write(recording, results[0])
     assert outputs.done(recording) == results[0]
     assert Outputs(tmp_path / "out", ["csv", "raven"], "hash2").done(recording) is None  # other settings
-    assert Outputs(tmp_path / "out", ["csv", "jsonl"], "hash1").done(recording) is None  # a format not written
+    assert (
+        Outputs(tmp_path / "out", ["csv", "jsonl"], "hash1").done(recording) is None
+    )  # a format not written
     (tmp_path / "out" / "site1" / "dawn.flac.birdsearch.csv").unlink()
     assert outputs.done(recording) is None  # a deleted output
     outputs.write(recording, results[0])

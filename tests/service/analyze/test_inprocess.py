@@ -70,10 +70,14 @@ def test_analyze_yields_what_the_command_writes(local, tiny_models, index_root, 
     analyze(config)
     import json
 
-    written = [json.loads(line) for line in (tmp_path / "out" / "combined.birdsearch.jsonl").read_text().splitlines()]
+    written = [
+        json.loads(line) for line in (tmp_path / "out" / "combined.birdsearch.jsonl").read_text().splitlines()
+    ]
     from_api = [(Path(r.path).name, d.start_s, d.scientific, d.confidence, d.photo_id)
                 for r in yielded.values() for d in r.detections]  # fmt: skip
-    from_files = [(Path(w["file"]).name, w["start_s"], w["scientific"], w["confidence"], w["photo_id"]) for w in written]
+    from_files = [
+        (Path(w["file"]).name, w["start_s"], w["scientific"], w["confidence"], w["photo_id"]) for w in written
+    ]
     assert sorted(from_api) == sorted(from_files)
 
 

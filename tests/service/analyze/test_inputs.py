@@ -16,7 +16,11 @@ def test_folders_are_searched_for_audio_and_skip_the_rest(tmp_path):
     for name in ("a.WAV", "night/b.flac", "night/deeper/c.m4a", "LOG.TXT", ".hidden.wav", ".trash/d.wav"):
         touch(card / name)
     recordings, problems = find_recordings([str(card)])
-    assert [r.name for r in recordings] == ["card07/a.WAV", "card07/night/b.flac", "card07/night/deeper/c.m4a"]
+    assert [r.name for r in recordings] == [
+        "card07/a.WAV",
+        "card07/night/b.flac",
+        "card07/night/deeper/c.m4a",
+    ]
     assert all(r.path.is_absolute() for r in recordings) and problems == []
 
 

@@ -95,16 +95,11 @@ def test_url_runner_stops_when_no_server_answers(tmp_path, card, index_root, tin
 
 
 def test_ray_runner_writes_the_local_detections(
-    tmp_path, card, index_root, tiny_models, calibration, local_run
+    tmp_path, card, index_root, tiny_models, calibration, local_run, local_ray
 ):
-    ray = pytest.importorskip("ray", reason="Ray Data comes with the dev and distributed extras")
     _, expected, expected_failures = local_run
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        summary, rows, failures = run_analyze(tmp_path / "ray", card, index_root, tiny_models["encoder"],
-                                              calibration, runner="ray", batch_size=4)  # fmt: skip
-    finally:
-        ray.shutdown()
+    summary, rows, failures = run_analyze(tmp_path / "ray", card, index_root, tiny_models["encoder"],
+                                          calibration, runner="ray", batch_size=4)  # fmt: skip
     assert summary.analysed == 3 and summary.failed == 1
     assert_same_detections(rows, expected)
     assert failures == expected_failures

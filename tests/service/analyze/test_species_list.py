@@ -44,7 +44,9 @@ def test_plain_names_and_birdnet_labels_mix_with_comments_and_blank_lines():
 
 def test_a_file_with_a_byte_order_mark_reads_like_birdnet_writes_it(tmp_path):
     path = tmp_path / "species_list.txt"
-    path.write_text("Turdus merula_Eurasian Blackbird\nTurdus merula_Eurasian Blackbird\n", encoding="utf-8-sig")
+    path.write_text(
+        "Turdus merula_Eurasian Blackbird\nTurdus merula_Eurasian Blackbird\n", encoding="utf-8-sig"
+    )
     assert resolve_species_list(read_species_list(path), INDEX_SPECIES) == ["Turdus merula"]
 
 
@@ -54,7 +56,9 @@ def test_a_renamed_species_is_found_by_its_common_name():
 
 
 def test_unknown_names_are_an_error_that_suggests_the_nearest_ones():
-    entries = parse_species_list("Turdus migratorious\nPasser domesticus\nZosterops japonicus_Warbling White-eye\n")
+    entries = parse_species_list(
+        "Turdus migratorious\nPasser domesticus\nZosterops japonicus_Warbling White-eye\n"
+    )
     with pytest.raises(UnknownSpeciesError) as info:
         resolve_species_list(entries, INDEX_SPECIES, index="index v0003")
     message = str(info.value)

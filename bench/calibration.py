@@ -131,7 +131,7 @@ def main() -> int:
     from birdsearch.service.calibrate import fit_engine
     from birdsearch.service.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.toy import plugin
-    from birdsearch.toy.background import background_only, extra_soundscapes
+    from birdsearch.toy.background import background_only, calibration_clips, extra_soundscapes
     from birdsearch.toy.cli import build_index, distil
     from birdsearch.toy.world import ensure_world
 
@@ -142,7 +142,6 @@ def main() -> int:
     built = argparse.Namespace(rebuild=False, device="cpu")
     encoder = distil(world, world.student_spec, world.root / "demo" / "encoder-realistic", built)
     index_root = build_index(world, work / "index", built)
-    val = [(r["path"], r["species"]) for r in world.read_manifest(world.distill_manifest) if r["split"] == "val"]
     with open(world.soundscape_annotations, newline="") as f:
         own: dict[str, list[tuple[float, float, str]]] = {}
         for r in csv.DictReader(f):
@@ -152,7 +151,7 @@ def main() -> int:
         "soundscapes": [*own.items(), *extra_soundscapes(world, work / "audio", args.soundscapes, "test")],
         "background_test": background_only(world, work / "audio", args.background_test, 60.0, "test"),
     }
-    fit_clips = val + [(p, None) for p in background_only(world, work / "audio", args.background_fit, 30.0, "fit")]
+    fit_clips = calibration_clips(world, work / "audio", args.background_fit)
     (work / "calibration.json").unlink(missing_ok=True)  # this run's fits only
     results: dict[str, Any] = {}
     for mode in MODES:
@@ -165,7 +164,7 @@ def main() -> int:
         log.info("%s: %s", mode, json.dumps(results[mode], default=str))
     report = {
         "preset": args.preset, "species_rule": DEFAULT_SPECIES_RULE, "species_k": args.species_k,
-        "fit_clips": len(val), "fit_background": args.background_fit,
+        "fit_clips": len(fit_clips) - args.background_fit, "fit_background": args.background_fit,
         "queries": len(data["queries"]), "soundscapes": len(data["soundscapes"]),
         "background_test": len(data["background_test"]), "modes": results,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",

@@ -3,7 +3,8 @@
 - ``background_only``: field background (pink hiss, brown rumble, now and then an insect) with no
   bird at all, to fit and to test abstention: a calibrated model should find nothing in them;
 - ``extra_soundscapes``: more soundscapes like the world's own, annotated per calling bout, for a
-  larger evaluation than the handful a world ships.
+  larger evaluation than the handful a world ships;
+- ``calibration_clips``: what the demo and ``bench/calibration.py`` fit confidences on.
 
 Each subset ("fit", "test", ...) has its own seeded stream, independent of the world's splits, so
 drawing these changes nothing the world or its shipped models depend on.
@@ -61,3 +62,14 @@ def extra_soundscapes(world: object, folder: Path, count: int, subset: str) -> l
             sf.write(path, mixture, SAMPLE_RATE, subtype="PCM_16")
         out.append((path, [(e.start_s, e.end_s, chosen[k].scientific) for k, e in events]))
     return out
+
+
+def calibration_clips(world: object, folder: Path, background: int = 8) -> list[tuple[str, str | None]]:
+    """Clips held out from training to fit confidences on: (path, species, or None for no bird).
+
+    The distillation's validation recordings (``distill.csv`` split ``val``) and ``background``
+    background-only recordings of 30 s (subset "fit"), drawn into ``folder`` once.
+    """
+    rows = world.read_manifest(world.distill_manifest)  # type: ignore[attr-defined]
+    held_out: list[tuple[str, str | None]] = [(r["path"], r["species"]) for r in rows if r["split"] == "val"]
+    return held_out + [(str(p), None) for p in background_only(world, folder, background, 30.0, "fit")]

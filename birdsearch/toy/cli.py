@@ -6,9 +6,10 @@ serving within seconds:
 1. build (or load) the toy world: taxonomy, photos, calls, the toy teacher and students;
 2. distil each toy student's audio tower into the toy teacher's text space;
 3. index the toy gallery with the toy teacher;
-4. evaluate every method on the held-out recordings, once with the realistic student (it can name
+4. fit the served modes' confidences on clips held out from training (``calibration.json``);
+5. evaluate every method on the held-out recordings, once with the realistic student (it can name
    only part of the species, like BioLingual) and once with the perfect one, and print both tables;
-5. serve the API and the web page with the distilled encoder (unless ``--no-serve``).
+6. serve the API and the web page with the distilled encoder (unless ``--no-serve``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Distillation settings for the toy models: the defaults (lr 1e-4, batch 256) are the real BioLingual's
-# and barely move the toy student in the few steps a toy world offers (README, "Distillation").
+# and barely move the toy student in the few steps a toy world offers (docs/distillation.md).
 DEMO_DISTILL = {"epochs": 15, "batch_size": 16, "lr": 1e-3}
 
 
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole pipeline on the offline toy world, then the web page",
         description="Builds (or loads) the toy world, distils the toy student, indexes the toy gallery, "
-        "prints the evaluation of every method, then serves the API and the web page.",
+        "fits the confidences, prints the evaluation of every method, then serves the API and the web page.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to serve on (default: %(default)s)")
@@ -53,6 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
     variants = {"realistic": world.student_spec, "perfect": world.perfect_student_spec}
     encoders = {name: distil(world, spec, demo / f"encoder-{name}", args) for name, spec in variants.items()}
     index_root = build_index(world, demo / "index", args)
+    calibrate(world, encoders["realistic"], variants["realistic"], index_root, args)
     report = evaluate(world, variants, encoders, index_root, demo / "evaluation", args)
     write_report(report, args.json)
     if args.no_serve:
@@ -118,6 +120,32 @@ def build_index(world: Any, root: Path, args: argparse.Namespace) -> Path:
     summary = run_index(config)
     log.info("index %s: %s", root, summary)
     return root
+
+
+def calibrate(world: Any, encoder: Path, student: str, index_root: Path, args: argparse.Namespace) -> None:
+    """Fit the served modes' confidences once: ``calibration.json`` beside the encoder (distilled) and
+    in the index root (cascade), where the service and ``analyze`` look them up.
+
+    Fit on clips held out from training (``birdsearch.toy.background.calibration_clips``), so that
+    the web page's and the API's ``min_conf`` work on the demo as on a real deployment.
+    """
+    from birdsearch.model.calibration import FILE_NAME, save_calibration
+    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
+    from birdsearch.service.calibrate import fit_engine
+    from birdsearch.service.ranking import DEFAULT_SPECIES_RULE
+    from birdsearch.toy.background import calibration_clips
+
+    places = {"distilled": encoder / FILE_NAME, "cascade": index_root / FILE_NAME}
+    missing = [mode for mode, place in places.items() if args.rebuild or not place.is_file()]
+    if not missing:
+        return
+    clips = calibration_clips(world, world.root / "demo" / "calibration-audio")
+    for mode in missing:
+        config = AnalyzeConfig(inputs=[], out=index_root, index_root=index_root, checkpoint=str(encoder),
+                               student=student, mode=mode, device=args.device, progress=False)  # fmt: skip
+        places[mode].unlink(missing_ok=True)  # refit from scratch, not on top of an older fit
+        platt = fit_engine(load_engine(config), clips, DEFAULT_SPECIES_RULE)
+        save_calibration(places[mode], mode, platt)
 
 
 def evaluate(

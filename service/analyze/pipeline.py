@@ -164,7 +164,7 @@ def load_engine(config: AnalyzeConfig) -> Engine:
         raise ConfigError(f"index {version.name} has no species for the cascade to classify against")
     allowed = version.ids_for(species=names) if names is not None else None
     calibration = calibration_for(mode, config.calibration, config.checkpoint, config.index_root)
-    if calibration is None:
+    if calibration is None and config.inputs:  # fitting one (no inputs) needs none yet
         log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score", mode,
                     config.min_conf)  # fmt: skip
     return Engine(embedder, served, allowed, names, calibration)

@@ -57,6 +57,15 @@ def test_the_demo_evaluates_every_method_with_both_students(first_run, demo_env)
         assert report["queries"]["gallery"]["source"] == "index"
     encoders = list(Path(demo_env["BIRDSEARCH_CACHE"]).glob("toy/tiny-*/demo/encoder-*/encoder/card.json"))
     assert len(encoders) == 2
+    # Confidences fitted on held-out clips for what the demo serves: its encoder and the cascade.
+    demo_root = encoders[0].parents[2]
+    fits = {
+        mode: json.loads(path.read_text())["modes"][mode]["facts"]
+        for mode, path in [("distilled", demo_root / "encoder-realistic" / "encoder" / "calibration.json"),
+                           ("cascade", demo_root / "index" / "calibration.json")]
+    }  # fmt: skip
+    for facts in fits.values():
+        assert facts["background_clips"] == 8 and facts["clips"] > 8
 
 
 def free_port() -> int:
@@ -90,6 +99,13 @@ def test_a_second_run_reuses_everything_and_serves_within_seconds(first_run, dem
         with open(query, "rb") as f:
             response = httpx.post(f"http://127.0.0.1:{port}/query", files={"audio": f}, timeout=30)
         assert response.status_code == 200 and response.json()["species"]
+        # The demo fitted its confidences: min_conf works, every species carries a probability.
+        with open(query, "rb") as f:
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/query", files={"audio": f}, data={"min_conf": "0.05"}, timeout=30
+            )
+        assert response.status_code == 200, response.text
+        assert all(hit["confidence"] >= 0.05 for hit in response.json()["species"])
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

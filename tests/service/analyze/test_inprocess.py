@@ -13,7 +13,7 @@ from birdsearch.service.analyze.pipeline import AnalyzeConfig
 from birdsearch.service.analyze.run import analyze
 from birdsearch.service.inprocess import Birdsearch
 
-DOCS = Path(__file__).resolve().parents[3] / "docs" / "analyze.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 CLIP = "perch_21100_36_48_16k_10s.ogg"
 SOUNDSCAPE = "birdnet_soundscape_48k_30s.flac"
 
@@ -82,8 +82,8 @@ def test_analyze_yields_what_the_command_writes(local, tiny_models, index_root, 
 
 
 def test_the_documented_example_runs(tiny_models, index_root, helpers, tmp_path, monkeypatch):
-    """docs/analyze.md's Python example, run as written in a folder laid out as it assumes."""
-    block = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S).group(1)
+    """The README's Python example, run as written in a folder laid out as it assumes."""
+    block = re.search(r"## From Python\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     (tmp_path / "models").mkdir()
     os.symlink(tiny_models["encoder"], tmp_path / "models" / "encoder")
     os.symlink(index_root, tmp_path / "index")
@@ -93,5 +93,5 @@ def test_the_documented_example_runs(tiny_models, index_root, helpers, tmp_path,
     monkeypatch.setenv("BIRDSEARCH_DEVICE", "cpu")
     monkeypatch.setenv("BIRDSEARCH_STUDENT", str(tiny_models["student"]))
     namespace: dict = {}
-    exec(compile(block, str(DOCS), "exec"), namespace)  # noqa: S102 (the project's own documentation)
+    exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 (the project's own documentation)
     assert namespace["answer"].species and isinstance(namespace["detections"], list)

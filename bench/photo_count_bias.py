@@ -80,6 +80,7 @@ def pooled_gallery(world: Any, max_photos: int, folder: Path) -> Path:
     manifest = folder / "gallery.csv"
     if manifest.is_file():
         return manifest
+    folder.mkdir(parents=True, exist_ok=True)  # a gallery already full (the default preset) writes no photo
     with open(world.gallery_manifest, newline="") as f:
         existing = list(csv.DictReader(f))
     rows = []

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float, log_tail: Callable[[], str]) -> float:
+    """Poll ``url``/readyz until it answers 200; the seconds it took. Fails when ``process`` exits."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log_tail()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"server not ready in {timeout_s:.0f} s: {log_tail()}")
+
+
 class Server:
     """``birdsearch serve`` in a subprocess, stopped by its pid."""
 
@@ -171,7 +189,6 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
-        import httpx
 
         command = [
             sys.executable,
@@ -187,17 +204,8 @@ class Server:
         self.process = subprocess.Popen(
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError("server not ready in 600 s")
+        wait_ready(self.url, self.process, 600, lambda: self.process.stderr.read().decode()[-2000:])
+        return self
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the server and its worker processes so far (Linux /proc)."""

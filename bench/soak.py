@@ -48,7 +48,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from service_latency import build_world, free_port  # noqa: E402
+from service_latency import build_world, free_port, wait_ready  # noqa: E402
 
 AUDIO_DIRS = [ROOT / "tests" / "data" / "audio", ROOT.parent / "shared" / "fixtures" / "real" / "audio"]
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
@@ -149,23 +149,13 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
-        import httpx
 
         command = [sys.executable, "-m", "birdsearch.cli", "-q", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port)]  # fmt: skip
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server not ready in 300 s: {self.log.read_text()[-2000:]}")
+        wait_ready(self.url, self.process, 300, lambda: self.log.read_text()[-2000:])
+        return self
 
     def limits(self) -> tuple[float, int]:
         """(max duration s, max upload bytes) the server runs with."""

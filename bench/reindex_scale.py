@@ -4,14 +4,17 @@ A reindex lists the gallery, opens the published version, and takes each local f
 from that version when the file's size and modification time are the ones recorded (as rsync does);
 only a file whose size or mtime differ is read and hashed. This bench times that no-op reindex.
 
-    python bench/reindex_scale.py                     # 100,000 files
-    python bench/reindex_scale.py --files 2000        # quick
+    python bench/reindex_scale.py                     # 100,000 files, BioCLIP-2's architecture
+    python bench/reindex_scale.py --files 2000 --teacher tiny    # quick
 
 The files are tiny (distinct 64-byte contents: hashing them would be cheap, so the figure is the
 reindex's own overhead: listing, stat, reading the previous version's records, comparing). The
 published version they are checked against is written by the pipeline's own functions with random
-vectors, as if a run with a small random teacher had embedded them (embedding 100,000 photos is
-not what is measured). Everything is written under a temporary folder and deleted afterwards.
+vectors, as if the teacher had embedded them (embedding 100,000 photos is not what is measured).
+The teacher is BioCLIP-2's full-size architecture with random weights (1.7 GB on disk) by default:
+a reindex that embeds nothing must not build it, and the bench also times one load of it
+(``teacher_load_s``), which is what such a reindex spent before it stopped loading the model.
+Everything, the checksum cache included, is written under a temporary folder and deleted afterwards.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -81,7 +85,13 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
     matrix = gather_vectors(collected, None, vectors, dim)
     built = build_index(matrix, config.index, tuning_queries(text, config))
     manifest = version_manifest(
-        config, listed, embedder, built, collected.source_hash(), None, Summary(root, None, False)
+        config,
+        listed,
+        embedder.teacher.describe(),
+        built,
+        collected.source_hash(),
+        None,
+        Summary(root, None, False),
     )
     content = VersionContent(matrix, collected.rows, species, text, built.index, manifest, collected.failures)
     staging = new_staging_dir(root)
@@ -89,22 +99,35 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
     return publish(root, staging), first_hash_s
 
 
+def save_teacher(kind: str, directory: Path) -> Path:
+    """A teacher in open_clip's on-disk format: BioCLIP-2's architecture, or a tiny one."""
+    from birdsearch.model import standins
+
+    if kind == "full":
+        return standins.save_random_full_teacher(directory)
+    cfg = standins.TINY_TEACHER_CFG
+    return standins.save_teacher(standins.build_teacher(cfg, seed=0), directory, cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument(
+        "--teacher", choices=["tiny", "full"], default="full",
+        help="the teacher the version was built with: BioCLIP-2's full-size architecture (ViT-L/14, "
+        "random weights, 1.7 GB on disk) or a tiny one",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from birdsearch.indexer.pipeline import IndexConfig, run_index
-    from birdsearch.model.standins import TINY_TEACHER_CFG, build_teacher, save_teacher
+    from birdsearch.model.teacher import Teacher
 
     work = Path(tempfile.mkdtemp(prefix="reindex-scale-", dir=args.work))
+    os.environ["BIRDSEARCH_CACHE"] = str(work / "cache")  # the teacher's checksum is cached here, not in ~
     try:
-        teacher_dir = save_teacher(
-            build_teacher(TINY_TEACHER_CFG, seed=0), work / "teacher", TINY_TEACHER_CFG
-        )
-        teacher = f"local-dir:{teacher_dir}"
+        teacher = f"local-dir:{save_teacher(args.teacher, work / 'teacher')}"
         gallery, root = work / "gallery", work / "index"
         started = time.perf_counter()
         make_files(gallery, args.files)
@@ -117,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         summary = run_index(config)
         seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        Teacher.load(teacher, "cpu").describe()  # what a no-op reindex spent before it stopped loading it
+        teacher_load_s = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "files": args.files,
+        "teacher": args.teacher,
         "reindex_s": round(seconds, 2),
+        "teacher_load_s": round(teacher_load_s, 2),
         "first_hash_s": round(first_hash_s, 2),
         "published": summary.published,
         "unchanged": summary.unchanged,

@@ -154,9 +154,9 @@ def run_index(config: IndexConfig) -> Summary:
         log.info(
             "gallery %s: %d items (%d skipped)", gallery.location, len(gallery.items), len(gallery.skipped)
         )
-        embedder = ImageEmbedder(config.teacher, config.device)
-        teacher = embedder.teacher.describe()
-        previous = load_previous(root, teacher, config.incremental)
+        published = open_published(root)
+        teacher = TeacherOnDemand(config.teacher, config.device, published.teacher if published else None)
+        previous = load_previous(published, teacher.description, config.incremental)
         hashed = hash_items(
             gallery.items,
             root,
@@ -166,10 +166,8 @@ def run_index(config: IndexConfig) -> Summary:
             config.progress,
         )
         summary = Summary(root, IndexRoot(root).current_name(), published=False)
-        vectors, sizes, hash_failures = embed_new(root, config, embedder, hashed, previous, summary)
-        content = assemble(
-            config, gallery, hashed, previous, vectors, sizes, hash_failures, embedder, summary
-        )
+        vectors, sizes, hash_failures = embed_new(root, config, teacher, hashed, previous, summary)
+        content = assemble(config, gallery, hashed, previous, vectors, sizes, hash_failures, teacher, summary)
         if content is None:
             summary.seconds = time.perf_counter() - start
             return summary
@@ -184,15 +182,45 @@ def run_index(config: IndexConfig) -> Summary:
     return summary
 
 
-def load_previous(root: Path, teacher: dict[str, Any], incremental: bool) -> Previous | None:
-    """The published version as a source of reusable vectors, or None (with the reason logged)."""
+class TeacherOnDemand:
+    """The teacher's description at once; its model only when a photo or a species name needs it."""
+
+    def __init__(self, spec: str, device: str, recorded: dict[str, Any] | None):
+        from birdsearch.model.teacher import recorded_description
+
+        self.spec, self.device = spec, device
+        self._embedder: ImageEmbedder | None = None
+        known = recorded_description(spec, recorded) if recorded else None
+        self.description = known if known is not None else self.embedder.teacher.describe()
+
+    @property
+    def embedder(self) -> ImageEmbedder:
+        if self._embedder is None:
+            self._embedder = ImageEmbedder(self.spec, self.device)
+        return self._embedder
+
+    @property
+    def dim(self) -> int:
+        return int(self.description["dim"])
+
+
+def open_published(root: Path) -> IndexVersion | None:
+    """The published version, or None (with the reason logged when one exists but cannot be read)."""
     index_root = IndexRoot(root)
     if index_root.current_name() is None:
         return None
     try:
-        version = index_root.open_current()
+        return index_root.open_current()
     except IndexFormatError as e:
         log.warning("the published version cannot be read (%s); embedding everything again", e)
+        return None
+
+
+def load_previous(
+    version: IndexVersion | None, teacher: dict[str, Any], incremental: bool
+) -> Previous | None:
+    """The published version as a source of reusable vectors, or None."""
+    if version is None:
         return None
     keys = ("weights_sha256", "dim", "preprocess")
     if any(version.teacher.get(k) != teacher.get(k) for k in keys):
@@ -253,7 +281,7 @@ def decode_on_device(config: IndexConfig, embedder: ImageEmbedder) -> bool:
 def embed_new(
     root: Path,
     config: IndexConfig,
-    embedder: ImageEmbedder,
+    teacher: TeacherOnDemand,
     hashed: list[Hashed],
     previous: Previous | None,
     summary: Summary,
@@ -261,8 +289,7 @@ def embed_new(
     """Embed every distinct photo that neither the previous version nor an interrupted run holds."""
     from tqdm.auto import tqdm
 
-    teacher = embedder.teacher.describe()
-    cache = EmbeddingCache(cache_dir(root, teacher), embedder.teacher.dim, config.checkpoint_every)
+    cache = EmbeddingCache(cache_dir(root, teacher.description), teacher.dim, config.checkpoint_every)
     vectors, sizes = cache.load()
     known = previous.rows_by_hash if previous else {}
     tasks: dict[str, EmbedTask] = {}
@@ -273,7 +300,10 @@ def embed_new(
                 continue
             tasks[h.content_hash] = EmbedTask(h.content_hash, str(h.file))
     failures: dict[str, str] = {}
-    bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not config.progress or not tasks)
+    if not tasks:
+        return vectors, sizes, failures
+    embedder = teacher.embedder
+    bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not config.progress)
 
     def on_batch(hashes: list[str], batch: np.ndarray, batch_sizes: list, batch_failures: list) -> None:
         for content_hash, vector, size in zip(hashes, batch, batch_sizes, strict=True):
@@ -293,7 +323,7 @@ def embed_new(
     if config.runner == "ray":
         from birdsearch.indexer.distributed import embed_ray
 
-        embed_ray(list(tasks.values()), config, teacher, decode, on_batch, batch_size)
+        embed_ray(list(tasks.values()), config, teacher.description, decode, on_batch, batch_size)
     elif config.runner == "local":
         embed_local(
             list(tasks.values()), embedder, decode, on_batch, batch_size, config.workers, config.model_threads
@@ -331,7 +361,7 @@ def assemble(
     new_vectors: dict[str, np.ndarray],
     sizes: dict[str, tuple[int, int]],
     embed_failures: dict[str, str],
-    embedder: ImageEmbedder,
+    teacher: TeacherOnDemand,
     summary: Summary,
 ) -> VersionContent | None:
     """The new version's rows (sorted by key), vectors, species and index; None when nothing changed."""
@@ -348,12 +378,12 @@ def assemble(
         summary.index_type = previous.version.index_type
         summary.recall_at_10 = previous.version.manifest.get("recall_at_10")
         return None
-    vectors = gather_vectors(collected, previous, new_vectors, embedder.teacher.dim)
+    vectors = gather_vectors(collected, previous, new_vectors, teacher.dim)
     species = species_records(collected)
-    species_vectors = species_embeddings(embedder, species, previous, config)
+    species_vectors = species_embeddings(teacher, species, previous, config)
     built = build_index(vectors, config.index, tuning_queries(species_vectors, config))
     summary.index_type, summary.recall_at_10 = built.factory, built.recall_at_10
-    manifest = version_manifest(config, gallery, embedder, built, source_hash, previous, summary)
+    manifest = version_manifest(config, gallery, teacher.description, built, source_hash, previous, summary)
     return VersionContent(
         vectors, collected.rows, species, species_vectors, built.index, manifest, collected.failures
     )
@@ -448,7 +478,7 @@ def unchanged_since(previous: Previous | None, source_hash: str, force: bool) ->
 def version_manifest(
     config: IndexConfig,
     gallery: Gallery,
-    embedder: ImageEmbedder,
+    teacher: dict[str, Any],
     built: BuiltIndex,
     source_hash: str,
     previous: Previous | None,
@@ -456,7 +486,7 @@ def version_manifest(
 ) -> dict[str, Any]:
     """The manifest's facts about this build (the writer adds counts, files and checksums)."""
     return {
-        "teacher": embedder.teacher.describe(),
+        "teacher": teacher,
         "index_type": built.factory,
         "search_params": built.search_params,
         "recall_at_10": built.recall_at_10,  # the lowest among the tuned query kinds
@@ -534,7 +564,7 @@ def species_text(record: SpeciesRecord, name_format: str) -> str | None:
 
 
 def species_embeddings(
-    embedder: ImageEmbedder, species: list[SpeciesRecord], previous: Previous | None, config: IndexConfig
+    teacher: TeacherOnDemand, species: list[SpeciesRecord], previous: Previous | None, config: IndexConfig
 ) -> np.ndarray:
     """(S, D) text embeddings, reusing the previous version's rows for species whose text is unchanged."""
     import torch.nn.functional as F
@@ -557,10 +587,10 @@ def species_embeddings(
     if missing:
         templates = templates_for(config.species_templates)
         prompts = [template.format(text) for text in missing for template in templates]
-        per_prompt = embedder.teacher.embed_texts(prompts).view(len(missing), len(templates), -1)
+        per_prompt = teacher.embedder.teacher.embed_texts(prompts).view(len(missing), len(templates), -1)
         fresh = F.normalize(per_prompt.mean(dim=1), dim=-1).numpy()
         reusable.update(zip(missing, fresh, strict=True))
-    dim = embedder.teacher.dim
+    dim = teacher.dim
     return (
         np.stack([reusable[t] for t in texts]).astype(np.float32) if texts else np.empty((0, dim), np.float32)
     )

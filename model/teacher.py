@@ -7,6 +7,8 @@ tokenizer are exactly the publisher's. Every output is float32, L2-normalised, o
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from birdsearch.errors import CheckpointError, IncompleteCheckpointError
+from birdsearch.errors import BirdsearchError, CheckpointError, IncompleteCheckpointError
 from birdsearch.model import hub
 from birdsearch.model.device import autocast, resolve_device
 from birdsearch.model.names import Taxon, templates_for
@@ -62,6 +64,37 @@ def load_weights(model: Any, resolved: hub.ResolvedModel) -> None:
         raise IncompleteCheckpointError(
             f"teacher {resolved.spec}", weights.name, incompatible.missing_keys, incompatible.unexpected_keys
         )
+
+
+def files_fingerprint(resolved: hub.ResolvedModel) -> dict[str, str]:
+    """What ``Teacher.describe`` derives the preprocessing from, besides the weights: the config
+    file's bytes and open_clip's version. Read without building the model."""
+    config = resolved.path / hub.CONFIG_FILE["teacher"]
+    return {
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+        "open_clip": importlib.metadata.version("open_clip_torch"),
+    }
+
+
+def recorded_description(spec: str, recorded: dict[str, Any]) -> dict[str, Any] | None:
+    """``recorded`` (a ``describe()`` kept in an index manifest) when ``spec`` still resolves to the
+    same files, else None.
+
+    The description is a function of the spec, the weights, the config file and open_clip's
+    version; when all four are unchanged it is known without building the model (seconds and
+    gigabytes for BioCLIP-2), so a reindex that embeds nothing never loads it. The weights' hash is
+    cached by size and mtime (``hub.weights_sha256``), as photos are.
+    """
+    try:
+        resolved = hub.resolve(spec, "teacher")
+        same = (
+            recorded.get("id") == resolved.spec
+            and recorded.get("files") == files_fingerprint(resolved)
+            and recorded.get("weights_sha256") == hub.weights_sha256(resolved.weights_file)
+        )
+    except (BirdsearchError, OSError, importlib.metadata.PackageNotFoundError):
+        return None  # loading the model names the problem
+    return dict(recorded) if same else None
 
 
 class Teacher:
@@ -135,6 +168,7 @@ class Teacher:
             "dim": self.dim,
             "weights_sha256": self.weights_sha256,
             "preprocess": self.preprocess_config,
+            "files": files_fingerprint(self.resolved),
         }
 
     @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets

@@ -115,6 +115,20 @@ def test_the_scale_bench_smoke_run(tmp_path):
     assert "| hot reload" in out.with_suffix(".md").read_text()
 
 
+def test_the_reindex_bench_smoke_run(tmp_path):
+    result_file = tmp_path / "reindex.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reindex_scale.py"), "--files", "300", "--teacher", "tiny",
+         "--work", str(tmp_path), "--json", str(result_file)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(result_file.read_text())
+    assert (result["unchanged"], result["embedded"], result["published"]) == (300, 0, False)
+    assert result["reindex_s"] > 0 and result["teacher_load_s"] > 0
+    assert list(tmp_path.iterdir()) == [result_file]  # its gallery, index, teacher and cache are gone
+
+
 def test_the_indexer_tunes_on_distilled_audio_when_given(tmp_path, tiny_teacher_spec, synthetic_photos):
     from birdsearch.indexer.pipeline import IndexConfig, run_index
     from birdsearch.indexer.store import IndexRoot

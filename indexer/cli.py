@@ -40,8 +40,9 @@ def register(subparsers: Any) -> None:
         help="update a published index from its gallery (incremental by content hash)",
         description="Re-read the gallery a published index was built from, embed only new or changed "
         "photos, drop removed ones, and publish a new version; the gallery and teacher default to the "
-        "published manifest's. On an index root with nothing published yet, --gallery (and --teacher, "
-        "default BIRDSEARCH_TEACHER or BioCLIP-2) build the first version.",
+        "published manifest's, and so do the species tables (--taxa). On an index root with nothing "
+        "published yet, --gallery (and --teacher, default BIRDSEARCH_TEACHER or BioCLIP-2) build the first "
+        "version.",
     )
     reindex.add_argument("--out", "--index", dest="out", required=True, type=Path, help="index root")
     reindex.add_argument(
@@ -59,6 +60,11 @@ def register(subparsers: Any) -> None:
         "--device", default=os.environ.get("BIRDSEARCH_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N"
     )
     add_run_args(reindex)
+    reindex.add_argument(
+        "--no-taxa",
+        action="store_true",
+        help="forget the species tables (--taxa) the published version was built with: read the bundled one only",
+    )
     reindex.set_defaults(func=run_reindex_command)
 
 
@@ -125,7 +131,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
+def build_config(args: argparse.Namespace, gallery: Path, teacher: str, taxa: list[Path]) -> Any:
     from birdsearch.indexer.faiss_index import IndexOptions
     from birdsearch.indexer.pipeline import IndexConfig
 
@@ -151,7 +157,7 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
         runner=args.runner,
         ray_address=args.ray_address,
         ray_actors=args.ray_actors,
-        taxa=tuple(args.taxa),
+        taxa=tuple(taxa),
         index=IndexOptions(
             index_type=args.index_type,
             exact_max=args.exact_max,
@@ -167,7 +173,7 @@ def build_config(args: argparse.Namespace, gallery: Path, teacher: str) -> Any:
 def run_index_command(args: argparse.Namespace) -> int:
     from birdsearch.indexer.pipeline import run_index
 
-    summary = run_index(build_config(args, args.gallery, args.teacher))
+    summary = run_index(build_config(args, args.gallery, args.teacher, args.taxa))
     sys.stdout.write(summary.render() + "\n")
     return 0 if summary.version else 1
 
@@ -175,14 +181,14 @@ def run_index_command(args: argparse.Namespace) -> int:
 def run_reindex_command(args: argparse.Namespace) -> int:
     from birdsearch.indexer.pipeline import run_index
 
-    gallery, teacher = reindex_sources(args)
-    summary = run_index(build_config(args, gallery, teacher))
+    gallery, teacher, taxa = reindex_sources(args)
+    summary = run_index(build_config(args, gallery, teacher, taxa))
     sys.stdout.write(summary.render() + "\n")
     return 0 if summary.version else 1
 
 
-def reindex_sources(args: argparse.Namespace) -> tuple[Path, str]:
-    """The gallery and teacher a reindex reads: the flags, else the published manifest's.
+def reindex_sources(args: argparse.Namespace) -> tuple[Path, str, list[Path]]:
+    """The gallery, teacher and species tables a reindex reads: the flags, else the published manifest's.
 
     An index root with nothing published yet (a fresh volume) gets its first version from
     ``--gallery``, so that one scheduled command both creates and maintains an index.
@@ -199,9 +205,33 @@ def reindex_sources(args: argparse.Namespace) -> tuple[Path, str]:
             )
         teacher = args.teacher or os.environ.get("BIRDSEARCH_TEACHER", DEFAULT_TEACHER)
         log.info("no published index in %s: building the first version from %s", args.out, args.gallery)
-        return args.gallery, teacher
+        return args.gallery, teacher, args.taxa
     manifest = root.open_current().manifest
     gallery = args.gallery or Path(manifest.get("gallery", {}).get("location", ""))
     if not str(gallery) or not gallery.exists():
         raise ConfigError(f"the gallery {gallery} recorded in {args.out}'s manifest is gone: pass --gallery")
-    return gallery, args.teacher or manifest["teacher"]["id"]
+    return gallery, args.teacher or manifest["teacher"]["id"], recorded_taxa(args, manifest)
+
+
+def recorded_taxa(args: argparse.Namespace, manifest: dict[str, Any]) -> list[Path]:
+    """``--taxa``, else the species tables the published version was built with (none with ``--no-taxa``).
+
+    Remembered so that a scheduled reindex resolves names, common names and lineages as the first
+    index did, instead of silently falling back to the bundled table.
+    """
+    if args.no_taxa:
+        if args.taxa:
+            raise ConfigError("--taxa and --no-taxa contradict each other: pass one of them")
+        return []
+    if args.taxa:
+        return args.taxa
+    tables = [Path(path) for path in manifest.get("taxa", [])]
+    gone = [str(path) for path in tables if not path.is_file()]
+    if gone:
+        raise ConfigError(
+            f"the species table(s) {', '.join(gone)} recorded in {args.out}'s manifest are gone: pass --taxa "
+            "FILE for each table to read instead, or --no-taxa to use only the bundled table"
+        )
+    if tables:
+        log.info("species tables from the published version: %s", ", ".join(map(str, tables)))
+    return tables

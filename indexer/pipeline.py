@@ -498,6 +498,9 @@ def version_manifest(
             "location": str(gallery.location),
             "manifest_sha256": gallery.manifest_sha256,
         },
+        "taxa": [
+            str(Path(path).expanduser().resolve()) for path in config.taxa
+        ],  # a reindex reads them again
         "species_text": {"format": config.species_format, "templates": config.species_templates},
         "thumbnail_size": config.thumbnail_size,
         "build": {

@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,22 @@ def encoder_dir_name(world: ToyWorld, variant: str, settings: dict[str, Any]) ->
 def install_encoder(world: ToyWorld, variant: str, settings: dict[str, Any], target: Path) -> bool:
     """Put the shipped distilled encoder of ``variant`` at ``target``; False when none ships for them."""
     name = encoder_dir_name(world, variant, settings)
-    return install(target, world.config.seed, name=name) is not None
+    edit = lambda staged: own_manifest(staged, world.distill_manifest)  # noqa: E731
+    return install(target, world.config.seed, name=name, edit=edit) is not None
+
+
+def own_manifest(encoder: Path, manifest: Path) -> None:
+    """Name this cache's copy of the distillation manifest in a shipped encoder's card.
+
+    The card records the manifest it was distilled from by absolute path, which for a shipped
+    encoder is the exporting machine's cache; this world's ``manifest`` lists the same recordings
+    (the card's ``training_data_hash``).
+    """
+    from birdsearch.model.encoder import CARD_FILE
+
+    card = json.loads((encoder / CARD_FILE).read_text())
+    card["training"]["manifest"] = str(manifest)
+    (encoder / CARD_FILE).write_text(json.dumps(card, indent=2))
 
 
 # --- install -----------------------------------------------------------------------------------
@@ -85,11 +101,16 @@ def ships(target: Path) -> bool:
 
 
 def install(
-    target: Path, seed: int, name: str | None = None, root: Path | None = None
+    target: Path,
+    seed: int,
+    name: str | None = None,
+    root: Path | None = None,
+    edit: Callable[[Path], None] | None = None,
 ) -> dict[str, Any] | None:
     """Put the shipped copy of the model folder ``target`` in place; its build facts, or None if none ships.
 
     ``name``: the shipped folder's name, when it is not ``target``'s (a distilled encoder's).
+    ``edit``: called on the assembled folder before it is renamed into place.
 
     Nothing half-written: the folder is assembled beside ``target`` and renamed into place. A shipped
     copy whose weights do not hash to what the build wrote is skipped with a warning (the caller
@@ -117,6 +138,8 @@ def install(
                 ", ".join(bad),
             )
             return None
+        if edit is not None:
+            edit(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -68,6 +68,19 @@ def test_shipped_models_install_bit_identical_and_nothing_trains(tiny_models, pa
     assert stored < 0.2 * sum(p.stat().st_size for p in teacher.iterdir())  # float16, changed token rows
 
 
+def test_an_installed_encoder_names_this_caches_distillation_manifest(tmp_path, monkeypatch):
+    """Not the exporting machine's path: the card points at the recordings this cache holds."""
+    monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "cache"))
+    world = open_world("tiny")
+    (name,) = {name for name in shipped_names(world) if name.startswith("encoder-realistic")}
+    settings = json.loads((shipped.SHIPPED_ROOT / name / shipped.FACTS_FILE).read_text())["build"]["distill"]
+    target = tmp_path / "encoder"
+    assert shipped.install_encoder(world, "realistic", settings, target)
+    card = json.loads((target / "card.json").read_text())
+    assert card["training"]["manifest"] == str(world.distill_manifest)
+    assert card["training_data_hash"]  # what identifies the data, unchanged by the move
+
+
 def test_rebuild_trains_although_the_models_ship(tiny_models, packed, tmp_path, monkeypatch):
     monkeypatch.setattr(shipped, "SHIPPED_ROOT", packed)
     monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "fresh"))

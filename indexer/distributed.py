@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -27,6 +29,34 @@ from birdsearch.indexer.embed import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def import_ray() -> Any:
+    """The ray module, or a ConfigError saying how to install it."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError("--runner ray needs Ray Data: pip install 'birdsearch[distributed]'") from e
+    return ray
+
+
+@contextmanager
+def ray_session(ray: Any, address: str | None) -> Iterator[None]:
+    """Connected to Ray for the duration: to ``address``, to the Ray this process already runs, or to
+    a local one started here (and stopped again on the way out)."""
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def ray_uses_gpus(ray: Any, device: Any) -> bool:
+    """Whether each Ray actor takes a GPU: a device other than the CPU is asked for and the cluster has GPUs."""
+    return str(device) != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
 
 
 @lru_cache(maxsize=4)
@@ -65,19 +95,11 @@ def embed_ray(
     batch_size: int,
 ) -> None:
     """Run the embedding stage on Ray Data; ``on_batch`` as in ``embed_local``."""
-    try:
-        import ray
-    except ImportError as e:
-        raise ConfigError("--runner ray needs Ray Data: pip install 'birdsearch[distributed]'") from e
+    ray = import_ray()
     if not tasks:
         return
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=config.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-    try:
-        use_gpu = str(config.device) != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
+    with ray_session(ray, config.ray_address):
+        use_gpu = ray_uses_gpus(ray, config.device)
         rows = [{"content_hash": t.content_hash, "path": t.path} for t in tasks]
         dataset = ray.data.from_items(rows).map_batches(
             decode_batch,
@@ -102,6 +124,3 @@ def embed_ray(
                 (str(h), str(e)) for h, e in zip(batch["content_hash"][~ok], batch["error"][~ok], strict=True)
             ]
             on_batch(hashes, np.asarray(batch["vector"][ok], dtype=np.float32), sizes, failures)
-    finally:
-        if started_here:
-            ray.shutdown()

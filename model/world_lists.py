@@ -32,6 +32,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from birdsearch.errors import ConfigError
@@ -120,39 +121,38 @@ def make_taxon(scientific: str, common: str, order: str, family: str, where: str
         raise ConfigError(f"{where}: {e}") from e
 
 
-def parse_ebird(records: list[dict[str, str]], first_line: int, source: str) -> tuple[list[Taxon], list[str]]:
-    """Rows of CATEGORY ``species``."""
-    taxa, keys, seen = [], [], set()
-    for line, r in enumerate(records, start=first_line):
-        scientific = clean(r.get("SCI_NAME"))
-        if clean(r.get("CATEGORY")).lower() != "species" or scientific in seen:
-            continue
-        seen.add(scientific)
-        order = clean(r.get("ORDER1") or r.get("ORDER"))
-        family = strip_gloss(clean(r.get("FAMILY")))
-        taxa.append(
-            make_taxon(scientific, clean(r.get("PRIMARY_COM_NAME")), order, family, f"{source} line {line}")
-        )
-        keys.append(clean(r.get("SPECIES_CODE")))
-    return taxa, keys
+@dataclass(frozen=True)
+class FlatColumns:
+    """Where a flat checklist (one row per taxon, its rank in a category column) keeps each field."""
+
+    category: str
+    scientific: str
+    common: str
+    order: tuple[str, ...]  # the first non-empty one (eBird renamed ORDER1 to ORDER in v2023)
+    family: str
+    key: str
 
 
-def parse_clements(
-    records: list[dict[str, str]], first_line: int, source: str
+EBIRD = FlatColumns("CATEGORY", "SCI_NAME", "PRIMARY_COM_NAME", ("ORDER1", "ORDER"), "FAMILY", "SPECIES_CODE")
+CLEMENTS = FlatColumns("category", "scientific name", "English name", ("order",), "family", "species_code")
+
+
+def parse_flat(
+    records: list[dict[str, str]], first_line: int, source: str, columns: FlatColumns
 ) -> tuple[list[Taxon], list[str]]:
-    """Rows of category ``species``."""
+    """Rows whose category is ``species`` (the eBird taxonomy and the eBird/Clements checklist)."""
     taxa, keys, seen = [], [], set()
     for line, r in enumerate(records, start=first_line):
-        scientific = clean(r.get("scientific name"))
-        if clean(r.get("category")).lower() != "species" or scientific in seen:
+        scientific = clean(r.get(columns.scientific))
+        if clean(r.get(columns.category)).lower() != "species" or scientific in seen:
             continue
         seen.add(scientific)
-        family = strip_gloss(clean(r.get("family")))
-        taxon = make_taxon(
-            scientific, clean(r.get("English name")), clean(r.get("order")), family, f"{source} line {line}"
+        order = clean(next((r[c] for c in columns.order if r.get(c)), ""))
+        family = strip_gloss(clean(r.get(columns.family)))
+        taxa.append(
+            make_taxon(scientific, clean(r.get(columns.common)), order, family, f"{source} line {line}")
         )
-        taxa.append(taxon)
-        keys.append(clean(r.get("species_code")))
+        keys.append(clean(r.get(columns.key)))
     return taxa, keys
 
 
@@ -183,4 +183,8 @@ def parse_ioc(records: list[dict[str, str]], first_line: int, source: str) -> tu
     return taxa, keys
 
 
-PARSERS = {"ebird": parse_ebird, "clements": parse_clements, "ioc": parse_ioc}
+PARSERS = {
+    "ebird": partial(parse_flat, columns=EBIRD),
+    "clements": partial(parse_flat, columns=CLEMENTS),
+    "ioc": parse_ioc,
+}

@@ -13,6 +13,7 @@ Validators refuse bad values when the server starts, not at the first request.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +42,14 @@ Mode = Literal["distilled", "cascade"]
 def default_index_root() -> Path:
     """Where ``birdsearch index`` publishes by default: ``<cache root>/index``."""
     return cache_root() / "index"
+
+
+def refused_as_invalid(read: Callable[[str], Any], value: str) -> Any:
+    """``read(value)``, its ConfigError turned into the ValueError pydantic reports as an invalid setting."""
+    try:
+        return read(value)
+    except ConfigError as e:
+        raise ValueError(str(e)) from e
 
 
 class Settings(BaseSettings):
@@ -82,9 +91,7 @@ class Settings(BaseSettings):
     compute_threads: int = Field(
         0, ge=0
     )  # torch threads per model call; 0: the worker's cores that other queries did not keep busy lately
-    compile: bool = (
-        False  # torch.compile the audio tower at start (a GPU lever; start takes longer)
-    )
+    compile: bool = False  # torch.compile the audio tower at start (a GPU lever; start takes longer)
 
     # Index hot reload and admin
     reload_interval_s: float = Field(5.0, ge=0)  # how often to look for a new index version; 0: never
@@ -117,10 +124,7 @@ class Settings(BaseSettings):
     @classmethod
     def check_species_rule(cls, value: str) -> str:
         """'best', 'mean-top:M', 'kth:Q' or 'lme:T', refused at start with the list of rules."""
-        try:
-            return str(parse_rule(value))
-        except ConfigError as e:
-            raise ValueError(str(e)) from e
+        return str(refused_as_invalid(parse_rule, value))
 
     @field_validator("calibration")
     @classmethod
@@ -129,10 +133,7 @@ class Settings(BaseSettings):
         if value:
             from birdsearch.model.calibration import load_calibration
 
-            try:
-                load_calibration(value)
-            except ConfigError as e:
-                raise ValueError(str(e)) from e
+            refused_as_invalid(load_calibration, value)
         return value
 
     @field_validator("species_list")
@@ -142,10 +143,7 @@ class Settings(BaseSettings):
         if value:
             from birdsearch.service.species_list import read_species_list
 
-            try:
-                read_species_list(value)
-            except ConfigError as e:
-                raise ValueError(str(e)) from e
+            refused_as_invalid(read_species_list, value)
         return value
 
     @field_validator("cors_origins", mode="before")

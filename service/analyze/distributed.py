@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from birdsearch.errors import BirdsearchError, ConfigError
+from birdsearch.errors import BirdsearchError
+from birdsearch.indexer.distributed import import_ray, ray_session, ray_uses_gpus
 from birdsearch.service.analyze.formats import RecordingResult
 from birdsearch.service.analyze.inputs import Recording
 
@@ -119,27 +120,17 @@ class RayAnalyser:
 
     def run(self, todo: Sequence[Recording]) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:
         """Each recording with its result or its error, as its last window comes back."""
-        try:
-            import ray
-        except ImportError as e:
-            raise ConfigError("--runner ray needs Ray Data: pip install 'birdsearch[distributed]'") from e
+        ray = import_ray()
         if not todo:
             return
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        try:
+        with ray_session(ray, self.config.ray_address):
             yield from self.gather(self.dataset(ray, todo), {r.name: r for r in todo})
-        finally:
-            if started_here:
-                ray.shutdown()
 
     def dataset(self, ray: Any, todo: Sequence[Recording]) -> Any:
         """The reader and the mapper as a Ray Data pipeline over ``todo``."""
         config, fe = self.config, self.engine.front_end
         ray.data.DataContext.get_current().enable_progress_bars = config.progress
-        use_gpu = str(config.device) != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
+        use_gpu = ray_uses_gpus(ray, config.device)
         rows = [{"path": str(r.path), "name": r.name} for r in todo]
         decoded = ray.data.from_items(rows).map_batches(
             decode_batch,

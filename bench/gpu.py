@@ -16,6 +16,9 @@ Rows, each run by the bench script that owns the measurement (imported, not copi
 - ``search``: exact search over 1M and 10M random unit vectors of 768-d, stored as float16, through
   ``birdsearch.indexer.search.make_searcher(backend="torch")``: the searcher the service builds for
   an index version on CUDA when faiss-gpu is not installed.
+- ``search-sharded``: the largest of those sizes cut into shards on the one GPU
+  (``birdsearch.indexer.search.torch_shards``, FAISS ``IndexShards``' way: each shard's best k, merged
+  on the host): what sharding costs against one block, the step before several GPUs.
 
 Each row runs in its own process (its own CUDA context and compile caches) under its own time limit
 and the run's overall budget; a row that fails or overruns is recorded with its error and costs only
@@ -81,6 +84,7 @@ class Sizes:
     search_dim: int
     search_batches: tuple[int, ...]
     search_repeats: int
+    search_shards: int  # shards of the largest search size in the sharded row
 
 
 GPU = Sizes(
@@ -91,6 +95,7 @@ GPU = Sizes(
     distill_full=True, distill_batch=256, distill_steps=20, distill_warmup=5, distill_species=5569,
     distill_dim=768,
     search_sizes=(1_000_000, 10_000_000), search_dim=768, search_batches=(1, 64, 256), search_repeats=20,
+    search_shards=4,
 )  # fmt: skip
 SMOKE = Sizes(
     index_model="small", index_images=8, index_workers=1,
@@ -100,6 +105,7 @@ SMOKE = Sizes(
     distill_full=False, distill_batch=2, distill_steps=1, distill_warmup=1, distill_species=50,
     distill_dim=32,
     search_sizes=(2_000, 20_000), search_dim=64, search_batches=(1, 64), search_repeats=3,
+    search_shards=3,
 )  # fmt: skip
 
 
@@ -115,6 +121,7 @@ class Row:
 # compiling and get what is left of the budget, each up to its own limit.
 ROWS: dict[str, Row] = {
     "search": Row("exact search, torch", 100, ""),
+    "search-sharded": Row("exact search, torch, sharded on one GPU", 60, ""),
     "index-nvjpeg": Row("indexing, JPEGs decoded by nvJPEG", 120, "≥ 2,400 images/s"),
     "index-pil": Row("indexing, JPEGs decoded by PIL in the workers", 80, "≥ 2,400 images/s"),
     "query": Row("query model path (features, encoder, search), eager", 75, ""),
@@ -343,16 +350,49 @@ def no_faiss_index() -> Any:
     raise RuntimeError("the torch backend was asked for: no FAISS index is read")
 
 
-def row_search(ctx: Context) -> dict[str, Any]:
+def timed_searches(searcher: Any, queries: Any, batches: tuple[int, ...], repeats: int) -> dict[int, float]:
+    """Median milliseconds per batch of each size (results come back as host arrays: the device is done)."""
+    import numpy as np
+
+    out = {}
+    for batch in batches:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            searcher.search(queries[:batch], 10)
+            times.append(time.perf_counter() - started)
+        out[batch] = 1000 * float(np.median(times))
+    return out
+
+
+def self_found_first(searcher: Any, vectors: Any, count: int, probes: int) -> tuple[Any, Any, float]:
+    """Queries drawn from the stored vectors, and how often each finds itself first; a stored vector
+    must be its own nearest neighbour, else what is timed is a bug."""
+    import numpy as np
+
+    probe = np.random.default_rng(0).choice(count, size=probes, replace=False)
+    queries = vectors[probe].astype(np.float32)
+    _, found = searcher.search(queries, 10)
+    found_first = float(np.mean(found[:, 0] == probe))
+    if found_first < 0.99:
+        raise RuntimeError(f"exact search found a stored vector first for only {found_first:.1%} of queries")
+    return queries, found, found_first
+
+
+def free_device(ctx: Context) -> None:
     import gc
 
-    import numpy as np
     import torch
 
+    gc.collect()
+    if ctx.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def row_search(ctx: Context) -> dict[str, Any]:
     from birdsearch.indexer.search import make_searcher
 
     s, figures, details = ctx.sizes, [], {}
-    rng = np.random.default_rng(0)
     for count in s.search_sizes:
         vectors = unit_vectors(count, s.search_dim, ctx.device)
         started = time.perf_counter()
@@ -360,42 +400,59 @@ def row_search(ctx: Context) -> dict[str, Any]:
         sync(ctx.device)
         load_s = time.perf_counter() - started
         held = str(searcher.vectors.dtype).replace("torch.", "")  # what the searcher keeps on the device
-        probe = rng.choice(count, size=max(s.search_batches), replace=False)
-        queries = vectors[probe].astype(np.float32)
-        _, found = searcher.search(queries, 10)
-        self_found = float(np.mean(found[:, 0] == probe))
-        # A stored vector must be its own nearest neighbour; else what is timed is a bug.
-        if self_found < 0.99:
-            raise RuntimeError(
-                f"exact search found a stored vector first for only {self_found:.1%} of queries"
-            )
+        queries, _, found_first = self_found_first(searcher, vectors, count, max(s.search_batches))
         details[str(count)] = {
             "stored": "float16",
             "searched_as": held,
             "load_s": load_s,
-            "self_found": self_found,
+            "self_found": found_first,
             "device_gib": searcher.vectors.nbytes / 2**30,  # the vectors as the searcher holds them
         }
-        for batch in s.search_batches:
-            times = []
-            for _ in range(s.search_repeats):
-                started = time.perf_counter()
-                searcher.search(queries[:batch], 10)  # returns host arrays: the device has finished
-                times.append(time.perf_counter() - started)
-            ms = 1000 * float(np.median(times))
+        for batch, ms in timed_searches(searcher, queries, s.search_batches, s.search_repeats).items():
             setting = (
                 f"{count:,} × {s.search_dim}-d, stored float16 (searched as {held}), k 10, batch {batch}"
             )
             figures.append(figure(setting, ms, "ms per batch", queries_per_s=1000 * batch / ms))
         del searcher, vectors
-        gc.collect()
-        if ctx.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        free_device(ctx)
+    return {"figures": figures, "details": details}
+
+
+def row_search_sharded(ctx: Context) -> dict[str, Any]:
+    """The largest search size as ``search_shards`` shards on the one device, against one block,
+    both timed in this row on the same queries (the neighbours must agree)."""
+    import numpy as np
+
+    from birdsearch.indexer.search import TorchSearcher, torch_shards
+
+    s = ctx.sizes
+    count = max(s.search_sizes)
+    vectors = unit_vectors(count, s.search_dim, ctx.device)
+    figures, details = [], {}
+    previous = None
+    for shards in (1, s.search_shards):
+        started = time.perf_counter()
+        searcher = (
+            TorchSearcher(vectors, ctx.device) if shards == 1 else torch_shards(vectors, shards, [ctx.device])
+        )
+        sync(ctx.device)
+        load_s = time.perf_counter() - started
+        queries, found, found_first = self_found_first(searcher, vectors, count, max(s.search_batches))
+        if previous is not None and not np.array_equal(found[:, 0], previous[:, 0]):
+            raise RuntimeError("the sharded search's first neighbours differ from one block's")
+        previous = found
+        details[str(shards)] = {"load_s": load_s, "self_found": found_first}
+        for batch, ms in timed_searches(searcher, queries, s.search_batches, s.search_repeats).items():
+            setting = f"{count:,} × {s.search_dim}-d float32, {shards} shard{'s' if shards > 1 else ''}, k 10, batch {batch}"
+            figures.append(figure(setting, ms, "ms per batch", queries_per_s=1000 * batch / ms))
+        del searcher
+        free_device(ctx)
     return {"figures": figures, "details": details}
 
 
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "search": row_search,
+    "search-sharded": row_search_sharded,
     "index-nvjpeg": lambda ctx: row_index(ctx, "device"),
     "index-pil": lambda ctx: row_index(ctx, "workers"),
     "query": lambda ctx: row_query(ctx, compiled=False),

@@ -208,6 +208,57 @@ class TorchSearcher:
         return best_scores.float().cpu().numpy(), best_ids.cpu().numpy()
 
 
+class ShardedSearcher:
+    """One search over several shards, each a searcher over a contiguous block of image ids.
+
+    What FAISS's ``IndexShards`` does for one query batch: every shard answers the ``k`` best of its
+    block, the answers are shifted to global ids and merged. Shards may sit on different GPUs, or on
+    one, to bound the size of one allocation. Filtered searches pass each shard its part of the ids.
+    """
+
+    def __init__(self, shards: list[Searcher], sizes: list[int]):
+        if len(shards) != len(sizes) or not shards:
+            raise ConfigError(f"{len(shards)} shards for {len(sizes)} sizes: give one size per shard")
+        self.shards = shards
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(
+            np.int64
+        )  # shard i: [starts[i], starts[i+1])
+
+    def search(
+        self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        parts_scores, parts_ids = [], []
+        for shard, start, end in zip(self.shards, self.starts[:-1], self.starts[1:], strict=True):
+            local = None
+            if ids is not None:
+                local = ids[(ids >= start) & (ids < end)] - start
+                if local.size == 0:
+                    continue
+            scores, found = shard.search(queries, k, local)
+            parts_scores.append(scores)
+            parts_ids.append(np.where(found >= 0, found + start, -1))
+        if not parts_scores:
+            empty = np.empty((len(queries), 0))
+            return pad_results(empty.astype(np.float32), empty.astype(np.int64), k)
+        scores = np.concatenate(parts_scores, axis=1)  # (Q, shards * k)
+        found = np.concatenate(parts_ids, axis=1)
+        best, cols = topk_numpy(scores, k)
+        return pad_results(best, np.take_along_axis(found, cols, axis=1), k)
+
+
+def torch_shards(vectors: np.ndarray, shards: int, devices: list[str]) -> ShardedSearcher:
+    """Exact torch search over ``vectors`` cut into ``shards`` contiguous blocks, dealt round-robin
+    over ``devices`` (several GPUs, or one GPU several times)."""
+    if shards < 1 or not devices:
+        raise ConfigError(f"need at least one shard and one device, not {shards} shards on {devices}")
+    bounds = np.linspace(0, len(vectors), shards + 1).astype(np.int64)
+    blocks = [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    searchers: list[Searcher] = [
+        TorchSearcher(block, devices[i % len(devices)]) for i, block in enumerate(blocks)
+    ]
+    return ShardedSearcher(searchers, [len(b) for b in blocks])
+
+
 class precise_matmul:
     """Turn TF32 off for a block: TF32's 10-bit mantissa would reorder close neighbours."""
 

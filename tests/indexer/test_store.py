@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from birdsearch.errors import ConfigError, IndexFormatError
-from birdsearch.indexer.search import TorchSearcher
+from birdsearch.indexer.search import ShardedSearcher, TorchSearcher, torch_shards
 from birdsearch.indexer.store import IndexRoot, IndexVersion, UnknownImageError
 from birdsearch.indexer.writer import prune_versions
 
@@ -131,6 +131,20 @@ def test_torch_search_equals_cpu_faiss(small_index):
         assert_same_neighbours(torch_searcher.search(queries, k, ids=subset), expected, vectors, queries)
     as_torch = IndexRoot(version.root).open_current(backend="torch")
     assert_same_neighbours(as_torch.search(queries, 4), version.search(queries, 4), vectors, queries)
+
+
+def test_sharded_search_equals_one_index(small_index):
+    """Shards of unequal size, a shard the filter leaves empty, and k above a shard's size."""
+    version, vectors, _ = small_index
+    queries = unit(np.random.default_rng(8), 50, 16)
+    sharded = torch_shards(vectors, 3, ["cpu"])
+    uneven = ShardedSearcher([TorchSearcher(vectors[:7]), TorchSearcher(vectors[7:])], [7, 193])
+    for k, subset in ((10, None), (5, version.ids_for(genus="Passer")), (120, None), (4, np.array([3, 150]))):
+        expected = version.search(queries, k, ids=subset)
+        for searcher in (sharded, uneven):
+            assert_same_neighbours(searcher.search(queries, k, ids=subset), expected, vectors, queries)
+    with pytest.raises(ConfigError, match="one size per shard"):
+        ShardedSearcher([TorchSearcher(vectors)], [100, 100])
 
 
 def test_damaged_or_foreign_versions_are_refused(small_index):

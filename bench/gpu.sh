@@ -49,6 +49,10 @@ if [[ ${1:-} == wheels ]]; then
     exit 0
 fi
 
+# The repository root holds a birdsearch/ folder without model/, indexer/ and service/ (setup.py maps
+# them in): run from here, Python would import that folder first and miss them, unless the current
+# directory stays off sys.path (Python 3.11+), in this process and the servers and workers it starts.
+export PYTHONSAFEPATH=1
 if ! "$PYTHON" -c "import ${MODULES}" 2>/dev/null; then
     if [[ ! -d .whl ]]; then
         echo "missing packages and no .whl/ folder: run 'bench/gpu.sh wheels' where the package index is reachable" >&2

@@ -8,7 +8,7 @@ docs/architecture.md draws four floors::
     ground     birdsearch/__init__.py, birdsearch/errors.py, birdsearch/paths.py, birdsearch/cpus.py
 
 This test reads every module's source with ``ast`` (imports inside functions and relative imports
-included), maps folders to installed names with setup.py's ``PACKAGE_DIRS`` (``model/`` is
+included), maps folders to installed names with pyproject.toml's ``package-dir`` (``model/`` is
 ``birdsearch.model``), and fails on an import that points up a floor, crosses to a group of the
 same floor that ``SIDEWAYS`` does not list, or closes a circle of modules. Imports under
 ``if TYPE_CHECKING:`` count for direction but not for circles: they never run. Modules named by
@@ -19,6 +19,7 @@ plug-ins of ``BIRDSEARCH_PLUGINS`` (see ``birdsearch.model.registry``).
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,14 +72,9 @@ class Import:
 
 
 def package_dirs() -> dict[str, str]:
-    """setup.py's ``PACKAGE_DIRS`` (installed package -> folder), read without running setup.py."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "PACKAGE_DIRS" for t in node.targets
-        ):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py has no PACKAGE_DIRS")
+    """pyproject.toml's ``[tool.setuptools.package-dir]``: installed package -> folder."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["setuptools"]["package-dir"]
 
 
 def discover(root: Path = ROOT) -> dict[str, Path]:

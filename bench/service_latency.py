@@ -388,7 +388,7 @@ def model_path(
 
     from birdsearch.indexer.store import IndexRoot
     from birdsearch.model.device import resolve_device
-    from birdsearch.service.embedders import DistilledEmbedder
+    from birdsearch.engine.embedders import DistilledEmbedder
 
     embedder = DistilledEmbedder.load(str(world["encoder"]), device)
     if compile:

@@ -77,7 +77,7 @@ def resolve_list(path: str | Path, url: str | None = None, timeout_s: float = 30
 
     Checked here so that a typo fails before the upload, with the nearest names the server holds.
     """
-    from birdsearch.service.species_list import read_species_list, resolve_species_list
+    from birdsearch.engine.species_list import read_species_list, resolve_species_list
 
     entries = read_species_list(path)
     body = get_json("species", url, timeout_s)

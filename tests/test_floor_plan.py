@@ -45,6 +45,7 @@ RULES: tuple[tuple[str, int, str], ...] = (
     ("birdsearch.model.evaluate", WORKFLOWS, "model.evaluate"),
     ("birdsearch.model", CORE, "model"),
     ("birdsearch.indexer", WORKFLOWS, "indexer"),
+    ("birdsearch.engine", WORKFLOWS, "engine"),
     ("birdsearch.service", WORKFLOWS, "service"),
 )
 SUBCOMMAND_MODULE = "cli"  # ``<package>.cli`` is an app whatever folder it sits in
@@ -54,7 +55,8 @@ SUBCOMMAND_MODULE = "cli"  # ``<package>.cli`` is an app whatever folder it sits
 # training or evaluation code, a subcommand never reaches into the toy world, nobody imports the
 # console script.
 SIDEWAYS: Mapping[str, frozenset[str]] = {
-    "service": frozenset({"indexer"}),
+    "service": frozenset({"indexer", "engine"}),
+    "engine": frozenset({"indexer"}),
     "model.evaluate": frozenset({"indexer", "model.distill"}),
     "model.distill": frozenset({"model.evaluate"}),  # its validation uses evaluate's metrics
     "entry": frozenset({"toy", "cli", "apps"}),
@@ -354,7 +356,7 @@ def test_relative_imports_resolve_to_installed_names():
 
 def test_forbidden_sideways_lines():
     sources = planted(
-        birdsearch__indexer__pipeline="import birdsearch.service.runtime\n",
+        birdsearch__indexer__pipeline="import birdsearch.engine.runtime\n",
         birdsearch__service__runtime="from birdsearch.model.distill import trainer\n",
         birdsearch__model__distill__trainer="",
         birdsearch__model__evaluate__cli="from birdsearch.toy.world import ensure_world\n",
@@ -365,7 +367,7 @@ def test_forbidden_sideways_lines():
     )
     problems = "\n".join(check(sources))
     assert (
-        "indexer.pipeline (line 1) imports birdsearch.service.runtime: crosses from indexer to service"
+        "indexer.pipeline (line 1) imports birdsearch.engine.runtime: crosses from indexer to service"
         in problems
     )
     assert "service.runtime (line 1) imports birdsearch.model.distill.trainer: crosses" in problems

@@ -80,7 +80,7 @@ class WindowEmbedder:
     """Ray actor: (B, window) samples to (B, D) model outputs with the mode's model, built in the worker."""
 
     def __init__(self, mode: str, checkpoint: str, student: str, device: str):
-        from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
+        from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder
 
         if mode == "distilled":
             self.embedder: Any = DistilledEmbedder.load(checkpoint, device)

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from birdsearch.cpus import available_cpus
+from birdsearch.engine.confidence import calibration_for
+from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE, parse_rule
 from birdsearch.errors import BirdsearchError, ConfigError
 from birdsearch.model.calibration import describe as describe_calibration
 from birdsearch.model.hub import DEFAULT_STUDENT
@@ -43,8 +45,6 @@ from birdsearch.service.analyze import formats
 from birdsearch.service.analyze.batches import SharedBatches
 from birdsearch.service.analyze.formats import Detection, RecordingResult
 from birdsearch.service.analyze.inputs import Recording
-from birdsearch.service.confidence import calibration_for
-from birdsearch.service.ranking import DEFAULT_SPECIES_RULE, parse_rule
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ class Summary:
 class Engine:
     """Models and index, loaded once: windows to detections."""
 
-    embedder: Any  # birdsearch.service.embedders.DistilledEmbedder or StudentEmbedder
-    served: Any  # birdsearch.service.index_state.ServedIndex
+    embedder: Any  # birdsearch.engine.embedders.DistilledEmbedder or StudentEmbedder
+    served: Any  # birdsearch.engine.index_state.ServedIndex
     allowed: np.ndarray | None  # image ids of the species list; None: every image
     species_names: list[str] | None  # the species list as the index spells it
     calibration: Any = None  # birdsearch.model.calibration.Platt of the mode; None: raw scores
@@ -146,10 +146,10 @@ class Engine:
 
 def load_engine(config: AnalyzeConfig) -> Engine:
     """Open the published index, resolve the species list against it, load the model for the mode."""
+    from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder
+    from birdsearch.engine.index_state import prepare
     from birdsearch.indexer.store import IndexRoot
     from birdsearch.model.device import resolve_device
-    from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
-    from birdsearch.service.index_state import prepare
 
     mode = chosen_mode(config.mode, bool(config.checkpoint))
     index_device = "cuda" if resolve_device(config.device).type == "cuda" else "cpu"
@@ -180,7 +180,7 @@ def chosen_mode(mode: str, have_checkpoint: bool) -> str:
 
 def listed_species(config: AnalyzeConfig, version: Any) -> list[str] | None:
     """The species list of ``config`` as ``version`` spells its species; None without a list."""
-    from birdsearch.service.species_list import read_species_list, resolve_species_list
+    from birdsearch.engine.species_list import read_species_list, resolve_species_list
 
     if config.species_list is None:
         return None
@@ -239,7 +239,7 @@ def detect(
     the engine's calibration makes it a confidence (without one the raw score stands in for it).
     The detection's photo is the species' best photo in that window, with its own score.
     """
-    from birdsearch.service import answer, ranking
+    from birdsearch.engine import answer, ranking
 
     served = engine.served
     scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, config.candidates_per_window)
@@ -283,8 +283,8 @@ class Decoded:
 def read_windows(recording: Recording, sample_rate: int, window_s: float, hop_s: float,
                  model_window: int, limits: Any) -> Decoded:  # fmt: skip
     """Decode one recording and cut it as the query service does (runs on a reader thread)."""
+    from birdsearch.engine.recording import plan_windows
     from birdsearch.model import audio
-    from birdsearch.service.recording import plan_windows
 
     rec = audio.load(recording.path, sample_rate=sample_rate, limits=limits)
     max_windows = len(audio.window_starts(len(rec.samples), round(window_s * sample_rate),
@@ -355,10 +355,10 @@ def resolve_window(config: AnalyzeConfig, model_window_s: float) -> tuple[float,
     window_s = config.window_s or model_window_s
     if not 1.0 <= window_s <= model_window_s:
         raise ConfigError(f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s")
-    from birdsearch.service.settings import Settings
+    from birdsearch.engine.config import EngineConfig
 
     hop_s = config.hop_s or window_s
-    min_hop_s = Settings.model_fields["min_hop_s"].default  # the service's floor, for the same reason
+    min_hop_s = EngineConfig.min_hop_s  # the service's floor, for the same reason
     if hop_s < min_hop_s:
         raise ConfigError(f"hop_s={hop_s:g} is below the minimum of {min_hop_s:g} s: each window costs a forward pass")
     return window_s, hop_s

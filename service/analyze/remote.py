@@ -21,11 +21,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from birdsearch.engine.ranking import parse_rule
 from birdsearch.errors import BirdsearchError
 from birdsearch.model.mel import FrontEndConfig
 from birdsearch.service.analyze.formats import Detection, RecordingResult
 from birdsearch.service.analyze.inputs import Recording
-from birdsearch.service.ranking import parse_rule
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from birdsearch.service.species_list import UnknownSpeciesError
+from birdsearch.engine.species_list import UnknownSpeciesError
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"
 

@@ -11,7 +11,7 @@ import pytest
 
 from birdsearch.service.analyze.pipeline import AnalyzeConfig
 from birdsearch.service.analyze.run import analyze
-from birdsearch.service.inprocess import Birdsearch
+from birdsearch.api import Birdsearch
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 CLIP = "perch_21100_36_48_16k_10s.ogg"
@@ -48,7 +48,7 @@ def test_query_gives_the_answer_of_the_http_api(local, api, helpers):
 
 def test_query_errors_are_the_apis_typed_errors(local):
     from birdsearch.errors import UnsupportedAudioError
-    from birdsearch.service.errors import BadParameterError
+    from birdsearch.engine.errors import BadParameterError
 
     with pytest.raises(UnsupportedAudioError):
         local.query(b"not audio at all" * 10)

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 
 from birdsearch import __version__
+from birdsearch.engine.batcher import MicroBatcher
+from birdsearch.engine.config import EngineConfig
+from birdsearch.engine.cpu_share import ComputeThread
+from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder
+from birdsearch.engine.errors import NotReadyError
+from birdsearch.engine.index_state import IndexHolder, ServedIndex, prepare
+from birdsearch.engine.metrics import BATCH_REQUESTS, BATCH_ROWS
+from birdsearch.engine.redact import redact_paths
+from birdsearch.engine.schemas import IndexInfo
 from birdsearch.model.device import resolve_device
-from birdsearch.service.batcher import MicroBatcher
-from birdsearch.service.cpu_share import ComputeThread
-from birdsearch.service.embedders import DistilledEmbedder, StudentEmbedder
-from birdsearch.service.errors import NotReadyError
-from birdsearch.service.index_state import IndexHolder, ServedIndex, prepare
-from birdsearch.service.metrics import BATCH_REQUESTS, BATCH_ROWS
-from birdsearch.service.redact import redact_paths
-from birdsearch.service.schemas import IndexInfo
-from birdsearch.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,15 @@ class Models:
     student: StudentEmbedder | None = None
 
     @classmethod
-    def load(cls, settings: Settings) -> Models:
-        """Load what the settings ask for (raises CheckpointError/ModelUnavailableError with the fix)."""
+    def load(cls, config: EngineConfig) -> Models:
+        """Load what the config asks for (raises CheckpointError/ModelUnavailableError with the fix)."""
         distilled = (
-            DistilledEmbedder.load(settings.checkpoint, settings.device) if settings.checkpoint else None
+            DistilledEmbedder.load(config.checkpoint, config.device) if config.checkpoint else None
         )
         student = (
-            StudentEmbedder.load(settings.student, settings.device) if settings.cascade_enabled else None
+            StudentEmbedder.load(config.student, config.device) if config.cascade_enabled else None
         )
-        if settings.compile:
+        if config.compile:
             for embedder in (distilled, student):
                 if embedder is not None:
                     embedder.compile()
@@ -76,8 +76,8 @@ def batch_observer(mode: str) -> Any:
 class Lifecycle:
     """Loads, serves and stops the worker's models and index; says what is loaded and whether it is ready."""
 
-    def __init__(self, settings: Settings, compute: ComputeThread, models: Models | None = None):
-        self.settings = settings
+    def __init__(self, config: EngineConfig, compute: ComputeThread, models: Models | None = None):
+        self.config = config
         self.compute = compute
         self.models = models  # preloaded (tests share them between apps), else loaded by ``start``
         self.batchers: dict[str, MicroBatcher] = {}
@@ -87,9 +87,9 @@ class Lifecycle:
     async def start(self) -> None:
         self.compute.start()
         if self.models is None:
-            self.models = await self.compute.run(Models.load, self.settings)
+            self.models = await self.compute.run(Models.load, self.config)
         self.decode_pool = ThreadPoolExecutor(
-            self.settings.decode_thread_count, thread_name_prefix="birdsearch-decode"
+            self.config.decode_thread_count, thread_name_prefix="birdsearch-decode"
         )
         for mode, embedder in self.models.by_mode().items():
             self.batchers[mode] = self._batcher(mode, embedder)
@@ -109,8 +109,8 @@ class Lifecycle:
         """The mode's micro-batcher, running its batches on the compute thread."""
         return MicroBatcher(
             partial(self.compute.run_sized, embedder),
-            max_batch=self.settings.batch_size,
-            max_wait_s=self.settings.max_wait_ms / 1000,
+            max_batch=self.config.batch_size,
+            max_wait_s=self.config.max_wait_ms / 1000,
             name=mode,
             observe=batch_observer(mode),
             allocate=embedder.staging,
@@ -120,10 +120,10 @@ class Lifecycle:
     async def _serve_index(self) -> None:
         """Open the published version now and watch for newer ones (hot reload)."""
         self.holder = IndexHolder(
-            self.settings.index_root,
+            self.config.index_root,
             partial(self.compute.run_sized, self._open_version),
             partial(self.compute.run_sized, self._prepare),
-            self.settings.reload_interval_s,
+            self.config.reload_interval_s,
             executor=self.compute.executor,
         )
         await self.holder.refresh()
@@ -132,8 +132,8 @@ class Lifecycle:
     def _open_version(self, name: str) -> Any:
         from birdsearch.indexer.store import IndexRoot
 
-        device = "cuda" if resolve_device(self.settings.device).type == "cuda" else "cpu"
-        return IndexRoot(self.settings.index_root).open(name, device=device)
+        device = "cuda" if resolve_device(self.config.device).type == "cuda" else "cpu"
+        return IndexRoot(self.config.index_root).open(name, device=device)
 
     def _prepare(self, version: Any) -> ServedIndex:
         assert self.models is not None
@@ -168,7 +168,7 @@ class Lifecycle:
         return {
             "birdsearch": __version__,
             "api": 1,
-            "default_mode": self.settings.default_mode,
+            "default_mode": self.config.default_mode,
             "models": {mode: vars(m.facts) for mode, m in self.models.by_mode().items()},
             "index": IndexInfo(**current.describe()) if current else None,
         }

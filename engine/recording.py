@@ -18,9 +18,9 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from birdsearch.engine.errors import BadParameterError
 from birdsearch.errors import AudioTooLongError
 from birdsearch.model import audio
-from birdsearch.service.errors import BadParameterError
 
 FLOAT_BYTES = 4
 UNKNOWN_SIZE_ESTIMATE = 16 * 2**20  # what a file whose header cannot be read is charged (it fails fast)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from birdsearch.engine import ranking
 from birdsearch.errors import ConfigError
-from birdsearch.service import ranking
 
 
 def naive_species(scores, ids, image_species, n_species):

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from birdsearch.engine.embedders import CascadeHead, DistilledEmbedder, StudentEmbedder
+from birdsearch.engine.metrics import INDEX_IMAGES, INDEX_RELOADS
+from birdsearch.engine.redact import model_name
 from birdsearch.errors import BirdsearchError, IndexFormatError
 from birdsearch.model.student import PROMPT
-from birdsearch.service.embedders import CascadeHead, DistilledEmbedder, StudentEmbedder
-from birdsearch.service.metrics import INDEX_IMAGES, INDEX_RELOADS
-from birdsearch.service.redact import model_name
 
 log = logging.getLogger(__name__)
 

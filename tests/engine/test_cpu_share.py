@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from birdsearch.service.cpu_share import RecentLoad
+from birdsearch.engine.cpu_share import RecentLoad
 
 
 class Clock:

@@ -4,13 +4,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from birdsearch.errors import ConfigError
-from birdsearch.service.species_list import (
+from birdsearch.engine.species_list import (
     UnknownSpeciesError,
     parse_species_list,
     read_species_list,
     resolve_species_list,
 )
+from birdsearch.errors import ConfigError
 
 INDEX_SPECIES = [
     SimpleNamespace(scientific="Junco hyemalis", common="Dark-eyed Junco"),

@@ -11,24 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from birdsearch.errors import ConfigError
-from birdsearch.service import ranking
-from birdsearch.service.errors import BadParameterError
-from birdsearch.service.index_state import ServedIndex
-from birdsearch.service.metrics import stage_timer
-from birdsearch.service.recording import WindowPlan
-from birdsearch.service.schemas import (
+from birdsearch.engine import ranking
+from birdsearch.engine.errors import BadParameterError
+from birdsearch.engine.index_state import ServedIndex
+from birdsearch.engine.metrics import stage_timer
+from birdsearch.engine.recording import WindowPlan
+from birdsearch.engine.schemas import (
     Aggregation,
     ImageHit,
-    QueryForm,
+    Question,
     SpeciesHit,
     TimelineWindow,
     WindowSpecies,
 )
+from birdsearch.errors import ConfigError
 
 
 def split_names(values: list[str]) -> list[str]:
-    """Repeated form fields and comma-separated lists, flattened."""
+    """Repeated fields and comma-separated lists, flattened."""
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
@@ -40,10 +40,10 @@ def canonical(values: dict[str, str], wanted: str, what: str, index: str) -> str
     return found
 
 
-def filter_ids(served: ServedIndex, form: QueryForm) -> np.ndarray | None:
-    """Image ids allowed by the form's taxon filters; None when there are none."""
-    names = split_names(form.species)
-    levels = {"genus": form.genus, "family": form.family, "order": form.order}
+def filter_ids(served: ServedIndex, question: Question) -> np.ndarray | None:
+    """Image ids allowed by the question's taxon filters; None when there are none."""
+    names = split_names(question.species)
+    levels = {"genus": question.genus, "family": question.family, "order": question.order}
     if not names and not any(levels.values()):
         return None
     by_level: dict[str, dict[str, str]] = {"species": {}, "genus": {}, "family": {}, "order": {}}
@@ -74,7 +74,7 @@ def search_and_rank(
     served: ServedIndex,
     vectors: np.ndarray,
     plan: WindowPlan,
-    form: QueryForm,
+    question: Question,
     allowed: np.ndarray | None,
     candidates_per_window: int,
     species_rule: str = ranking.DEFAULT_SPECIES_RULE,
@@ -82,15 +82,15 @@ def search_and_rank(
 ) -> tuple[list[SpeciesHit], list[ImageHit], list[TimelineWindow], Aggregation]:
     """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts.
 
-    ``species_rule`` (the server's setting) pools a species' photos; the form's own rule wins.
+    ``species_rule`` (the server's setting) pools a species' photos; the question's own rule wins.
     ``calibration`` (a ``birdsearch.model.calibration.Platt``) adds each species' confidence.
     """
-    rule = request_rule(form.species_rule or species_rule)
-    scores, ids, candidates = search(served, vectors, form.k, allowed, candidates_per_window)
+    rule = request_rule(question.species_rule or species_rule)
+    scores, ids, candidates = search(served, vectors, question.k, allowed, candidates_per_window)
     species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule)
-    top_rows = ranking.top_species(species_scores.recording, form.species_k)
+    top_rows = ranking.top_species(species_scores.recording, question.species_k)
     confidence = calibration(species_scores.per_window) if calibration is not None else None
-    images = ranking.best_images(scores, ids, form.k)
+    images = ranking.best_images(scores, ids, question.k)
     species_images = [
         ranking.best_image_of_species(scores, ids, served.image_species, int(row)) for row in top_rows
     ]
@@ -98,7 +98,7 @@ def search_and_rank(
     return (
         species_hits(served, species_scores, top_rows, species_images, records, confidence),
         image_hits(images, records),
-        timeline(served, species_scores, plan, form.species_k, confidence, scores, ids),
+        timeline(served, species_scores, plan, question.species_k, confidence, scores, ids),
         Aggregation(
             **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
             candidates_per_window=candidates,

@@ -6,7 +6,7 @@ out from training (the distillation's validation split) and background-only reco
 windowed, embedded (the cascade's species head included), searched in the served index and pooled by
 the species rule exactly as ``POST /query`` and ``analyze`` do.
 
-Where the service finds it, and how answers use it: ``birdsearch.service.confidence``.
+Where the service finds it, and how answers use it: ``birdsearch.engine.confidence``.
 
     engine = load_engine(AnalyzeConfig(inputs=[], out=Path("."), index_root=root, checkpoint=enc))
     platt = fit_engine(engine, [(path, "Turdus migratorius"), ..., (wind_path, None)])
@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 def window_scores(engine: Any, path: str | Path, rule: str, candidates: int = 200,
                   window_s: float | None = None, hop_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(W, S) species scores of one recording's windows and their (W,) start times, as ``analyze`` scores them."""
+    from birdsearch.engine import answer, ranking
+    from birdsearch.engine.recording import plan_windows
     from birdsearch.model import audio
-    from birdsearch.service import answer, ranking
-    from birdsearch.service.recording import plan_windows
 
     fe = engine.front_end
     window_s = window_s or fe.window_s
@@ -96,7 +96,7 @@ def fit_engine(engine: Any, clips: Sequence[tuple[str | Path, str | None]], rule
     return Platt(platt.weights, platt.bias, platt.features, facts)
 
 
-# -- python -m birdsearch.service.calibrate -------------------------------------------------------
+# -- python -m birdsearch.engine.calibrate -------------------------------------------------------
 
 
 def read_clips(manifest: Path) -> list[tuple[str, str]]:
@@ -125,12 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import glob
 
+    from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.model.calibration import save_calibration
     from birdsearch.model.hub import DEFAULT_STUDENT
     from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
-    from birdsearch.service.ranking import DEFAULT_SPECIES_RULE
 
-    parser = argparse.ArgumentParser(prog="python -m birdsearch.service.calibrate", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m birdsearch.engine.calibrate", description=main.__doc__)
     parser.add_argument("--index-root", type=Path, required=True, help="the published index the service searches")
     parser.add_argument("--checkpoint", default="", help="distilled encoder folder (mode distilled)")
     parser.add_argument("--student", default=DEFAULT_STUDENT, help="the cascade's student (mode cascade)")

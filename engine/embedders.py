@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from birdsearch.engine.metrics import stage_timer
+from birdsearch.engine.redact import model_name
 from birdsearch.model.mel import FrontEndConfig
-from birdsearch.service.metrics import stage_timer
-from birdsearch.service.redact import model_name
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from birdsearch.service.batcher import BatcherClosedError, MicroBatcher
+from birdsearch.engine.batcher import BatcherClosedError, MicroBatcher
 
 
 class Recorder:

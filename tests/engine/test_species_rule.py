@@ -7,11 +7,11 @@ import pytest
 from fastapi import UploadFile
 from pydantic import ValidationError
 
+from birdsearch.engine import answer, ranking
+from birdsearch.engine.errors import BadParameterError
+from birdsearch.engine.index_state import ServedIndex
+from birdsearch.engine.recording import WindowPlan
 from birdsearch.indexer.store import SpeciesRecord
-from birdsearch.service import answer, ranking
-from birdsearch.service.errors import BadParameterError
-from birdsearch.service.index_state import ServedIndex
-from birdsearch.service.recording import WindowPlan
 from birdsearch.service.schemas import QueryForm
 from birdsearch.service.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The pipeline of ``POST /query``: check the form, decode, window, embed (micro-batched), search, answer.
+"""The pipeline of ``POST /query``: check the question, decode, window, embed (micro-batched), search, answer.
 
 Decoding runs on the decode pool under the memory budget; embedding goes through the mode's
 micro-batcher; the cascade's species step and the search run on the compute thread. Each stage's
@@ -14,17 +14,17 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from birdsearch.engine import answer, recording
+from birdsearch.engine.confidence import apply_min_conf, calibration_for, no_calibration
+from birdsearch.engine.config import EngineConfig
+from birdsearch.engine.cpu_share import ComputeThread
+from birdsearch.engine.errors import BadParameterError, ModeUnavailableError, NotReadyError
+from birdsearch.engine.index_state import ServedIndex
+from birdsearch.engine.lifecycle import Lifecycle
+from birdsearch.engine.metrics import observe_stage
+from birdsearch.engine.schemas import IndexInfo, ModelInfo, QueryFacts, QueryResponse, Question
+from birdsearch.engine.species_filter import SpeciesFilter, combine
 from birdsearch.model import audio
-from birdsearch.service import answer, recording
-from birdsearch.service.confidence import apply_min_conf, calibration_for, no_calibration
-from birdsearch.service.cpu_share import ComputeThread
-from birdsearch.service.errors import BadParameterError, ModeUnavailableError, NotReadyError
-from birdsearch.service.index_state import ServedIndex
-from birdsearch.service.lifecycle import Lifecycle
-from birdsearch.service.metrics import observe_stage
-from birdsearch.service.schemas import IndexInfo, ModelInfo, QueryFacts, QueryForm, QueryResponse
-from birdsearch.service.settings import Settings
-from birdsearch.service.species_filter import SpeciesFilter, combine
 
 
 def pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
@@ -32,21 +32,21 @@ def pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
     return np.stack([audio.repeat_pad(row, length) for row in rows])
 
 
-def check_form(settings: Settings, form: QueryForm, model_window_s: float) -> tuple[float, float]:
-    """Limits that depend on settings and the model; returns (window_s, hop_s)."""
-    s = settings
-    if form.k > s.max_k:
-        raise BadParameterError(f"k={form.k} is above the limit of {s.max_k} (BIRDSEARCH_MAX_K)")
-    if form.species_k > s.max_species_k:
+def check_question(config: EngineConfig, question: Question, model_window_s: float) -> tuple[float, float]:
+    """Limits that depend on the config and the model; returns (window_s, hop_s)."""
+    s = config
+    if question.k > s.max_k:
+        raise BadParameterError(f"k={question.k} is above the limit of {s.max_k} (BIRDSEARCH_MAX_K)")
+    if question.species_k > s.max_species_k:
         raise BadParameterError(
-            f"species_k={form.species_k} is above the limit of {s.max_species_k} (BIRDSEARCH_MAX_SPECIES_K)"
+            f"species_k={question.species_k} is above the limit of {s.max_species_k} (BIRDSEARCH_MAX_SPECIES_K)"
         )
-    window_s = form.window_s or model_window_s
+    window_s = question.window_s or model_window_s
     if not 1.0 <= window_s <= model_window_s:
         raise BadParameterError(
             f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s"
         )
-    hop_s = form.hop_s or window_s
+    hop_s = question.hop_s or window_s
     if hop_s < s.min_hop_s:
         raise BadParameterError(
             f"hop_s={hop_s:g} is below the minimum of {s.min_hop_s:g} s (BIRDSEARCH_MIN_HOP_S)"
@@ -80,7 +80,7 @@ class Stopwatch:
 class Request:
     """One query on its way through the pipeline: what it asked for and what it has so far."""
 
-    form: QueryForm
+    question: Question
     served: ServedIndex  # the index version it began with (a hot reload does not change it)
     mode: str
     embedder: Any  # the mode's DistilledEmbedder or StudentEmbedder
@@ -93,22 +93,22 @@ class Request:
 class QueryPath:
     """Answers ``POST /query`` with the lifecycle's models and index, on its pools and compute thread."""
 
-    def __init__(self, settings: Settings, loaded: Lifecycle, compute: ComputeThread):
-        self.settings = settings
+    def __init__(self, config: EngineConfig, loaded: Lifecycle, compute: ComputeThread):
+        self.config = config
         self.loaded = loaded
         self.compute = compute
-        self.budget = recording.MemoryBudget(settings.audio_memory_bytes, settings.max_decoded_bytes)
-        self.limits = audio.AudioLimits(max_duration_s=settings.max_duration_s)
+        self.budget = recording.MemoryBudget(config.audio_memory_bytes, config.max_decoded_bytes)
+        self.limits = audio.AudioLimits(max_duration_s=config.max_duration_s)
         # Each mode's calibration of window species scores (None: raw scores only; min_conf refused).
         self.calibrations = {
-            mode: calibration_for(mode, settings.calibration, settings.checkpoint, settings.index_root)
+            mode: calibration_for(mode, config.calibration, config.checkpoint, config.index_root)
             for mode in ("distilled", "cascade")
         }
-        self.species_filter = SpeciesFilter(settings.species_list)
+        self.species_filter = SpeciesFilter(config.species_list)
 
     def resolve_mode(self, mode: str) -> str:
         """'auto' to the configured default; a mode without a loaded model is a 422 saying how to get it."""
-        chosen = self.settings.default_mode if mode == "auto" else mode
+        chosen = self.config.default_mode if mode == "auto" else mode
         if chosen not in self.loaded.batchers:
             fix = (
                 "set BIRDSEARCH_CHECKPOINT to a distilled encoder directory"
@@ -118,38 +118,38 @@ class QueryPath:
             raise ModeUnavailableError(f"mode {chosen!r} is not available on this server: {fix}")
         return chosen
 
-    async def query(self, upload: BinaryIO, form: QueryForm) -> QueryResponse:
+    async def query(self, upload: BinaryIO, question: Question) -> QueryResponse:
         """Decode, window, embed (micro-batched), search and rank one uploaded recording."""
         with self.compute.in_flight():
-            request = await self._begin(form)
+            request = await self._begin(question)
             async with self.budget.hold(await self._estimate(upload, request)):
                 rec, plan, vectors = await self._decode_and_embed(upload, request)
             ranked = await self._search(request, vectors, plan)
             facts = query_facts(request, rec, plan)
         species, images, timeline, aggregation = ranked
-        species, images, timeline, abstained = apply_min_conf(species, images, timeline, form.min_conf)
+        species, images, timeline, abstained = apply_min_conf(species, images, timeline, question.min_conf)
         return QueryResponse(
             species=species, images=images, timeline=timeline, aggregation=aggregation, query=facts,
-            min_conf=form.min_conf, abstained=abstained,
-            message=f"no species reached the confidence threshold of {form.min_conf:g}" if abstained else None,
+            min_conf=question.min_conf, abstained=abstained,
+            message=f"no species reached the confidence threshold of {question.min_conf:g}" if abstained else None,
         )  # fmt: skip
 
-    async def _begin(self, form: QueryForm) -> Request:
-        """Checks that need no audio: a served index, a loaded mode, the form's limits and filters."""
+    async def _begin(self, question: Question) -> Request:
+        """Checks that need no audio: a served index, a loaded mode, the question's limits and filters."""
         watch = Stopwatch()
         served = self.loaded.served()
-        mode = self.resolve_mode(form.mode)
+        mode = self.resolve_mode(question.mode)
         embedder = self.loaded.models.by_mode()[mode]  # type: ignore[union-attr]
-        window_s, hop_s = check_form(self.settings, form, embedder.front_end.window_s)
-        if form.min_conf is not None and self.calibrations.get(mode) is None:
+        window_s, hop_s = check_question(self.config, question, embedder.front_end.window_s)
+        if question.min_conf is not None and self.calibrations.get(mode) is None:
             raise BadParameterError(no_calibration(mode))
-        allowed = await asyncio.to_thread(self.allowed_ids, served, form)
-        return Request(form, served, mode, embedder, window_s, hop_s, allowed, watch)
+        allowed = await asyncio.to_thread(self.allowed_ids, served, question)
+        return Request(question, served, mode, embedder, window_s, hop_s, allowed, watch)
 
-    def allowed_ids(self, served: ServedIndex, form: QueryForm) -> np.ndarray | None:
+    def allowed_ids(self, served: ServedIndex, question: Question) -> np.ndarray | None:
         """Image ids the taxon filters and the species list allow (None: all); on a worker thread."""
-        by_list = self.species_filter.allowed(served, form.species_list)
-        return combine(answer.filter_ids(served, form), by_list, served.name)
+        by_list = self.species_filter.allowed(served, question.species_list)
+        return combine(answer.filter_ids(served, question), by_list, served.name)
 
     async def _estimate(self, upload: BinaryIO, request: Request) -> int:
         """Bytes the decoded upload will take, from its header, to hold in the memory budget."""
@@ -170,7 +170,7 @@ class QueryPath:
         observe_stage("decode", request.watch.lap("decode"))
         plan = recording.plan_windows(
             rec.samples, rec.sample_rate, request.window_s, request.hop_s,
-            self.settings.max_windows, front_end.window_samples,
+            self.config.max_windows, front_end.window_samples,
         )  # fmt: skip
         with self.compute.waiting():
             vectors = await self.embed(request.mode, plan, front_end.window_samples)
@@ -186,8 +186,8 @@ class QueryPath:
             if request.mode == "cascade":
                 vectors = await self.compute.run(served.cascade, vectors)
             ranked = await self.compute.run(
-                answer.search_and_rank, served, vectors, plan, request.form, request.allowed,
-                self.settings.candidates_per_window, self.settings.species_rule, self.calibrations.get(request.mode),
+                answer.search_and_rank, served, vectors, plan, request.question, request.allowed,
+                self.config.candidates_per_window, self.config.species_rule, self.calibrations.get(request.mode),
             )  # fmt: skip
         request.watch.lap("search")
         return ranked

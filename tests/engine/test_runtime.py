@@ -7,19 +7,19 @@ import asyncio
 import pytest
 import torch
 
-from birdsearch.service.cpu_share import RecentLoad
+from birdsearch.engine.cpu_share import RecentLoad
 
 
 @pytest.fixture
 def runtime_on_cores(settings_for, monkeypatch):
     """``make(cores, **settings)``: a Runtime on a machine of ``cores`` cores, with its compute thread."""
-    from birdsearch.service.runtime import Runtime
+    from birdsearch.engine.runtime import Runtime
 
     made = []
 
     def make(cores: int, **overrides):
         monkeypatch.setattr("birdsearch.service.settings.available_cpus", lambda: cores)
-        runtime = Runtime(settings_for(**overrides))
+        runtime = Runtime(settings_for(**overrides).engine_config())
         runtime.compute.start()
         made.append(runtime)
         return runtime
@@ -120,7 +120,7 @@ def test_the_counts_return_to_zero_after_answers_and_refusals(api, helpers):
 
 
 def test_the_counts_return_to_zero_when_the_search_fails(api, helpers, monkeypatch):
-    from birdsearch.service import answer
+    from birdsearch.engine import answer
 
     def broken(*args, **kwargs):
         raise RuntimeError("search broke")

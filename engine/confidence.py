@@ -1,6 +1,6 @@
 """Where the service finds each mode's calibration, and ``min_conf`` applied to an answer.
 
-A calibration (``birdsearch.model.calibration``; fit by ``birdsearch.service.calibrate``) is looked up
+A calibration (``birdsearch.model.calibration``; fit by ``birdsearch.engine.calibrate``) is looked up
 in ``BIRDSEARCH_CALIBRATION`` (a file with an entry per mode) when set; otherwise in
 ``<checkpoint>/calibration.json`` for the distilled encoder and ``<index root>/calibration.json`` for
 the cascade (which has no encoder folder of its own).
@@ -40,7 +40,7 @@ def no_calibration(mode: str) -> str:
     """What to do when ``min_conf`` is asked of a mode without a calibration."""
     return (
         f"min_conf needs a calibration for mode {mode!r} and this server has none: fit one with "
-        "'python -m birdsearch.service.calibrate' and set BIRDSEARCH_CALIBRATION "
+        "'python -m birdsearch.engine.calibrate' and set BIRDSEARCH_CALIBRATION "
         f"or put {FILE_NAME} beside the encoder (distilled) or in the index root (cascade)"
     )
 

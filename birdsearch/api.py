@@ -43,14 +43,14 @@ class Birdsearch:
         Raises ConfigError for bad settings, CheckpointError/ModelUnavailableError for models that
         cannot load, NotReadyError when no index is published in ``index_root``.
         """
-        from birdsearch.service.runtime import Runtime
-        from birdsearch.service.settings import load_settings
+        from birdsearch.engine.config import EngineSettings, read_settings
+        from birdsearch.engine.runtime import Runtime
 
         given = {"checkpoint": str(checkpoint), "reload_interval_s": 0, **settings}
         if index_root is not None:
             given["index_root"] = Path(index_root)
-        self.settings = load_settings(**given)
-        self.runtime = Runtime(self.settings)
+        self.settings = read_settings(EngineSettings, **given)
+        self.runtime = Runtime(self.settings.engine_config())
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="birdsearch-inprocess", daemon=True)
         self._thread.start()
@@ -70,19 +70,17 @@ class Birdsearch:
 
         ``form`` takes the fields of the request: ``k``, ``species_k``, ``window_s``, ``hop_s``,
         ``species``, ``genus``, ``family``, ``order``, ``mode``. Returns a
-        ``birdsearch.service.schemas.QueryResponse``; typed errors as the API's (AudioError,
+        ``birdsearch.engine.schemas.QueryResponse``; typed errors as the API's (AudioError,
         BadParameterError, ...).
         """
-        from fastapi import UploadFile
-
-        from birdsearch.service.schemas import QueryForm
+        from birdsearch.engine.schemas import Question
 
         if isinstance(recording, str | Path):
             with open(recording, "rb") as opened:
                 return self.query(opened, **{"filename": Path(recording).name, **form})
         upload: BinaryIO = io.BytesIO(recording) if isinstance(recording, bytes) else recording
-        name = form.pop("filename", "recording")
-        return self._call(self.runtime.query(upload, QueryForm(audio=UploadFile(upload, filename=name), **form)))
+        form.pop("filename", None)  # the engine reads the bytes; a name tells it nothing
+        return self._call(self.runtime.query(upload, Question(**form)))
 
     def analyze(self, inputs: str | Path | Sequence[str | Path], **options: Any) -> Iterator[RecordingResult]:
         """Each recording's detections, as ``birdsearch analyze`` finds them; no files are written.

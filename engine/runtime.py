@@ -1,4 +1,5 @@
-"""What a running server holds, as three parts composed into one ``Runtime`` per app (per worker process).
+"""The engine as a server runs it, three parts composed into one ``Runtime`` per worker process (the
+HTTP app's, or the Python API's in a notebook).
 
 - ``ComputeThread`` (``cpu_share``): the one thread every model call and search runs on, and the
   torch threads each call gets.
@@ -6,35 +7,31 @@
   start, hot-swapped as new index versions are published, let go at stop.
 - ``QueryPath`` (``query_path``): the pipeline of ``POST /query``.
 
-The routes talk to ``Runtime`` only; it hands each question to the part that knows.
+The doors talk to ``Runtime`` only; it hands each question to the part that knows.
 """
 
 from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from birdsearch.service.cpu_share import ComputeThread
-from birdsearch.service.index_state import IndexHolder, ServedIndex
-from birdsearch.service.lifecycle import Lifecycle, Models
-from birdsearch.service.query_path import QueryPath
-from birdsearch.service.schemas import QueryForm, QueryResponse
-from birdsearch.service.settings import Settings
-from birdsearch.service.thumbnails import ThumbnailCache
+from birdsearch.engine.config import EngineConfig
+from birdsearch.engine.cpu_share import ComputeThread
+from birdsearch.engine.index_state import IndexHolder, ServedIndex
+from birdsearch.engine.lifecycle import Lifecycle, Models
+from birdsearch.engine.query_path import QueryPath
+from birdsearch.engine.schemas import QueryResponse, Question
 
 __all__ = ["Models", "Runtime"]
 
 
 class Runtime:
-    """Everything the routes need, started and stopped with the app."""
+    """Everything a door needs to answer questions, started and stopped with it."""
 
-    def __init__(self, settings: Settings, models: Models | None = None):
-        self.settings = settings
-        self.compute = ComputeThread(
-            settings.cores_per_worker, settings.decode_thread_count, settings.compute_threads
-        )
-        self.lifecycle = Lifecycle(settings, self.compute, models)
-        self.queries = QueryPath(settings, self.lifecycle, self.compute)
-        self.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
+    def __init__(self, config: EngineConfig, models: Models | None = None):
+        self.config = config
+        self.compute = ComputeThread(config.core_count, config.decode_thread_count, config.compute_threads)
+        self.lifecycle = Lifecycle(config, self.compute, models)
+        self.queries = QueryPath(config, self.lifecycle, self.compute)
 
     async def start(self) -> None:
         await self.lifecycle.start()
@@ -42,9 +39,9 @@ class Runtime:
     async def stop(self) -> None:
         await self.lifecycle.stop()
 
-    async def query(self, upload: BinaryIO, form: QueryForm) -> QueryResponse:
+    async def query(self, upload: BinaryIO, question: Question) -> QueryResponse:
         """Decode, window, embed (micro-batched), search and rank one uploaded recording."""
-        return await self.queries.query(upload, form)
+        return await self.queries.query(upload, question)
 
     @property
     def models(self) -> Models | None:

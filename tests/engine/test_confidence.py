@@ -2,10 +2,10 @@
 
 import pytest
 
+from birdsearch.engine.confidence import apply_min_conf, calibration_for
+from birdsearch.engine.schemas import SpeciesHit, TimelineWindow, WindowSpecies
 from birdsearch.errors import ConfigError
 from birdsearch.model.calibration import FILE_NAME, Platt, save_calibration, sigmoid
-from birdsearch.service.confidence import apply_min_conf, calibration_for
-from birdsearch.service.schemas import SpeciesHit, TimelineWindow, WindowSpecies
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"
 
@@ -118,12 +118,12 @@ def test_the_query_table_shows_confidence_and_abstention():
 
 
 def test_fitting_a_calibration_for_an_existing_encoder(tmp_path, index_root, tiny_models, helpers):
-    """python -m birdsearch.service.calibrate: val rows of a manifest plus background, written where asked."""
+    """python -m birdsearch.engine.calibrate: val rows of a manifest plus background, written where asked."""
     import numpy as np
     import soundfile as sf
 
+    from birdsearch.engine.calibrate import main
     from birdsearch.model.calibration import load_calibration
-    from birdsearch.service.calibrate import main
 
     wind = tmp_path / "wind"
     wind.mkdir()

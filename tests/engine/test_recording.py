@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from birdsearch.engine.errors import BadParameterError
+from birdsearch.engine.recording import Header, MemoryBudget, plan_windows, read_header
 from birdsearch.errors import AudioTooLongError
 from birdsearch.model import audio
-from birdsearch.service.errors import BadParameterError
-from birdsearch.service.recording import Header, MemoryBudget, plan_windows, read_header
 
 SR = 1000  # a small rate keeps the arrays small; the arithmetic is the same at 48 kHz
 

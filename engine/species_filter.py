@@ -1,7 +1,7 @@
 """Species lists in the query service: the server's (``BIRDSEARCH_SPECIES_LIST``) and a request's own.
 
 A list is the text of a species list file (plain scientific names, or BirdNET's
-``Scientific name_Common name`` lines; ``birdsearch.service.species_list`` parses and resolves it).
+``Scientific name_Common name`` lines; ``birdsearch.engine.species_list`` parses and resolves it).
 It is resolved against the index version a request is served from, so a hot reload that adds or
 drops species changes what it allows:
 
@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from birdsearch.errors import ConfigError
-from birdsearch.service.errors import BadParameterError
-from birdsearch.service.species_list import (
+from birdsearch.engine.errors import BadParameterError
+from birdsearch.engine.species_list import (
     ListedSpecies,
     parse_species_list,
     read_species_list,
     resolve_species_list,
 )
+from birdsearch.errors import ConfigError
 
 
 class SpeciesFilter:

@@ -1,10 +1,11 @@
-"""birdsearch in this Python process, for notebooks and scripts: no server, the same answers.
+"""The Python API, ``birdsearch.Birdsearch``: the engine in this process, for notebooks and scripts.
 
-``Birdsearch`` starts the query service's own ``Runtime`` (models, micro-batcher, compute thread,
-the published index) on a private event loop in a background thread, so it works the same in a
-plain script and inside Jupyter, whose own event loop is already running. ``query`` returns the
+``Birdsearch`` starts the engine's ``Runtime`` (models, micro-batcher, compute thread, the published
+index), as the HTTP app does, on a private event loop in a background thread, so it works the same
+in a plain script and inside Jupyter, whose own event loop is already running. ``query`` returns the
 ``QueryResponse`` that ``POST /query`` returns; ``analyze`` yields each recording's detections as
-``birdsearch analyze`` finds them, with the same models and index, writing no files.
+``birdsearch analyze`` finds them (the engine's ``BatchRun``), with the same models and index,
+writing no files. A door beside the HTTP app and ``analyze``: it imports neither.
 
     with Birdsearch(index_root="index", checkpoint="models/encoder") as bs:
         answer = bs.query("dawn.flac", species_k=3)
@@ -22,7 +23,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from birdsearch.service.analyze.formats import RecordingResult
+from birdsearch.engine.detections import RecordingResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,9 +37,9 @@ class Birdsearch:
         Args:
             index_root: the index root holding the published versions (default: the service's).
             checkpoint: distilled encoder folder; empty: the zero-shot cascade answers.
-            settings: any other field of ``birdsearch.service.settings.Settings`` (``student``,
+            settings: any other field of ``birdsearch.engine.config.EngineSettings`` (``student``,
                 ``device``, ``cascade``, ``max_duration_s``, ...). The environment's ``BIRDSEARCH_*``
-                variables apply as for the server; these arguments win.
+                variables (and ``BIRDSEARCH_CONFIG``'s file) apply as for the server; these arguments win.
 
         Raises ConfigError for bad settings, CheckpointError/ModelUnavailableError for models that
         cannot load, NotReadyError when no index is published in ``index_root``.
@@ -70,7 +71,7 @@ class Birdsearch:
 
         ``form`` takes the fields of the request: ``k``, ``species_k``, ``window_s``, ``hop_s``,
         ``species``, ``genus``, ``family``, ``order``, ``mode``. Returns a
-        ``birdsearch.engine.schemas.QueryResponse``; typed errors as the API's (AudioError,
+        ``birdsearch.engine.schemas.QueryResponse``; typed errors as the HTTP API's (AudioError,
         BadParameterError, ...).
         """
         from birdsearch.engine.schemas import Question
@@ -87,27 +88,20 @@ class Birdsearch:
 
         Args:
             inputs: files, folders (recursive) and glob patterns.
-            options: fields of ``birdsearch.service.analyze.pipeline.AnalyzeConfig``: ``min_conf``,
-                ``species_k``, ``species_list``, ``skip_unknown_species``, ``species_rule``, ``window_s``, ``hop_s``,
+            options: fields of ``birdsearch.engine.batch.BatchOptions``: ``min_conf``, ``species_k``,
+                ``species_list``, ``skip_unknown_species``, ``species_rule``, ``window_s``, ``hop_s``,
                 ``batch_size``, ``workers``, ``max_duration_s``, ``mode``.
 
         Yields a ``RecordingResult`` (path, duration, detections) per recording, in the order they
         are done. A recording that cannot be analysed is logged with its reason and skipped.
         """
-        from birdsearch.service.analyze.inputs import find_recordings
-        from birdsearch.service.analyze.pipeline import (
-            Analyser,
-            AnalyzeConfig,
-            Engine,
-            chosen_mode,
-            listed_species,
-        )
+        from birdsearch.engine.batch import BatchOptions, BatchRun
+        from birdsearch.engine.detector import Detector, chosen_mode, listed_species
+        from birdsearch.engine.inputs import find_recordings
 
         paths = [str(inputs)] if isinstance(inputs, str | Path) else [str(i) for i in inputs]
         options = {"species_rule": self.settings.species_rule, **options}  # the server's rule unless given
-        config = AnalyzeConfig(inputs=paths, out=Path("."), index_root=self.settings.index_root,
-                               checkpoint=self.settings.checkpoint, student=self.settings.student,
-                               device=self.settings.device, progress=False, **options)  # fmt: skip
+        config = BatchOptions(**options)
         mode = chosen_mode(config.mode, bool(self.settings.checkpoint))
         embedders = self.runtime.models.by_mode() if self.runtime.models else {}
         if mode not in embedders:
@@ -115,13 +109,14 @@ class Birdsearch:
 
             raise ConfigError(f"mode {mode!r} is not loaded here: load it with cascade='always' (and a student)")
         served = self.runtime.served()
-        names = listed_species(config, served.version)
+        names = listed_species(config.species_list, served.version, config.skip_unknown_species)
         allowed = served.version.ids_for(species=names) if names is not None else None
         calibration = self.runtime.queries.calibrations.get(mode)  # the server's, as its min_conf uses
         recordings, problems = find_recordings(paths)
         for item, reason in problems:
             log.warning("input %s: %s", item, reason)
-        for _, outcome in Analyser(Engine(embedders[mode], served, allowed, names, calibration), config).run(recordings):
+        detector = Detector(embedders[mode], served, allowed, names, calibration)
+        for _, outcome in BatchRun(detector, config, self.settings.device).run(recordings):
             if isinstance(outcome, BaseException):
                 log.warning("%s", outcome)
                 continue

@@ -12,18 +12,12 @@ from typing import Any
 import numpy as np
 
 from birdsearch.engine import ranking
+from birdsearch.engine.detections import as_timeline, window_detections
 from birdsearch.engine.errors import BadParameterError
 from birdsearch.engine.index_state import ServedIndex
-from birdsearch.engine.metrics import stage_timer
 from birdsearch.engine.recording import WindowPlan
-from birdsearch.engine.schemas import (
-    Aggregation,
-    ImageHit,
-    Question,
-    SpeciesHit,
-    TimelineWindow,
-    WindowSpecies,
-)
+from birdsearch.engine.schemas import Aggregation, ImageHit, Question, SpeciesHit, TimelineWindow
+from birdsearch.engine.scoring import image_records, score_windows
 from birdsearch.errors import ConfigError
 
 
@@ -84,24 +78,25 @@ def search_and_rank(
 
     ``species_rule`` (the server's setting) pools a species' photos; the question's own rule wins.
     ``calibration`` (a ``birdsearch.model.calibration.Platt``) adds each species' confidence.
+    The timeline lists each window's detections (``detections.window_detections``).
     """
     rule = request_rule(question.species_rule or species_rule)
-    scores, ids, candidates = search(served, vectors, question.k, allowed, candidates_per_window)
-    species_scores = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule)
-    top_rows = ranking.top_species(species_scores.recording, question.species_k)
-    confidence = calibration(species_scores.per_window) if calibration is not None else None
+    scored = score_windows(served, vectors, allowed, candidates_per_window, rule, calibration, k=question.k)
+    scores, ids = scored.scores, scored.ids
+    top_rows = ranking.top_species(scored.species.recording, question.species_k)
     images = ranking.best_images(scores, ids, question.k)
     species_images = [
         ranking.best_image_of_species(scores, ids, served.image_species, int(row)) for row in top_rows
     ]
     records = image_records(served, [hit.id for hit in images] + species_images)
+    windows = window_detections(served, scored, plan.starts_s, plan.window_s, plan.duration_s, question.species_k)
     return (
-        species_hits(served, species_scores, top_rows, species_images, records, confidence),
+        species_hits(served, scored.species, top_rows, species_images, records, scored.confidence),
         image_hits(images, records),
-        timeline(served, species_scores, plan, question.species_k, confidence, scores, ids),
+        as_timeline(windows, plan.starts_s, plan.window_s, plan.duration_s, calibrated=calibration is not None),
         Aggregation(
             **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
-            candidates_per_window=candidates,
+            candidates_per_window=scored.candidates,
         ),
     )
 
@@ -112,27 +107,6 @@ def request_rule(text: str) -> ranking.SpeciesRule:
         return ranking.parse_rule(text)
     except ConfigError as e:
         raise BadParameterError(f"species_rule: {e}") from e
-
-
-def search(
-    served: ServedIndex, vectors: np.ndarray, k: int, allowed: np.ndarray | None, candidates_per_window: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Each window's nearest images among those allowed: (scores (W, C), ids (W, C), C).
-
-    C is enough candidates both to rank species (``candidates_per_window``) and to fill ``k`` photos,
-    and never more than the images there are to search.
-    """
-    pool = len(allowed) if allowed is not None else served.version.count
-    candidates = max(1, min(max(k, candidates_per_window), pool))
-    with stage_timer("search"):
-        scores, ids = served.version.search(vectors, candidates, ids=allowed)
-    return scores, ids, candidates
-
-
-def image_records(served: ServedIndex, image_ids: list[int]) -> dict[int, Any]:
-    """The index's records of these images, by id (an empty index has none to read)."""
-    records = served.version.images(image_ids) if served.version.count else []
-    return {record.id: record for record in records}
 
 
 def image_hits(images: list[ranking.ImageScore], records: dict[int, Any]) -> list[ImageHit]:
@@ -173,54 +147,3 @@ def species_hits(
             )
         )  # fmt: skip
     return hits
-
-
-def window_photo(served: ServedIndex, scores: np.ndarray, ids: np.ndarray, window: int, row: int) -> tuple[int, float]:
-    """Species ``row``'s best photo among window ``window``'s candidates and its score ((-1, nan) when none)."""
-    photo = ranking.best_image_of_species(scores[window : window + 1], ids[window : window + 1],
-                                          served.image_species, row)  # fmt: skip
-    if photo < 0:
-        return photo, float("nan")
-    return photo, float(scores[window][ids[window] == photo].max())
-
-
-def timeline(
-    served: ServedIndex, scores: ranking.SpeciesScores, plan: WindowPlan, species_k: int,
-    confidence: np.ndarray | None = None, candidate_scores: np.ndarray | None = None,
-    candidate_ids: np.ndarray | None = None,
-) -> list[TimelineWindow]:
-    """Each window's time span and its own top species, each with its best photo in that window when
-    the candidates (``candidate_scores``, ``candidate_ids``: (W, C)) are given."""
-    tops = [ranking.top_species(scores.per_window[w], species_k) for w in range(len(plan.starts_s))]
-    photos: dict[tuple[int, int], tuple[int, float]] = {}
-    if candidate_scores is not None and candidate_ids is not None:
-        photos = {(w, int(row)): window_photo(served, candidate_scores, candidate_ids, w, int(row))
-                  for w, rows in enumerate(tops) for row in rows}  # fmt: skip
-    records = image_records(served, sorted({p for p, _ in photos.values() if p >= 0}))
-    return [
-        TimelineWindow(
-            index=w,
-            start_s=round(float(start), 3),
-            end_s=round(min(float(start) + plan.window_s, plan.duration_s), 3),
-            species=[window_species(served, scores, w, int(row), confidence, photos.get((w, int(row))), records)
-                     for row in tops[w]],  # fmt: skip
-        )
-        for w, start in enumerate(plan.starts_s)
-    ]
-
-
-def window_species(
-    served: ServedIndex, scores: ranking.SpeciesScores, w: int, row: int, confidence: np.ndarray | None,
-    photo: tuple[int, float] | None, records: dict[int, Any],
-) -> WindowSpecies:  # fmt: skip
-    record = records.get(photo[0]) if photo is not None else None
-    return WindowSpecies(
-        species=served.species[row].scientific,
-        common_name=served.species[row].common,
-        score=round(float(scores.per_window[w, row]), 6),
-        confidence=None if confidence is None else round(float(confidence[w, row]), 4),
-        **({} if record is None else {
-            "image_id": record.id, "image_score": round(photo[1], 6), "image_license": record.license,
-            "image_attribution": record.attribution, "image_hash": record.content_hash,
-        }),
-    )  # fmt: skip

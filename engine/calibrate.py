@@ -1,14 +1,15 @@
 """Fit, find and apply the calibration of a query mode's window species scores.
 
 A window's species score depends on the model, the gallery and the species rule, so the Platt fit
-(``birdsearch.model.calibration``) is made through the service's own path: labelled recordings held
-out from training (the distillation's validation split) and background-only recordings are decoded,
-windowed, embedded (the cascade's species head included), searched in the served index and pooled by
-the species rule exactly as ``POST /query`` and ``analyze`` do.
+(``birdsearch.model.calibration``) is made through the engine's own path: labelled recordings held
+out from training (the distillation's validation split) and background-only recordings are decoded
+and windowed (``batch.read_windows``), embedded (the cascade's species head included), searched in
+the index and pooled by the species rule (``Detector.score``), exactly as the windows of
+``POST /query`` and ``analyze`` are before their detections are made.
 
-Where the service finds it, and how answers use it: ``birdsearch.engine.confidence``.
+Where the engine finds it, and how answers use it: ``birdsearch.engine.confidence``.
 
-    engine = load_engine(AnalyzeConfig(inputs=[], out=Path("."), index_root=root, checkpoint=enc))
+    engine = Detector.load(EngineConfig(index_root=root, checkpoint=enc))
     platt = fit_engine(engine, [(path, "Turdus migratorius"), ..., (wind_path, None)])
     save_calibration(Path(enc) / "calibration.json", "distilled", platt)
 """
@@ -18,10 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from birdsearch.engine.config import EngineConfig
+from birdsearch.engine.detector import Detector
 from birdsearch.errors import BirdsearchError, ConfigError
 from birdsearch.model.calibration import (
     FILE_NAME,
@@ -35,30 +37,26 @@ from birdsearch.model.calibration import (
 log = logging.getLogger(__name__)
 
 
-def window_scores(engine: Any, path: str | Path, rule: str, candidates: int = 200,
+def window_scores(engine: Detector, path: str | Path, rule: str, candidates: int = 200,
                   window_s: float | None = None, hop_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(W, S) species scores of one recording's windows and their (W,) start times, as ``analyze`` scores them."""
-    from birdsearch.engine import answer, ranking
-    from birdsearch.engine.recording import plan_windows
+    from birdsearch.engine.batch import read_windows
+    from birdsearch.engine.inputs import Recording
     from birdsearch.model import audio
 
     fe = engine.front_end
     window_s = window_s or fe.window_s
     hop = hop_s or window_s
-    rec = audio.load(path, sample_rate=fe.sample_rate, limits=audio.AudioLimits())
-    count = len(audio.window_starts(len(rec.samples), round(window_s * fe.sample_rate), round(hop * fe.sample_rate)))
-    plan = plan_windows(rec.samples, rec.sample_rate, window_s, hop, count, fe.window_samples)
-    windows = np.concatenate(plan.parts)
+    decoded = read_windows(Recording(Path(path), str(path)), fe.sample_rate, window_s, hop, fe.window_samples,
+                           audio.AudioLimits())  # fmt: skip
+    windows = np.concatenate(decoded.parts)
     if windows.shape[1] != fe.window_samples:
         windows = np.stack([audio.repeat_pad(row, fe.window_samples) for row in windows])
     vectors = np.concatenate([engine.vectors(engine.embedder(windows[i : i + 8])) for i in range(0, len(windows), 8)])
-    served = engine.served
-    scores, ids, _ = answer.search(served, vectors, 1, engine.allowed, candidates)
-    per_window = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule).per_window
-    return per_window, plan.starts_s
+    return engine.score(vectors, candidates, rule).species.per_window, decoded.starts_s
 
 
-def labelled_windows(engine: Any, clips: Sequence[tuple[str | Path, str | None]], rule: str,
+def labelled_windows(engine: Detector, clips: Sequence[tuple[str | Path, str | None]], rule: str,
                      candidates: int = 200) -> tuple[list[np.ndarray], list[list[set[int]]]]:  # fmt: skip
     """Each clip's (W, S) window scores and, per window, the species rows calling in it.
 
@@ -75,7 +73,7 @@ def labelled_windows(engine: Any, clips: Sequence[tuple[str | Path, str | None]]
     return per_windows, presents
 
 
-def fit_engine(engine: Any, clips: Sequence[tuple[str | Path, str | None]], rule: str,
+def fit_engine(engine: Detector, clips: Sequence[tuple[str | Path, str | None]], rule: str,
                candidates: int = 200) -> Platt:  # fmt: skip
     """``engine``'s calibration from labelled and background-only ``clips`` (features chosen by cross-validation)."""
     per_windows, presents = labelled_windows(engine, clips, rule, candidates)
@@ -128,7 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.model.calibration import save_calibration
     from birdsearch.model.hub import DEFAULT_STUDENT
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
 
     parser = argparse.ArgumentParser(prog="python -m birdsearch.engine.calibrate", description=main.__doc__)
     parser.add_argument("--index-root", type=Path, required=True, help="the published index the service searches")
@@ -149,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.background and not background:
             raise ConfigError(f"--background {args.background}: no file matches")
         clips: list[tuple[str | Path, str | None]] = [*read_clips(args.clips), *[(p, None) for p in background]]
-        config = AnalyzeConfig(inputs=[], out=Path("."), index_root=args.index_root, checkpoint=args.checkpoint,
-                               student=args.student, mode=args.mode, device=args.device)  # fmt: skip
-        engine = load_engine(config)
+        config = EngineConfig(index_root=args.index_root, checkpoint=args.checkpoint, student=args.student,
+                              device=args.device)  # fmt: skip
+        engine = Detector.load(config, args.mode)
         platt = fit_engine(engine, clips, args.species_rule, config.candidates_per_window)
     except BirdsearchError as e:
         log.error("error: %s", e)

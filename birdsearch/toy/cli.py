@@ -134,9 +134,10 @@ def calibrate(world: Any, encoder: Path, student: str, index_root: Path, args: a
     the web page's and the API's ``min_conf`` work on the demo as on a real deployment.
     """
     from birdsearch.engine.calibrate import fit_engine
+    from birdsearch.engine.config import EngineConfig
+    from birdsearch.engine.detector import Detector
     from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.model.calibration import FILE_NAME, save_calibration
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
     from birdsearch.toy.background import calibration_clips
 
     places = {"distilled": encoder / FILE_NAME, "cascade": index_root / FILE_NAME}
@@ -145,10 +146,9 @@ def calibrate(world: Any, encoder: Path, student: str, index_root: Path, args: a
         return
     clips = calibration_clips(world, world.root / "demo" / "calibration-audio")
     for mode in missing:
-        config = AnalyzeConfig(inputs=[], out=index_root, index_root=index_root, checkpoint=str(encoder),
-                               student=student, mode=mode, device=args.device, progress=False)  # fmt: skip
+        config = EngineConfig(index_root=index_root, checkpoint=str(encoder), student=student, device=args.device)
         places[mode].unlink(missing_ok=True)  # refit from scratch, not on top of an older fit
-        platt = fit_engine(load_engine(config), clips, DEFAULT_SPECIES_RULE)
+        platt = fit_engine(Detector.load(config, mode), clips, DEFAULT_SPECIES_RULE)
         save_calibration(places[mode], mode, platt)
 
 

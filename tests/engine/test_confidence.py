@@ -101,7 +101,7 @@ def test_without_a_calibration_confidence_is_null(api, helpers):
 
 
 def test_the_query_table_shows_confidence_and_abstention():
-    from birdsearch.service.client import render_table
+    from birdsearch.client import render_table
 
     facts = {"duration_s": 20.0, "windows": 2, "window_s": 10, "hop_s": 10, "model": {"mode": "distilled"},
              "index": {"name": "v1", "count": 3}, "timings_ms": {"total": 5}}  # fmt: skip

@@ -1,4 +1,5 @@
-"""A small client of the query service: send a recording, get the answer (``birdsearch query``)."""
+"""A client of the query service over HTTP: send a recording, get the answer (``birdsearch query``,
+``analyze --url``)."""
 
 from __future__ import annotations
 

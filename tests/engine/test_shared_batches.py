@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from birdsearch.service.analyze.batches import SharedBatches
+from birdsearch.engine.shared_batches import SharedBatches
 
 
 class Recorder:

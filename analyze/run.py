@@ -1,42 +1,40 @@
 """``analyze``'s driver: finds the recordings, skips what is done, runs the chosen runner, writes.
 
-The runners (this process, a server with ``--url``, Ray Data with ``--runner ray``) all yield each
-recording's result or error; this module is the one place that picks one and writes what it yields,
-so that the runners can share the pipeline's pieces without importing each other.
+The runners (this process: the engine's ``BatchRun``; a server with ``--url``: ``remote``; Ray Data
+with ``--runner ray``: ``distributed``) all yield each recording's result or error; this module is
+the one place that picks one and writes what it yields (``writer``), so that the runners share the
+engine's pieces without importing each other. The settings that decide a recording's detections,
+hashed, let a rerun skip what an earlier run with the same settings did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
-from birdsearch.service.analyze import formats
-from birdsearch.service.analyze.formats import RecordingResult
-from birdsearch.service.analyze.inputs import Recording, find_recordings
-from birdsearch.service.analyze.pipeline import (
-    RUN_FILE,
-    Analyser,
-    AnalyzeConfig,
-    Engine,
-    Outputs,
-    Summary,
-    digest_of,
-    load_engine,
-)
+from birdsearch.analyze import formats
+from birdsearch.analyze.config import AnalyzeConfig, Summary
+from birdsearch.analyze.writer import Outputs
+from birdsearch.engine.detections import RecordingResult
+from birdsearch.engine.detector import Detector
+from birdsearch.engine.inputs import Recording, find_recordings
+from birdsearch.engine.ranking import parse_rule
+from birdsearch.model.calibration import describe as describe_calibration
 
 log = logging.getLogger(__name__)
 
 
-def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
+def analyze(config: AnalyzeConfig, engine: Detector | None = None) -> Summary:
     """Run ``config``; ``engine`` (models and index) is loaded when not given. Never raises for one bad file."""
     started = time.perf_counter()
     recordings, problems = find_recordings(config.inputs)
     for item, reason in problems:
         log.warning("input %s: %s", item, reason)
-    analyser = make_analyser(config, engine)
-    settings = analyser.settings
+    analyser, settings = make_analyser(config, engine)
     digest = digest_of(settings)
     outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -76,31 +74,76 @@ def analyze(config: AnalyzeConfig, engine: Engine | None = None) -> Summary:
     outputs.write_failures(summary.failures)
     summary.wall_s = time.perf_counter() - started
     summary.stage_s = {**{k: round(v, 3) for k, v in analyser.seconds.items()}, "write": round(write_s, 3)}
-    write_run_file(config, outputs, settings, summary, analyser.facts())
+    outputs.write_run(run_file(config, outputs, settings, summary, analyser.facts()))
     log.info("analysed %d recordings (%.2f h of audio, %.3f h/s), %d skipped, %d failed, %d detections; "
              "outputs in %s", summary.analysed, summary.audio_s / 3600, summary.audio_hours_per_s,
              summary.skipped, summary.failed, summary.detections, config.out)  # fmt: skip
     return summary
 
 
+def make_analyser(config: AnalyzeConfig, engine: Detector | None) -> tuple[Any, dict[str, Any]]:
+    """The runner of ``config`` and the settings that decide its detections.
 
-def make_analyser(config: AnalyzeConfig, engine: Engine | None) -> Any:
-    """The runner of ``config``: a server (``--url``), Ray Data (``--runner ray``) or this process.
-
-    Each has ``settings`` (what decides its detections), ``run(todo)`` (as ``Analyser.run``),
-    ``seconds`` (per stage) and ``facts()`` (for ``run.json``).
+    The runner is a server (``--url``), Ray Data (``--runner ray``) or this process (the engine's
+    ``BatchRun``); each has ``run(todo)`` (each recording with its result or error), ``seconds`` (per
+    stage) and ``facts()`` (for ``run.json``).
     """
     if config.url:
-        from birdsearch.service.analyze.remote import RemoteAnalyser
+        from birdsearch.analyze.remote import RemoteAnalyser
 
-        return RemoteAnalyser(config)
+        remote = RemoteAnalyser(config)
+        return remote, remote.settings
+    from birdsearch.engine.batch import BatchRun, resolve_window
+
     engine = engine or load_engine(config)
+    settings = settings_of(config, engine, *resolve_window(config, engine.front_end.window_s))
     if config.runner == "ray":
-        from birdsearch.service.analyze.distributed import RayAnalyser
+        from birdsearch.analyze.distributed import RayAnalyser
 
-        return RayAnalyser(engine, config)
-    return Analyser(engine, config)
+        return RayAnalyser(engine, config), settings
+    return BatchRun(engine, config, config.device), settings
 
+
+def load_engine(config: AnalyzeConfig) -> Detector:
+    """The run's model and index (``Detector.load``), with a word when ``min_conf`` meets raw scores."""
+    engine = Detector.load(config.engine_config(), config.mode, config.species_list, config.skip_unknown_species)
+    if engine.calibration is None:
+        log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score",
+                    engine.mode, config.min_conf)  # fmt: skip
+    return engine
+
+
+def settings_of(config: AnalyzeConfig, engine: Detector, window_s: float, hop_s: float) -> dict[str, Any]:
+    """The settings of an in-process (or Ray) run that decide its detections."""
+    facts = engine.embedder.facts
+    model = config.checkpoint if facts.mode == "distilled" else config.student
+    return {
+        "mode": facts.mode,
+        # The spec as given, and its folder when it is one: ids in answers may leave paths out.
+        "model": model,
+        "model_path": local_path(model),
+        "model_details": facts.details,
+        "index": engine.served.name,
+        "window_s": window_s,
+        "hop_s": hop_s,
+        "min_conf": config.min_conf,
+        "calibration": describe_calibration(engine.calibration) if engine.calibration is not None else None,
+        "species_k": config.species_k,
+        "candidates_per_window": config.candidates_per_window,
+        "species_rule": str(parse_rule(config.species_rule)),
+        "species_list": engine.species_names,
+        "max_duration_s": config.max_duration_s,
+    }
+
+
+def digest_of(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def local_path(spec: str) -> str:
+    """The absolute path of a model spec that names a local file or folder, else ""."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec and path.exists() else ""
 
 
 def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, str]:
@@ -111,12 +154,10 @@ def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, s
     return str(recording.path), str(code), reason
 
 
-
 def progress_bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, unit="file", desc="analyze", disable=not enabled, dynamic_ncols=True)
-
 
 
 def advance(bar: Any, summary: Summary, started: float) -> None:
@@ -126,10 +167,9 @@ def advance(bar: Any, summary: Summary, started: float) -> None:
     bar.update(1)
 
 
-
-def write_run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summary: Summary,
-                   runner_facts: dict[str, Any]) -> None:  # fmt: skip
-    run = {
+def run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summary: Summary,
+             runner_facts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
         "settings_hash": summary.settings_hash,
         "settings": settings,
         "formats": outputs.formats,
@@ -143,4 +183,3 @@ def write_run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summ
             "stage_s": summary.stage_s,
         },
     }  # fmt: skip
-    formats.write_atomic(outputs.out / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from birdsearch.analyze import formats
+from birdsearch.analyze.config import AnalyzeConfig
+from birdsearch.analyze.run import analyze, load_engine
 from birdsearch.errors import ConfigError
-from birdsearch.service.analyze import formats
-from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
-from birdsearch.service.analyze.run import analyze
 
 QUERIES = 3  # held-out query recordings analysed
 
@@ -299,7 +299,7 @@ def test_analyze_imports_neither_the_toy_world_nor_the_cli():
 
 
 def test_windows_and_hops_are_bounded(tmp_path):
-    from birdsearch.service.analyze.pipeline import resolve_window
+    from birdsearch.engine.batch import resolve_window
 
     def config(**values) -> AnalyzeConfig:
         return AnalyzeConfig(inputs=["x"], out=tmp_path, index_root=tmp_path, **values)

@@ -17,8 +17,9 @@ The columns follow BirdNET-Analyzer, whose outputs these tools' users already re
   are the recording's own, so a combined file would mean nothing).
 - **JSON Lines**: one object per detection with every field.
 
-Renderers are pure (detections in, text out); ``write_atomic`` puts a file in place in one step,
-so that an interrupted run never leaves half a table behind.
+Each row is one of the engine's detections (``birdsearch.engine.detections.Detection``) of one
+recording (``RecordingResult``). Renderers are pure (detections in, text out); ``write_atomic`` puts
+a file in place in one step, so that an interrupted run never leaves half a table behind.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from birdsearch.engine.detections import RecordingResult
 from birdsearch.errors import ConfigError
 
 FORMATS = ("csv", "raven", "audacity", "jsonl")
@@ -54,43 +56,6 @@ CSV_COLUMNS = (
     "Photo id", "Photo score", "Photo license", "Photo attribution",
 )  # fmt: skip
 RAVEN_VIEW = "Spectrogram 1"  # the view Raven draws selections in
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One species heard in one window of one recording, with the photo that shows it best."""
-
-    start_s: float  # window start in the recording, seconds
-    end_s: float  # window end (the recording's end for a padded short recording)
-    scientific: str
-    common: str
-    confidence: float  # calibrated confidence of the species in the window (its raw score without a calibration)
-    photo_id: int  # image id in the index version that answered
-    photo_score: float  # that photo's score for the window
-    photo_license: str = ""
-    photo_attribution: str = ""
-    photo_hash: str = ""  # the photo's content hash: its id in any later index version
-    score: float | None = None  # the window's pooled cosine species score (None in results from before)
-
-
-@dataclass(frozen=True)
-class RecordingResult:
-    """Everything analysed in one recording."""
-
-    path: str  # the recording, as found
-    duration_s: float
-    source_rate: int  # Hz before resampling (bounds the Raven frequency box)
-    detections: list[Detection] = field(default_factory=list)
-    low_hz: float = 0.0  # frequency band the model hears
-    high_hz: float = 14_000.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RecordingResult:
-        detections = [Detection(**d) for d in data.get("detections", [])]
-        return cls(**{**data, "detections": detections})
 
 
 def cell(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The in-process Python API: the same answer as ``POST /query``, the same detections as ``analyze``."""
+"""The Python API (``birdsearch.Birdsearch``): the same answer as ``POST /query``, the same detections as ``analyze``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from birdsearch.service.analyze.pipeline import AnalyzeConfig
-from birdsearch.service.analyze.run import analyze
+from birdsearch.analyze.config import AnalyzeConfig
+from birdsearch.analyze.run import analyze
 from birdsearch.api import Birdsearch
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 CLIP = "perch_21100_36_48_16k_10s.ogg"
 SOUNDSCAPE = "birdnet_soundscape_48k_30s.flac"
 
@@ -47,13 +47,13 @@ def test_query_gives_the_answer_of_the_http_api(local, api, helpers):
 
 
 def test_query_errors_are_the_apis_typed_errors(local):
-    from birdsearch.errors import UnsupportedAudioError
     from birdsearch.engine.errors import BadParameterError
+    from birdsearch.errors import UnsupportedAudioError
 
     with pytest.raises(UnsupportedAudioError):
         local.query(b"not audio at all" * 10)
     with pytest.raises(BadParameterError, match="Nonexistent species"):
-        local.query(Path(__file__).parents[2] / "data" / "audio" / CLIP, species=["Nonexistent species"])
+        local.query(Path(__file__).parent / "data" / "audio" / CLIP, species=["Nonexistent species"])
 
 
 def test_analyze_yields_what_the_command_writes(local, tiny_models, index_root, helpers, tmp_path):
@@ -95,3 +95,18 @@ def test_the_documented_example_runs(tiny_models, index_root, helpers, tmp_path,
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 (the project's own documentation)
     assert namespace["answer"].species and isinstance(namespace["detections"], list)
+
+
+def test_the_package_root_exports_the_api_without_loading_it():
+    import subprocess
+    import sys
+
+    import birdsearch
+    from birdsearch.api import Birdsearch as FromModule
+
+    assert birdsearch.Birdsearch is FromModule
+    code = "import sys, birdsearch; print('birdsearch.api' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"], result.stderr
+    with pytest.raises(AttributeError, match="no attribute 'Birdsearh'"):
+        _ = birdsearch.Birdsearh

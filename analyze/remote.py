@@ -1,8 +1,9 @@
 """``analyze --url``: the recordings go to a running query service instead of models loaded here.
 
-Each recording is uploaded to ``POST /query`` (``birdsearch.service.client.query_file``), a few at a
-time; the answer's per-window timeline, whose species carry their best photo of that window, becomes
-the detections an in-process run writes. What decides them on the server is sent with each upload:
+Each recording is uploaded to ``POST /query`` (``birdsearch.client.query_file``), a few at a time;
+the answer's per-window timeline, whose species carry their best photo of that window, is read back
+into the engine's detections (``birdsearch.engine.detections.from_timeline``): those an in-process
+run writes. What decides them on the server is sent with each upload:
 mode, window and hop, species_k, the species rule and the species list (resolved once against
 ``GET /species``, so that a typo stops the run before any upload).
 
@@ -21,11 +22,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from birdsearch.engine.detections import RecordingResult, confident, from_timeline
+from birdsearch.engine.inputs import Recording
 from birdsearch.engine.ranking import parse_rule
 from birdsearch.errors import BirdsearchError
 from birdsearch.model.mel import FrontEndConfig
-from birdsearch.service.analyze.formats import Detection, RecordingResult
-from birdsearch.service.analyze.inputs import Recording
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ UPLOAD_TIMEOUT_S = 600.0  # an hour of audio on a busy CPU server takes minutes
 class RemoteAnalyser:
     """Recordings in, each one's result (or error) out, through a query service at ``config.url``."""
 
-    def __init__(self, config: Any):  # config: birdsearch.service.analyze.pipeline.AnalyzeConfig
-        from birdsearch.service import client
+    def __init__(self, config: Any):  # config: birdsearch.analyze.config.AnalyzeConfig
+        from birdsearch import client
 
         self.config = config
         self.url = config.url.rstrip("/")
@@ -78,7 +79,7 @@ class RemoteAnalyser:
 
     def query(self, recording: Recording) -> dict[str, Any]:
         """One upload (on a pool thread): the server's answer."""
-        from birdsearch.service.client import query_file
+        from birdsearch.client import query_file
 
         started = time.perf_counter()
         try:
@@ -90,7 +91,7 @@ class RemoteAnalyser:
 
     def run(self, todo: Sequence[Recording]) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:
         """Each recording with its result or its error, in order, ``workers`` uploads in flight."""
-        from birdsearch.service.analyze.pipeline import read_ahead
+        from birdsearch.engine.batch import read_ahead
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-upload") as pool:
             for recording, outcome in read_ahead(pool, self.query, todo, ahead=self.workers):
@@ -109,7 +110,7 @@ class RemoteAnalyser:
         if index != self.settings["index"]:
             log.warning("%s was answered by index %s, the run started with %s", recording.path, index,
                         self.settings["index"])  # fmt: skip
-        detections = detections_of(answer["timeline"], self.config.min_conf)
+        detections = confident(from_timeline(answer["timeline"]), self.config.min_conf)
         if not self.uncalibrated_warned and any(s.get("confidence") is None for w in answer["timeline"]
                                                 for s in w["species"]):  # fmt: skip
             self.uncalibrated_warned = True
@@ -124,22 +125,3 @@ class AnswerError(BirdsearchError):
     """The server's answer does not have the fields analyze needs."""
 
     code = "bad_answer"
-
-
-def detections_of(timeline: list[dict[str, Any]], min_conf: float) -> list[Detection]:
-    """A ``POST /query`` timeline to detections: each window species whose confidence (its raw score without
-    a calibration) reaches ``min_conf``, with its best photo in that window, as ``pipeline.detect`` makes them."""
-    detections = []
-    for window in timeline:
-        for hit in window["species"]:
-            confidence = hit["confidence"] if hit.get("confidence") is not None else hit["score"]
-            if confidence < min_conf:
-                continue
-            if hit.get("image_id") is None:
-                raise KeyError("the timeline's photos (image_id)")
-            detections.append(Detection(
-                window["start_s"], window["end_s"], hit["species"], hit["common_name"], confidence,
-                int(hit["image_id"]), float(hit["image_score"]), hit["image_license"], hit["image_attribution"],
-                hit["image_hash"], hit["score"],
-            ))  # fmt: skip
-    return detections

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from birdsearch.analyze import formats
+from birdsearch.engine.detections import Detection, RecordingResult
 from birdsearch.errors import ConfigError
-from birdsearch.service.analyze import formats
-from birdsearch.service.analyze.formats import Detection, RecordingResult
 
 
 def detection(
@@ -129,8 +129,8 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
 def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_path, results):
     import os
 
-    from birdsearch.service.analyze.inputs import Recording
-    from birdsearch.service.analyze.pipeline import Outputs
+    from birdsearch.analyze.writer import Outputs
+    from birdsearch.engine.inputs import Recording
 
     source = tmp_path / "dawn.flac"
     source.write_bytes(b"audio")

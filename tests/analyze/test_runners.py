@@ -7,13 +7,14 @@ import csv
 import json
 import shutil
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from birdsearch.analyze.config import AnalyzeConfig
+from birdsearch.analyze.run import analyze
 from birdsearch.model.calibration import Platt, save_calibration
-from birdsearch.service.analyze.pipeline import AnalyzeConfig
-from birdsearch.service.analyze.run import analyze
 
 RECORDINGS = ("perch_21100_36_48_16k_10s.flac", "maad_spinetail_44k1_12s.wav", "birdnet_soundscape_48k_30s.flac",
               "oss_empty_2c_44k1.wav")  # fmt: skip  # the last fails: no audio
@@ -83,7 +84,7 @@ def test_url_runner_writes_the_local_detections(tmp_path, card, index_root, tiny
 
 
 def test_url_runner_stops_when_no_server_answers(tmp_path, card, index_root, tiny_models, calibration):
-    from birdsearch.service.client import ServiceError
+    from birdsearch.client import ServiceError
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -105,3 +106,45 @@ def test_ray_runner_writes_the_local_detections(
     assert failures == expected_failures
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert run["runner"] == "ray" and run["windows"] >= 3
+
+
+def test_every_door_gives_the_same_detections_for_one_recording(tmp_path, index_root, tiny_models, calibration,
+                                                                helpers, server_env):  # fmt: skip
+    """The API's timeline, ``analyze`` in-process and ``analyze --url`` are views of the engine's one
+    per-window detection type: for the same recording they give the same detections."""
+    from birdsearch.analyze.remote import RemoteAnalyser
+    from birdsearch.analyze.run import load_engine
+    from birdsearch.client import query_file
+    from birdsearch.engine.batch import BatchRun
+    from birdsearch.engine.detections import confident, from_timeline
+    from birdsearch.engine.inputs import find_recordings
+
+    folder = tmp_path / "card"
+    folder.mkdir()
+    shutil.copy(helpers.audio_file("birdnet_soundscape_48k_30s.flac"), folder / "soundscape.flac")  # 30 s: 9 windows
+    recordings, _ = find_recordings([str(folder)])
+    root = helpers.copy_index(index_root, tmp_path / "index")
+
+    def config(**extra) -> AnalyzeConfig:
+        return AnalyzeConfig(inputs=[str(folder)], out=tmp_path / "out", index_root=root,
+                             checkpoint=str(tiny_models["encoder"]), mode="distilled", device="cpu", min_conf=0.0,
+                             species_k=3, hop_s=2.5, calibration=str(calibration), progress=False, **extra)  # fmt: skip
+
+    def detections_of(runner) -> list:
+        [(_, result)] = list(runner.run(recordings))
+        return result.detections
+
+    in_process = detections_of(BatchRun(load_engine(config()), config(), "cpu"))
+    env = server_env(root, BIRDSEARCH_CALIBRATION=str(calibration))
+    with helpers.Server(env, log=tmp_path / "server.log") as server:
+        by_url = detections_of(RemoteAnalyser(config(url=server.url)))
+        answer = query_file(recordings[0].path, server.url, 120.0, mode="distilled", species_k=3, hop_s=2.5)
+    from_api = confident(from_timeline(answer["timeline"]), 0.0)  # min_conf 0 keeps every calibrated species
+
+    assert len(in_process) == 3 * len(answer["timeline"]) == 27  # species_k a window, every window
+    assert by_url == from_api  # one server, one answer each: the same values to the last digit
+    for ours, theirs in zip(in_process, from_api, strict=True):
+        floats = ("confidence", "photo_score", "score")  # another process batches the windows its own way
+        assert replace(ours, **dict.fromkeys(floats, 0.0)) == replace(theirs, **dict.fromkeys(floats, 0.0))
+        for name in floats:
+            assert getattr(ours, name) == pytest.approx(getattr(theirs, name), abs=1e-5), name

@@ -2,12 +2,13 @@
 embedding stage (``birdsearch.indexer.distributed``).
 
 - ``decode_batch`` (the reader) runs as Ray tasks on the cluster's CPUs, one recording a task: it
-  decodes and cuts the recording as the local run does (``pipeline.read_windows``) and emits one row
+  decodes and cuts the recording as the local run does (``engine.batch.read_windows``) and emits one row
   per window; a recording that fails emits one row with its error, so it is listed, not lost;
 - ``WindowEmbedder`` (the mapper) runs in an actor pool (``map_batches`` with ``concurrency``), one
   model per actor, built inside the worker, and one GPU each where the cluster has GPUs;
 - the driver gathers each recording's window vectors and searches the index as the local run does
-  (``pipeline.detect``, the cascade's species head included), so the outputs are the local run's.
+  (``engine.batch.recording_result``, the cascade's species head included), so the outputs are the
+  local run's.
 
 The driver holds the index and the models' small parts it needs (the cascade's species head); the
 audio never passes through it. Needs the ``distributed`` extra (``pip install 'birdsearch[distributed]'``).
@@ -22,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from birdsearch.engine.detections import RecordingResult
+from birdsearch.engine.inputs import Recording
 from birdsearch.errors import BirdsearchError
 from birdsearch.indexer.distributed import import_ray, ray_session, ray_uses_gpus
-from birdsearch.service.analyze.formats import RecordingResult
-from birdsearch.service.analyze.inputs import Recording
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def decode_batch(batch: dict[str, np.ndarray], sample_rate: int, window_s: float
     window, as ``SharedBatches`` pads them); a recording that fails is one row with ``ok`` false."""
     from pathlib import Path
 
+    from birdsearch.engine.batch import read_windows
     from birdsearch.model import audio
-    from birdsearch.service.analyze.pipeline import read_windows
 
     limits = audio.AudioLimits(max_duration_s=max_duration_s)
     rows: list[dict[str, Any]] = []
@@ -103,14 +104,12 @@ class WindowEmbedder:
 class RayAnalyser:
     """Recordings in, each one's result (or error) out, decoded and embedded on Ray Data."""
 
-    def __init__(self, engine: Any, config: Any):  # pipeline.Engine, pipeline.AnalyzeConfig
-        from birdsearch.service.analyze.pipeline import default_batch, resolve_window, settings_of
+    def __init__(self, engine: Any, config: Any):  # engine.detector.Detector, analyze.config.AnalyzeConfig
+        from birdsearch.engine.batch import default_batch, resolve_window
 
         self.engine = engine
         self.config = config
         self.window_s, self.hop_s = resolve_window(config, engine.front_end.window_s)
-        # The same settings as a local run: its outputs are the local run's, so either skips the other's.
-        self.settings = settings_of(config, engine, self.window_s, self.hop_s)
         self.batch_size = config.batch_size or default_batch(config.device)
         self.seconds = {"ray": 0.0, "search": 0.0}  # "ray": the driver waiting for Ray's batches
         self.windows = 0
@@ -174,15 +173,14 @@ class RayAnalyser:
 
     def finish(self, recording: Recording, windows: dict[int, tuple[float, np.ndarray]], duration_s: float,
                source_rate: int) -> RecordingResult:  # fmt: skip
-        from birdsearch.service.analyze.pipeline import detect
+        from birdsearch.engine.batch import recording_result
 
-        engine, fe = self.engine, self.engine.front_end
         started = time.perf_counter()
         order = sorted(windows)
         starts = np.array([windows[w][0] for w in order])
         model_out = np.stack([windows[w][1] for w in order]).astype(np.float32)
-        detections = detect(engine, engine.vectors(model_out), starts, self.window_s, duration_s, self.config)
+        result = recording_result(self.engine, self.config, recording.path, model_out, starts, self.window_s,
+                                  duration_s, source_rate)  # fmt: skip
         self.seconds["search"] += time.perf_counter() - started
         self.windows += len(order)
-        return RecordingResult(str(recording.path), round(duration_s, 3), source_rate, detections,
-                               float(fe.f_min), float(fe.f_max))  # fmt: skip
+        return result

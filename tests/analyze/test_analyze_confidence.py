@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from birdsearch.analyze.config import AnalyzeConfig
+from birdsearch.analyze.run import analyze
 from birdsearch.model.calibration import Platt, save_calibration, sigmoid
-from birdsearch.service.analyze.pipeline import AnalyzeConfig
-from birdsearch.service.analyze.run import analyze
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"
 

@@ -63,10 +63,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from birdsearch.analyze.config import AnalyzeConfig
+    from birdsearch.analyze.formats import parse_formats
+    from birdsearch.analyze.run import analyze
     from birdsearch.engine.config import default_index_root
-    from birdsearch.service.analyze.formats import parse_formats
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig
-    from birdsearch.service.analyze.run import analyze
 
     index_root = args.index_root or Path(os.environ.get("BIRDSEARCH_INDEX_ROOT") or default_index_root())
     config = AnalyzeConfig(

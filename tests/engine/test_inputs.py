@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from birdsearch.service.analyze.inputs import find_recordings
+from birdsearch.engine.inputs import find_recordings
 
 
 def touch(path: Path) -> Path:

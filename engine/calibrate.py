@@ -98,24 +98,21 @@ def fit_engine(engine: Detector, clips: Sequence[tuple[str | Path, str | None]],
 
 
 def read_clips(manifest: Path) -> list[tuple[str, str]]:
-    """(path, species) rows of a CSV with ``path`` and ``species`` columns; only ``val`` rows when it has ``split``.
+    """(path, species) rows of a table (CSV, TSV or Parquet) with ``path`` and ``species`` columns; only
+    ``val`` rows when it has ``split``.
 
     Relative paths are under the manifest's folder.
     """
-    import csv
+    from birdsearch.model.tables import read_table
 
-    try:
-        with open(manifest, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise ConfigError(f"calibration clips {manifest}: {e.strerror or e}") from None
+    rows = read_table(manifest, "calibration clips").to_dict("records")
     if not rows or not {"path", "species"} <= set(rows[0]):
         raise ConfigError(f"calibration clips {manifest}: needs a header with 'path' and 'species' and some rows")
     if "split" in rows[0]:
         rows = [r for r in rows if r["split"] == "val"]
         if not rows:
             raise ConfigError(f"calibration clips {manifest}: no row of split 'val' (clips held out from training)")
-    return [(str(manifest.parent / r["path"]), r["species"].strip()) for r in rows]
+    return [(str(manifest.parent / r["path"]), str(r["species"]).strip()) for r in rows]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="", help="distilled encoder folder (mode distilled)")
     parser.add_argument("--student", default=DEFAULT_STUDENT, help="the cascade's student (mode cascade)")
     parser.add_argument("--mode", choices=("auto", "distilled", "cascade"), default="auto")
-    parser.add_argument("--clips", type=Path, required=True, help="CSV path,species[,split]: held-out labelled clips")
+    parser.add_argument("--clips", type=Path, required=True, help="table (CSV, TSV, Parquet) path,species[,split]: held-out labelled clips")
     parser.add_argument("--background", action="append", default=[],
                         help="glob of background-only recordings (no bird), repeatable")  # fmt: skip
     parser.add_argument("--species-rule", default=DEFAULT_SPECIES_RULE, help="the service's species rule")

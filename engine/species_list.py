@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from birdsearch.errors import ConfigError
+from birdsearch.model.names import normalise_name
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ class ListedSpecies:
     scientific: str  # as written, whitespace normalised
     common: str  # the common name after BirdNET's underscore, "" when the line has none
     line: int  # 1-based line number in the file, for messages
-
-
-def normalise(name: str) -> str:
-    return " ".join(name.split()).casefold()
 
 
 def parse_species_list(text: str, source: str = "species list") -> list[ListedSpecies]:
@@ -99,8 +96,8 @@ def nearest(name: str, candidates: Iterable[str]) -> list[str]:
     """Up to ``SUGGESTIONS`` candidates closest to ``name`` (difflib's ratio, case-insensitive)."""
     by_key: dict[str, str] = {}
     for candidate in candidates:
-        by_key.setdefault(normalise(candidate), candidate)
-    keys = difflib.get_close_matches(normalise(name), list(by_key), n=SUGGESTIONS, cutoff=SIMILARITY_CUTOFF)
+        by_key.setdefault(normalise_name(candidate), candidate)
+    keys = difflib.get_close_matches(normalise_name(name), list(by_key), n=SUGGESTIONS, cutoff=SIMILARITY_CUTOFF)
     return [by_key[key] for key in keys]
 
 
@@ -118,14 +115,14 @@ def resolve_species_list(
     Raises UnknownSpeciesError naming each unknown species with its nearest names, and
     UnknownSpeciesError when ``allow_unknown`` leaves no species at all.
     """
-    by_scientific = {normalise(r.scientific): r.scientific for r in species}
-    by_common = {normalise(r.common): r.scientific for r in species if r.common}
+    by_scientific = {normalise_name(r.scientific): r.scientific for r in species}
+    by_common = {normalise_name(r.common): r.scientific for r in species if r.common}
     resolved: dict[str, None] = {}  # ordered set
     unknown: list[ListedSpecies] = []
     for entry in entries:
-        name = by_scientific.get(normalise(entry.scientific))
+        name = by_scientific.get(normalise_name(entry.scientific))
         if name is None and entry.common:
-            name = by_common.get(normalise(entry.common))
+            name = by_common.get(normalise_name(entry.common))
             if name is not None:
                 log.info("species list line %d: %s matched %s by its common name %r",
                          entry.line, entry.scientific, name, entry.common)  # fmt: skip

@@ -1,5 +1,7 @@
 """Retrieval and classification metrics: pure functions of scores and labels (numpy in, floats out).
 
+Shared by distillation (its validation each epoch) and evaluation (the paper's table).
+
 Ties. Rank metrics are defined on a ranking, and tied scores do not define one. Every metric here is
 the *expected* value over all orderings of tied items (McSherry & Najork, ECIR 2008), so that a
 method is neither rewarded nor punished for the order in which it happens to list equal scores, and

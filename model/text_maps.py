@@ -1,5 +1,8 @@
 """Maps from the student's text space to the teacher's, fitted on species names (the mapping baseline).
 
+Shared by evaluation (the baseline and its controls) and distillation (``--head-init`` starts the
+distilled encoder's head from one).
+
 Each species gives one pair: the student's caption embedding ("Sound of a {common name}") and the
 teacher's class embedding. A map fitted on these pairs is then applied to the student's AUDIO
 embeddings, hoping that the student's audio-text alignment carries the audio along (C-MCR, arXiv

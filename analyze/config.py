@@ -28,7 +28,7 @@ class AnalyzeConfig(BatchOptions):
     formats: Sequence[str] = formats.FORMATS
     progress: bool = True
     url: str = ""  # a running query service to send the recordings to instead of loading models (remote.py)
-    runner: str = "local"  # "local" (this process) or "ray" (decoding and the model on Ray Data: distributed.py)
+    runner: str = "local"  # "local" (this process) or "ray" (Ray Data: distributed.py)
     ray_address: str | None = None  # the Ray cluster (None: RAY_ADDRESS, else a local instance)
     ray_actors: int = 1  # model actors (one model, and one GPU where there are GPUs, each)
 

@@ -62,7 +62,11 @@ class Outputs:
         """The recording's files, then its state file (so a crash in between redoes the recording)."""
         for fmt in self.formats:
             formats.write_atomic(self.path(recording.name, fmt), formats.render(fmt, [result]))
-        state = {"settings": self.digest, "source": self.fingerprint(recording.path), "result": result.to_dict()}
+        state = {
+            "settings": self.digest,
+            "source": self.fingerprint(recording.path),
+            "result": result.to_dict(),
+        }
         formats.write_atomic(self.state_path(recording.name), json.dumps(state))
 
     def write_combined(self, results: Sequence[RecordingResult]) -> None:

@@ -89,11 +89,15 @@ def search_and_rank(
         ranking.best_image_of_species(scores, ids, served.image_species, int(row)) for row in top_rows
     ]
     records = image_records(served, [hit.id for hit in images] + species_images)
-    windows = window_detections(served, scored, plan.starts_s, plan.window_s, plan.duration_s, question.species_k)
+    windows = window_detections(
+        served, scored, plan.starts_s, plan.window_s, plan.duration_s, question.species_k
+    )
     return (
         species_hits(served, scored.species, top_rows, species_images, records, scored.confidence),
         image_hits(images, records),
-        as_timeline(windows, plan.starts_s, plan.window_s, plan.duration_s, calibrated=calibration is not None),
+        as_timeline(
+            windows, plan.starts_s, plan.window_s, plan.duration_s, calibrated=calibration is not None
+        ),
         Aggregation(
             **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
             candidates_per_window=scored.candidates,

@@ -48,14 +48,15 @@ class BatchOptions:
     """What a batch of recordings is asked: the mode, the windows, the detections kept, the batching."""
 
     mode: str = "auto"  # "distilled", "cascade" or "auto" (distilled when a checkpoint is given)
-    min_conf: float = 0.1  # detections need a calibrated confidence at least this (the raw score without a calibration)
+    # detections need a calibrated confidence at least this (the raw score without a calibration)
+    min_conf: float = 0.1
     species_k: int = 5  # at most this many species per window
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)
     species_list: Path | None = None  # only these species (scientific names or BirdNET lines)
     skip_unknown_species: bool = False  # skip listed species the index lacks instead of failing
-    candidates_per_window: int = EngineConfig.candidates_per_window  # images searched per window to score species
-    species_rule: str = DEFAULT_SPECIES_RULE  # how a species' photos pool into its window score (the service's)
+    candidates_per_window: int = EngineConfig.candidates_per_window  # photos searched per window
+    species_rule: str = DEFAULT_SPECIES_RULE  # how a species' photos pool into its window score
     batch_size: int = 0  # windows per forward pass; 0: 64 on a GPU, 8 on a CPU
     workers: int = 0  # decoding threads; 0: the cores this process may use
     max_duration_s: float = 3600.0  # longer recordings fail (decoded audio is in memory)
@@ -76,11 +77,15 @@ def resolve_window(options: BatchOptions, model_window_s: float) -> tuple[float,
     """(window_s, hop_s) of ``options``, checked against the model's window and the engine's smallest hop."""
     window_s = options.window_s or model_window_s
     if not 1.0 <= window_s <= model_window_s:
-        raise ConfigError(f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s")
+        raise ConfigError(
+            f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s"
+        )
     hop_s = options.hop_s or window_s
     min_hop_s = EngineConfig.min_hop_s  # the service's floor, for the same reason
     if hop_s < min_hop_s:
-        raise ConfigError(f"hop_s={hop_s:g} is below the minimum of {min_hop_s:g} s: each window costs a forward pass")
+        raise ConfigError(
+            f"hop_s={hop_s:g} is below the minimum of {min_hop_s:g} s: each window costs a forward pass"
+        )
     return window_s, hop_s
 
 
@@ -158,7 +163,9 @@ class BatchRun:
         fe = self.detector.front_end
         started = time.perf_counter()
         try:
-            return read_windows(recording, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples, self.limits)
+            return read_windows(
+                recording, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples, self.limits
+            )
         finally:
             with self.lock:  # several reader threads add here
                 self.seconds["decode"] += time.perf_counter() - started

@@ -68,7 +68,7 @@ class MicroBatcher:
                 GPU: page-locked memory, so that the copy to the device is one DMA); default: a new array.
                 Called on the worker thread, before ``run``; the array is not used again after it returns.
             executor: a single-thread executor to run batches on, shared with the caller's other model
-                work (the service's compute thread); default: a thread of the batcher's own.
+                work (the engine's compute thread); default: a thread of the batcher's own.
         """
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")

@@ -1,4 +1,4 @@
-"""Where the service finds each mode's calibration, and ``min_conf`` applied to an answer.
+"""Where the engine finds each mode's calibration, and ``min_conf`` applied to an answer.
 
 A calibration (``birdsearch.model.calibration``; fit by ``birdsearch.engine.calibrate``) is looked up
 in ``BIRDSEARCH_CALIBRATION`` (a file with an entry per mode) when set; otherwise in

@@ -41,7 +41,8 @@ class Detection:
     end_s: float  # window end (the recording's end for a padded short recording)
     scientific: str
     common: str
-    confidence: float  # calibrated confidence of the species in the window (its raw score without a calibration)
+    # calibrated confidence of the species in the window (its raw score without a calibration)
+    confidence: float
     photo_id: int  # image id in the index version that answered
     photo_score: float  # that photo's score for the window
     photo_license: str = ""

@@ -121,7 +121,7 @@ class IndexHolder:
             open_version: version name to an opened IndexVersion.
             prepare_version: IndexVersion to ServedIndex (see ``prepare``).
             interval_s: seconds between looks at the pointer; 0 never looks (admin reload only).
-            executor: where versions are loaded and prepared (the service's compute thread);
+            executor: where versions are loaded and prepared (the engine's compute thread);
                 default: asyncio's thread pool.
         """
         from birdsearch.indexer.store import IndexRoot

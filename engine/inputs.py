@@ -1,4 +1,4 @@
-"""Which recordings an ``analyze`` run reads: files, folders (recursive) and glob patterns.
+"""Which recordings a batch reads (``analyze``, the Python API's ``analyze``): files, folders (recursive), globs.
 
 A file named on the command line is always read, whatever its name ends with (decoding says
 whether it is audio). Folders, and folders a glob matches, are searched recursively for names with

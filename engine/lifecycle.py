@@ -40,12 +40,8 @@ class Models:
     @classmethod
     def load(cls, config: EngineConfig) -> Models:
         """Load what the config asks for (raises CheckpointError/ModelUnavailableError with the fix)."""
-        distilled = (
-            DistilledEmbedder.load(config.checkpoint, config.device) if config.checkpoint else None
-        )
-        student = (
-            StudentEmbedder.load(config.student, config.device) if config.cascade_enabled else None
-        )
+        distilled = DistilledEmbedder.load(config.checkpoint, config.device) if config.checkpoint else None
+        student = StudentEmbedder.load(config.student, config.device) if config.cascade_enabled else None
         if config.compile:
             for embedder in (distilled, student):
                 if embedder is not None:

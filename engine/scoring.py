@@ -84,7 +84,9 @@ def image_records(served: ServedIndex, image_ids: list[int]) -> dict[int, Any]:
     return {record.id: record for record in records}
 
 
-def window_photo(served: ServedIndex, scores: np.ndarray, ids: np.ndarray, window: int, row: int) -> tuple[int, float]:
+def window_photo(
+    served: ServedIndex, scores: np.ndarray, ids: np.ndarray, window: int, row: int
+) -> tuple[int, float]:
     """Species ``row``'s best photo among window ``window``'s candidates and its score ((-1, nan) when none)."""
     photo = ranking.best_image_of_species(scores[window : window + 1], ids[window : window + 1],
                                           served.image_species, row)  # fmt: skip

@@ -63,5 +63,7 @@ def pick_column(
 def pick_columns(columns: Iterable[str], aliases: Mapping[str, Sequence[str]]) -> dict[str, str]:
     """Each field of ``aliases`` (field -> accepted names) whose column ``columns`` has: field -> column."""
     columns = list(columns)
-    found = {field: pick_column(columns, names, field, "", required=False) for field, names in aliases.items()}
+    found = {
+        field: pick_column(columns, names, field, "", required=False) for field, names in aliases.items()
+    }
     return {field: column for field, column in found.items() if column is not None}

@@ -146,7 +146,9 @@ def calibrate(world: Any, encoder: Path, student: str, index_root: Path, args: a
         return
     clips = calibration_clips(world, world.root / "demo" / "calibration-audio")
     for mode in missing:
-        config = EngineConfig(index_root=index_root, checkpoint=str(encoder), student=student, device=args.device)
+        config = EngineConfig(
+            index_root=index_root, checkpoint=str(encoder), student=student, device=args.device
+        )
         places[mode].unlink(missing_ok=True)  # refit from scratch, not on top of an older fit
         platt = fit_engine(Detector.load(config, mode), clips, DEFAULT_SPECIES_RULE)
         save_calibration(places[mode], mode, platt)

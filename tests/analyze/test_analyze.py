@@ -286,7 +286,7 @@ def test_the_command_refuses_an_unknown_format(tmp_path, capsys):
 
 
 def test_analyze_imports_neither_the_toy_world_nor_the_cli():
-    """The workflows floor: analyze may use the service and the core, never an app above it."""
+    """An app on the engine: analyze may use the engine and the core, never the toy world or the console script."""
     import ast
 
     package = Path(formats.__file__).parent

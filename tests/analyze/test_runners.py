@@ -121,7 +121,9 @@ def test_every_door_gives_the_same_detections_for_one_recording(tmp_path, index_
 
     folder = tmp_path / "card"
     folder.mkdir()
-    shutil.copy(helpers.audio_file("birdnet_soundscape_48k_30s.flac"), folder / "soundscape.flac")  # 30 s: 9 windows
+    shutil.copy(
+        helpers.audio_file("birdnet_soundscape_48k_30s.flac"), folder / "soundscape.flac"
+    )  # 30 s: 9 windows
     recordings, _ = find_recordings([str(folder)])
     root = helpers.copy_index(index_root, tmp_path / "index")
 

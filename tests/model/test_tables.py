@@ -32,5 +32,7 @@ def test_errors_name_the_table_and_the_fix(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="cannot read table .*broken.parquet"):
         read_table(tmp_path / "broken.parquet")
-    with pytest.raises(ConfigError, match=r"t.csv: no species column; expected one of species, label \(found: a, b\)"):
+    with pytest.raises(
+        ConfigError, match=r"t.csv: no species column; expected one of species, label \(found: a, b\)"
+    ):
         pick_column(["a", "b"], ("species", "label"), "species", "t.csv")

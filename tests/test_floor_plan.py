@@ -6,7 +6,7 @@ docs/architecture.md draws four floors::
     workflows  service/, indexer/, model/distill/, model/evaluate/
     core       model/ (the rest: hub, teacher, student, audio, mel, encoder, names, query, ...)
     ground     birdsearch/__init__.py, birdsearch/errors.py, birdsearch/paths.py, birdsearch/cpus.py,
-               birdsearch/workers.py
+               birdsearch/workers.py, birdsearch/files.py
 
 This test reads every module's source with ``ast`` (imports inside functions and relative imports
 included), maps folders to installed names with setup.py's ``PACKAGE_DIRS`` (``model/`` is
@@ -39,6 +39,7 @@ RULES: tuple[tuple[str, int, str], ...] = (
     ("birdsearch.paths", GROUND, "ground"),
     ("birdsearch.cpus", GROUND, "ground"),
     ("birdsearch.workers", GROUND, "ground"),
+    ("birdsearch.files", GROUND, "ground"),
     ("birdsearch.cli", APPS, "entry"),  # the console script: it loads the subcommands, nobody loads it
     ("birdsearch.toy.cli", APPS, "toy"),
     ("birdsearch.toy", APPS, "toy"),

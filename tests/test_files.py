@@ -1,0 +1,32 @@
+"""``birdsearch.files.write_atomic``: whole or nothing, with the mode the umask gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from birdsearch.files import write_atomic
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_the_file_gets_the_mode_open_would_give(tmp_path, umask, mask, mode):
+    umask(mask)
+    write_atomic(tmp_path / "a.txt", "text")
+    write_atomic(tmp_path / "b.bin", b"\x00\x01", durable=True)
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.txt", "b.bin")] == [mode, mode]
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "deep" / "folder" / "table.csv"
+    write_atomic(target, "é,1\n")
+    write_atomic(target, "second\n", durable=True)
+    assert target.read_bytes() == b"second\n"
+    assert [p.name for p in target.parent.iterdir()] == ["table.csv"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary_one(tmp_path):
+    target = tmp_path / "table.csv"
+    write_atomic(target, "old\n")
+    with pytest.raises(TypeError):
+        write_atomic(target, 42)  # type: ignore[arg-type]
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]

@@ -8,6 +8,7 @@ mode: tables written that way could be read by nobody but their writer, on a sha
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -35,6 +36,23 @@ def write_atomic(path: Path, data: str | bytes, *, durable: bool = False) -> Non
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How a full disk reads where the errno is lost: re-raised from a worker process, from SQLite.
+FULL_WORDS = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error that caused it, says that a disk (or a quota) is full."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in FULL_ERRNOS:
+            return True
+        if any(words in str(seen) for words in FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def fsync_dir(path: Path) -> None:

@@ -21,7 +21,7 @@ import os
 import socket
 from pathlib import Path
 
-from birdsearch.errors import ConfigError
+from birdsearch.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,15 @@ class IndexLock:
         self.fd: int | None = None
 
     def __enter__(self) -> IndexLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(
+                f"cannot write to the index root {self.path.parent}: {e.strerror}. Indexing writes its "
+                f"versions there, so it needs the folder writable (with Compose: the reindex job mounts "
+                f"the `index` volume read-write; only the API's mount is read-only)"
+            ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:

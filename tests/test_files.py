@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from birdsearch.files import write_atomic
+from birdsearch.files import disk_full, write_atomic
 
 
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -30,3 +30,22 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary_one(tmp_pat
         write_atomic(target, 42)  # type: ignore[arg-type]
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_a_full_disk_is_recognised_however_it_was_raised():
+    import errno
+    import sqlite3
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(
+        OSError("Caught OSError in DataLoader worker process 0.\nOSError: [Errno 28] No space left on device")
+    )
+    assert disk_full(sqlite3.OperationalError("database or disk is full"))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as e:
+            raise RuntimeError("writing the index failed") from e
+    except RuntimeError as wrapped:
+        assert disk_full(wrapped)
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))

@@ -1,6 +1,7 @@
 # Two commands on a fresh machine, each setting up what is missing first:
 #   make demo   the whole pipeline on the offline toy world, then the web page (birdsearch demo)
 #   make test   the default test suite (pytest)
+#   make smoke  the Compose deployment run for real on a Docker engine (slow; docs/deployment.md)
 # The virtual environment is made with the README's install command, once, and again when
 # pyproject.toml changes (a new dependency or extra). ARGS passes flags on:
 #   make demo ARGS="--no-serve"   make test ARGS="tests/toy -x"
@@ -9,7 +10,7 @@ VENV := .venv
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test venv
+.PHONY: demo test venv smoke
 
 demo: $(INSTALLED)
 	$(VENV)/bin/birdsearch demo $(ARGS)
@@ -18,6 +19,10 @@ test: $(INSTALLED)
 	$(VENV)/bin/pytest $(ARGS)
 
 venv: $(INSTALLED)
+
+# Needs a Docker engine and Compose v2.24+, not the virtual environment: it builds the CPU image.
+smoke:
+	bash docker/smoke.sh
 
 # The marker is written only after pip succeeds, so an interrupted install is done again.
 $(INSTALLED): pyproject.toml

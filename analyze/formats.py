@@ -27,14 +27,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.errors import ConfigError
+from birdsearch.files import write_atomic as write_atomic  # the runner writes through formats
 
 FORMATS = ("csv", "raven", "audacity", "jsonl")
 # File name endings, after the recording's name (per recording) or "combined" (per run).
@@ -130,19 +129,6 @@ def render(fmt: str, results: Sequence[RecordingResult], combined: bool = False)
             raise ValueError("Audacity labels are written per recording")
         return render_audacity(results[0])
     raise ValueError(f"unknown format {fmt!r}: use some of {', '.join(FORMATS)}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_formats(value: str) -> list[str]:

@@ -89,6 +89,13 @@ class IndexFormatError(BirdsearchError):
     http_status = 500
 
 
+class StorageError(BirdsearchError):
+    """A folder a command writes to cannot take the writes: its disk is full, or it is read-only."""
+
+    code = "storage"
+    http_status = 507
+
+
 class IncompleteCheckpointError(CheckpointError):
     """Weights whose names do not match the architecture: loading them would leave some weights random.
 

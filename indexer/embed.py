@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from birdsearch.indexer.images import (
     thumbnail_jpeg,
     to_chw,
 )
+from birdsearch.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +290,7 @@ def embed_local(
         pin_memory=embedder.device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()),  # no orphan holds the lock
     )
     on_cpu = embedder.device.type == "cpu"
     sizer = ModelThreads(workers) if on_cpu and workers and not model_threads else None

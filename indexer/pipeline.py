@@ -12,13 +12,16 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from birdsearch.errors import ConfigError, IndexFormatError
+from birdsearch.errors import ConfigError, IndexFormatError, StorageError
+from birdsearch.files import disk_full
 from birdsearch.indexer.device_decode import device_resize
 from birdsearch.indexer.embed import (
     DecodeConfig,
@@ -147,8 +150,7 @@ def run_index(config: IndexConfig) -> Summary:
             f"model_threads (--model-threads) must be 0 (sized automatically) or more, got {config.model_threads}"
         )
     root = Path(config.out).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    with IndexLock(root):
+    with IndexLock(root), full_disk_reported(root):
         remove_unpublished(root)
         gallery = read_gallery(config.gallery)
         log.info(
@@ -180,6 +182,26 @@ def run_index(config: IndexConfig) -> Summary:
         clear_work(root)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+@contextmanager
+def full_disk_reported(root: Path) -> Iterator[None]:
+    """A disk that fills up mid-run: the unpublished version's files removed, and a StorageError that
+    says what is safe (the published version) and how to go on (free space; the run resumes)."""
+    try:
+        yield
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        remove_unpublished(root)
+        current = IndexRoot(root).current_name()
+        published = f"the published version {current} is untouched" if current else "nothing was published"
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise StorageError(
+            f"the disk holding {root} is full ({detail}): the new version was not published and its "
+            f"partial files are removed; {published}. Free space there (or give the index a larger volume) "
+            f"and run again: it resumes from the embeddings saved so far"
+        ) from e
 
 
 class TeacherOnDemand:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from birdsearch.errors import IndexFormatError
+from birdsearch.files import fsync_dir, write_atomic
 from birdsearch.indexer import faults
 from birdsearch.indexer.store import (
     FAISS_FILE,
@@ -64,31 +65,6 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry (a rename) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def write_version_files(directory: Path, content: VersionContent) -> dict[str, Any]:
     """Write a version's files into ``directory`` (manifest last); returns the manifest written."""
     import faiss
@@ -117,7 +93,7 @@ def write_version_files(directory: Path, content: VersionContent) -> dict[str, A
         "files": files,
     }
     faults.point("write.manifest")
-    write_atomic(directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    write_atomic(directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True), durable=True)
     return manifest
 
 
@@ -160,7 +136,7 @@ def publish(root: Path, staging: Path) -> str:
     os.replace(staging, final)
     fsync_dir(root)
     faults.point("publish.renamed")
-    write_atomic(root / POINTER_FILE, f"{name}\n".encode())
+    write_atomic(root / POINTER_FILE, f"{name}\n", durable=True)
     log.info("published %s", final)
     return name
 

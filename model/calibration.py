@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from birdsearch.errors import ConfigError
+from birdsearch.files import write_atomic
 
 FORMAT = "birdsearch-calibration"
 FORMAT_VERSION = 1
@@ -226,11 +225,7 @@ def save_calibration(path: str | Path, mode: str, platt: Platt) -> Path:
         "format_version": FORMAT_VERSION,
         "modes": {m: {"method": "platt", **describe(p), "facts": p.facts} for m, p in entries.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str))
     return path
 
 

@@ -44,6 +44,15 @@ def real_fixtures() -> Path:
     return REAL_FIXTURES
 
 
+@pytest.fixture
+def umask():
+    """``umask(0o027)`` sets this process's umask for the test; the previous one comes back after."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield os.umask
+    os.umask(previous)
+
+
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray instance (2 CPUs) for every Ray test: starting and stopping one takes 3 to 4 s."""

@@ -7,7 +7,8 @@ docs/architecture.md draws four floors::
                workflow's subcommand module (indexer/cli.py, model/cli.py, model/distill/cli.py, ...)
     workflows  engine/ (the query engine), indexer/, model/distill/, model/evaluate/, birdsearch/client.py
     core       model/ (the rest: hub, teacher, student, audio, mel, encoder, names, tables, metrics, ...)
-    ground     birdsearch/__init__.py, birdsearch/errors.py, birdsearch/paths.py, birdsearch/cpus.py
+    ground     birdsearch/__init__.py, birdsearch/errors.py, birdsearch/paths.py, birdsearch/cpus.py,
+               birdsearch/workers.py, birdsearch/files.py
 
 The rule: an import points down a floor or stays in its own group. Across groups of one floor only
 the lines ``SIDEWAYS`` lists are allowed, and none of them both ways: the engine imports no app; the
@@ -48,6 +49,8 @@ RULES: tuple[tuple[str, int, str], ...] = (
     ("birdsearch.errors", GROUND, "ground"),
     ("birdsearch.paths", GROUND, "ground"),
     ("birdsearch.cpus", GROUND, "ground"),
+    ("birdsearch.workers", GROUND, "ground"),
+    ("birdsearch.files", GROUND, "ground"),
     ("birdsearch.cli", APPS, "entry"),  # the console script: it loads the subcommands, nobody loads it
     ("birdsearch.cli_args", APPS, "args"),  # argument definitions the subcommands share
     ("birdsearch.api", APPS, "api"),

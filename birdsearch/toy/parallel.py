@@ -6,12 +6,14 @@ changes nothing in its bytes; the map only spreads the drawing and encoding over
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from birdsearch.cpus import available_cpus
+from birdsearch.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,9 @@ def ordered_map(function: Callable[[T], R], items: Sequence[T], workers: int) ->
 
     log.info("toy world: %d items over %d processes", len(items), workers)
     chunk = max(1, len(items) // (workers * 8))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    dies_with_us = functools.partial(die_with_parent, parent=os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=dies_with_us) as pool:
         yield from pool.map(function, items, chunksize=chunk)
 
 

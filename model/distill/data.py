@@ -19,6 +19,8 @@ Resuming at optimizer step s is then: start epoch ``s // steps_per_epoch`` at mi
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ import torch
 from birdsearch.errors import AudioError, CorruptAudioError, UnsupportedAudioError
 from birdsearch.model.audio import random_crop, resample, to_mono
 from birdsearch.model.distill.manifest import Clip
+from birdsearch.workers import die_with_parent
 
 VALIDATION_EPOCH = -1  # the "epoch" whose crops validation uses every time: fixed crops
 PRELOAD_BYTES = 512 * 2**20  # decoded float32 audio held in memory when a set fits in this
@@ -180,6 +183,7 @@ def loader(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=functools.partial(die_with_parent, parent=os.getpid()),
     )
 
 

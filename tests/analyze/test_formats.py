@@ -126,6 +126,12 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
 
 
+def test_tables_follow_the_umask_so_that_colleagues_can_read_them(tmp_path, umask):
+    umask(0o002)  # a shared group's folder
+    formats.write_atomic(tmp_path / "detections.csv", "file,start_s\n")
+    assert (tmp_path / "detections.csv").stat().st_mode & 0o777 == 0o664
+
+
 def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_path, results):
     import os
 

@@ -37,13 +37,21 @@ def load(*files: Path) -> dict[str, Any]:
     return merged
 
 
-VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+
+
+def substitute(match: re.Match, env: dict[str, str]) -> str:
+    """`${NAME:-default}`: the default when unset or empty; `${NAME-default}`: only when unset."""
+    value = env.get(match["name"])
+    if match["op"] == "-":
+        return match["default"] if value is None else value
+    return value or (match["default"] or "")
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose's `${NAME}` and `${NAME:-default}` (unset or empty: the default), through lists and maps."""
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME-default}`, through lists and maps."""
     if isinstance(value, str):
-        return VARIABLE.sub(lambda m: env.get(m["name"]) or (m["default"] or ""), value)
+        return VARIABLE.sub(lambda m: substitute(m, env), value)
     if isinstance(value, list):
         return [interpolate(item, env) for item in value]
     if isinstance(value, dict):

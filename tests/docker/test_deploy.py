@@ -28,6 +28,8 @@ DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
 CPU_OVERRIDE = DOCKER / "compose.cpu.yaml"
+HOSTNET_OVERRIDE = DOCKER / "compose.hostnet.yaml"
+DOCKERIGNORE = ROOT / ".dockerignore"
 PROFILES = ["--profile", "reindex", "--profile", "provision", "--profile", "distill"]
 # Variables read outside the service's Settings class: the CLI's model flags, the cache root, Hugging Face's own.
 CLI_ENV = {"BIRDSEARCH_TEACHER", "BIRDSEARCH_STUDENT", "BIRDSEARCH_DEVICE", "BIRDSEARCH_CACHE"}
@@ -79,6 +81,43 @@ def test_cpu_override_drops_the_gpu_and_validates(tmp_path):
         assert "reservations" not in service.get("deploy", {}).get("resources", {})
         assert service["build"]["args"]["VARIANT"] == "cpu"
         assert service["environment"]["BIRDSEARCH_DEVICE"] == "cpu"
+
+
+def test_every_service_builds_the_runtime_stage_not_the_one_with_weights(tmp_path):
+    """The Dockerfile's last stage downloads the real weights; Compose builds the last stage unless told."""
+    stages = re.findall(r"^FROM \S+ AS (\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert "runtime" in stages and stages[-1] == "with-weights"
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(yaml.safe_dump(compose_tools.load(COMPOSE, CPU_OVERRIDE), sort_keys=False))
+    for config in (compose_config(COMPOSE), compose_config(merged)):
+        for name, service in config["services"].items():
+            assert service["build"]["target"] == "runtime", name
+
+
+def test_host_network_override_puts_every_service_on_the_host_and_the_api_on_one_port(tmp_path):
+    merged = compose_tools.load(COMPOSE, CPU_OVERRIDE, HOSTNET_OVERRIDE)
+    (tmp_path / "merged.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    services = compose_config(tmp_path / "merged.yaml")["services"]
+    assert {name: s.get("network_mode") for name, s in services.items()} == dict.fromkeys(services, "host")
+    api = services["api"]
+    assert not api.get("ports")  # nothing to publish on the host's own network
+    args = build_parser().parse_args(api["command"][1:])
+    assert (args.host, str(args.port)) == ("127.0.0.1", api["environment"]["BIRDSEARCH_PORT"])
+    assert "BIRDSEARCH_PORT" in DOCKERFILE.read_text()  # the healthcheck asks the same port
+
+
+def test_the_build_context_keeps_the_package_and_leaves_the_rest_out():
+    """The Dockerfile copies the repository; .dockerignore must not drop a package folder or the metadata."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages >= {"birdsearch", "model", "indexer", "engine", "service", "analyze"}
+    assert not packages & ignored, packages & ignored
+    assert not {"pyproject.toml", "README.md"} & ignored
+    assert {".git", ".venv", "tests"} <= ignored
 
 
 def test_paths_the_dockerfile_copies_exist():

@@ -7,23 +7,29 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from birdsearch.indexer.lock import IndexLock
+from birdsearch.indexer.lock import IndexLock, processes_with_open
 from birdsearch.indexer.pipeline import IndexConfig, run_index
 from birdsearch.indexer.store import IndexRoot
 
 
-def cli(*args, crash_at=None, timeout=300):
+def cli_env(crash_at: str | None) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("BIRDSEARCH_INDEX_CRASH_AT", None)
     if crash_at:
         env["BIRDSEARCH_INDEX_CRASH_AT"] = crash_at
+    return env
+
+
+def cli(*args, crash_at=None, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "birdsearch.cli", "-q", *args],
-        env=env,
+        env=cli_env(crash_at),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -105,6 +111,47 @@ def test_a_second_run_is_refused_while_one_holds_the_lock(published, tiny_teache
     done = cli(*run_args(gallery, out, tiny_teacher_spec))  # the lock is free again
     assert done.returncode == 0, done.stderr
     assert "published v0002" in done.stdout and "added 16, removed 0" in done.stdout
+
+
+def test_a_run_killed_with_its_decode_workers_running_frees_the_lock_at_once(
+    published, tiny_teacher_spec, synthetic_photos
+):
+    """SIGKILL while two decode workers are busy: they die with it, and the next run starts at once."""
+    gallery, out, _ = published
+    synthetic_photos(gallery / "Sitta_carolinensis", 64, seed=3)  # enough that the workers are mid-way
+    args = run_args(gallery, out, tiny_teacher_spec)
+    args[args.index("--workers") + 1] = "2"
+    # Waited on by pid alone: its output goes to a file, since waiting for the end of a pipe would
+    # wait for every process that inherited the pipe, workers included.
+    with (out.parent / "killed.log").open("w") as log:
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "birdsearch.cli", "-q", *args],
+            env=cli_env("embed.shard:1"), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert killed.wait(timeout=300) == -signal.SIGKILL, (out.parent / "killed.log").read_text()
+    assert not processes_with_open(out / ".lock")
+    deadline = time.monotonic() + 5  # the kernel's SIGKILL to the workers takes a moment to land
+    while processes_running(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes_running(str(out)), "decode workers outlived the killed run"
+    done = cli(*args)  # no wait: nothing holds the lock
+    assert done.returncode == 0, done.stderr
+    assert "published v0002" in done.stdout and "stale lock" in done.stderr
+    assert IndexRoot(out).open_current().count == 8 + 16 + 64
+
+
+def processes_running(argument: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line holds ``argument``."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argument.encode() in words and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
 
 
 def test_reindex_uses_the_published_gallery_and_teacher(published):

@@ -93,6 +93,15 @@ def test_file_round_trip_keeps_other_modes(tmp_path):
     assert loaded["cascade"] == cal.Platt((7.0, 3.0), -1.0, ("score", "contrast"))
 
 
+def test_the_file_follows_the_umask_so_that_colleagues_can_read_it(tmp_path, umask):
+    umask(0o022)
+    path = cal.save_calibration(tmp_path / "calibration.json", "cascade", cal.Platt((7.0,), -1.0))
+    assert path.stat().st_mode & 0o777 == 0o644
+    umask(0o077)
+    cal.save_calibration(path, "distilled", cal.Platt((5.0,), -2.0))  # replaced: the new file's mode
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -15,11 +15,13 @@ renormalised (``Teacher.embed_species``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from birdsearch.errors import ConfigError
 
 NAME_FORMATS = ("sci", "com", "sci_com", "taxon", "taxon_com")
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})  # Cooper’s Hawk is Cooper's Hawk
 
 # OpenAI's 80 ImageNet prompt templates (Radford et al. 2021), as BioCLIP and pybioclip use them.
 OPENAI_TEMPLATES: tuple[str, ...] = (
@@ -111,3 +113,8 @@ def templates_for(name: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if not templates or bad:
         raise ConfigError(f"templates must each contain exactly one '{{}}': {bad or 'none given'}")
     return templates
+
+
+def fold(name: str) -> str:
+    """A species name as a lookup key: case, underscores, runs of spaces and apostrophe styles do not matter."""
+    return re.sub(r"\s+", " ", name.replace("_", " ").translate(APOSTROPHES)).strip().casefold()

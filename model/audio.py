@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -524,22 +524,108 @@ def split(
     samples: np.ndarray, sample_rate: int, window_s: float = 10.0, hop_s: float | None = None
 ) -> Windows:
     """Cut a recording into ``window_s`` windows every ``hop_s`` seconds (default: no overlap)."""
+    [part] = stream_windows([samples], sample_rate, window_s, hop_s, per_part=1 << 62)
+    return Windows(part.samples, part.starts_s, window_s, padded=len(samples) < round(window_s * sample_rate))
+
+
+@dataclass(frozen=True)
+class WindowPart:
+    """Consecutive windows of one recording."""
+
+    samples: np.ndarray  # (n, W) float32
+    starts_s: np.ndarray  # (n,) start of each window in the recording, seconds
+
+
+def stream_windows(
+    pieces: Iterable[np.ndarray],
+    sample_rate: int,
+    window_s: float = 10.0,
+    hop_s: float | None = None,
+    pad_to: int | None = None,
+    per_part: int = 64,
+) -> Iterator[WindowPart]:
+    """Cut a recording that arrives in pieces (an ``AudioStream``) into windows, ``per_part`` at a time.
+
+    The windows are those ``window_starts`` places on the whole recording, so the result does not
+    depend on the pieces' sizes; a window with fewer samples than ``pad_to`` (default: the
+    window) is repeat-padded to it as CLAP pads a short recording. Memory: about two windows'
+    samples and a piece, plus the part being filled, whatever the recording's length.
+    """
     hop_s = window_s if hop_s is None else hop_s
     if window_s <= 0 or hop_s <= 0:
         raise ValueError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
     window, hop = round(window_s * sample_rate), max(1, round(hop_s * sample_rate))
-    if len(samples) <= window:
-        padded = repeat_pad(samples, window)
-        return Windows(padded[None, :], np.zeros(1), window_s, padded=len(samples) < window)
-    starts = window_starts(len(samples), window, hop)
-    frames = np.stack([samples[s : s + window] for s in starts])
-    return Windows(frames, np.asarray(starts, dtype=np.float64) / sample_rate, window_s, padded=False)
+    part = Part(per_part, pad_to or window, sample_rate)
+    audio = Tail(2 * window)
+    regular = 0  # the next window every ``hop``, cut as soon as its samples are all here
+    emitted = 0
+    for piece in pieces:
+        audio.append(piece)
+        while regular + window <= audio.end:
+            yield from part.add(audio.get(regular, window), regular)
+            regular, emitted = regular + hop, emitted + 1
+        audio.drop_before(min(regular, audio.end - window))  # what a later window may still need
+    for start in window_starts(audio.end, window, hop)[emitted:]:  # the tail, now that the length is known
+        yield from part.add(audio.get(start, window), start)
+    yield from part.flush()
+
+
+class Tail:
+    """The end of a growing recording: samples ``start``..``end``, appended to and dropped from the front."""
+
+    def __init__(self, capacity: int):
+        self.data = np.zeros(max(1, capacity), np.float32)
+        self.start = self.end = 0  # recording sample numbers of data[head] and of the end
+        self.head = 0
+
+    def append(self, piece: np.ndarray) -> None:
+        held = self.end - self.start
+        if self.head + held + len(piece) > len(self.data):  # move what is held to the front, grow if needed
+            grown = np.zeros(max(len(self.data), 2 * (held + len(piece))), np.float32)
+            grown[:held] = self.data[self.head : self.head + held]
+            self.data, self.head = grown, 0
+        self.data[self.head + held : self.head + held + len(piece)] = piece
+        self.end += len(piece)
+
+    def get(self, start: int, length: int) -> np.ndarray:
+        """Samples ``start``..``start + length`` (fewer at the end of the recording), a view."""
+        at = self.head + start - self.start
+        return self.data[at : at + min(length, self.end - start)]
+
+    def drop_before(self, start: int) -> None:
+        start = min(max(start, self.start), self.end)
+        self.head += start - self.start
+        self.start = start
+
+
+class Part:
+    """Windows gathered into a preallocated (n, width) array, handed on when ``size`` are in."""
+
+    def __init__(self, size: int, width: int, sample_rate: int):
+        self.size, self.width, self.sample_rate = size, width, sample_rate
+        self.rows = np.empty((0, width), np.float32)
+        self.starts: list[int] = []
+
+    def add(self, row: np.ndarray, start: int) -> Iterator[WindowPart]:
+        n = len(self.starts)
+        if n == len(self.rows):  # grown by doubling up to ``size``: a recording may have a single window
+            grown = np.empty((min(self.size, max(1, 2 * n)), self.width), np.float32)
+            grown[:n] = self.rows
+            self.rows = grown
+        self.rows[n] = row if len(row) == self.width else repeat_pad(row, self.width)
+        self.starts.append(start)
+        if n + 1 == self.size:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[WindowPart]:
+        if self.starts:
+            n = len(self.starts)
+            yield WindowPart(self.rows[:n], np.asarray(self.starts, np.float64) / self.sample_rate)
+            self.rows, self.starts = np.empty((0, self.width), np.float32), []
 
 
 BAND_PASS_ORDER = 5  # BirdNET-Analyzer's Butterworth order for --fmin/--fmax
-BAND_PASS_PAD_S = (
-    0.25  # audio reflected around each window, so that the filter's ringing does not wrap around
-)
+BAND_PASS_PAD_S = 0.25  # reflected around each window: the filter's ringing must not wrap around
 
 
 def band_gain(freqs: np.ndarray, fmin: float, fmax: float | None, order: int = BAND_PASS_ORDER) -> np.ndarray:

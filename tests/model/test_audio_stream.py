@@ -127,3 +127,27 @@ def test_band_pass_keeps_the_band_and_cuts_outside_it_like_an_order_5_butterwort
 def test_an_impossible_band_is_refused_naming_it(fmin, fmax):
     with pytest.raises(ConfigError, match="band-pass"):
         audio.band_pass(np.zeros(48_000, np.float32), 48_000, fmin=fmin, fmax=fmax)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 10.0, 10.004, 25.0, 37.5])
+@pytest.mark.parametrize("hop_s", [10.0, 7.0, 2.5, 12.0])
+def test_windows_cut_from_pieces_are_the_windows_of_the_whole(seconds, hop_s):
+    rate = 100
+    samples = (
+        np.random.default_rng(int(seconds * 10)).standard_normal(round(seconds * rate)).astype(np.float32)
+    )
+    whole = audio.split(samples, rate, window_s=10.0, hop_s=hop_s)
+    sizes = np.random.default_rng(1).integers(1, 700, size=len(samples))
+    pieces = np.split(samples, np.cumsum(sizes)[np.cumsum(sizes) < len(samples)])
+    parts = list(audio.stream_windows(pieces, rate, window_s=10.0, hop_s=hop_s, per_part=3))
+    assert all(len(p.starts_s) <= 3 for p in parts)
+    np.testing.assert_array_equal(np.concatenate([p.samples for p in parts]), whole.samples)
+    np.testing.assert_array_equal(np.concatenate([p.starts_s for p in parts]), whole.starts_s)
+
+
+def test_windows_shorter_than_the_model_are_repeat_padded_to_it():
+    rate = 100
+    samples = np.arange(1, 1201, dtype=np.float32)  # 12 s
+    [part] = audio.stream_windows([samples], rate, window_s=5.0, pad_to=1000)
+    assert part.samples.shape == (3, 1000)
+    np.testing.assert_array_equal(part.samples[0], np.tile(samples[:500], 2))

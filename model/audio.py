@@ -581,9 +581,13 @@ class Tail:
     def append(self, piece: np.ndarray) -> None:
         held = self.end - self.start
         if self.head + held + len(piece) > len(self.data):  # move what is held to the front, grow if needed
-            grown = np.zeros(max(len(self.data), 2 * (held + len(piece))), np.float32)
-            grown[:held] = self.data[self.head : self.head + held]
-            self.data, self.head = grown, 0
+            if held + len(piece) > len(self.data):
+                grown = np.empty(2 * (held + len(piece)), np.float32)
+                grown[:held] = self.data[self.head : self.head + held]
+                self.data = grown
+            else:
+                self.data[:held] = self.data[self.head : self.head + held].copy()
+            self.head = 0
         self.data[self.head + held : self.head + held + len(piece)] = piece
         self.end += len(piece)
 

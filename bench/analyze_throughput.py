@@ -76,8 +76,8 @@ def model_path_rate(embedder: Any, batch: int, windows: int) -> float:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import torch
 
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
-    from birdsearch.service.analyze.run import analyze
+    from birdsearch.analyze.config import AnalyzeConfig
+    from birdsearch.analyze.run import analyze, load_engine
 
     world = build_world(workdir / args.arch, args.arch, args.gallery_images)
     audio_s = write_recordings(workdir / "recordings", args.minutes)

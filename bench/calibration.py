@@ -1,6 +1,6 @@
 """Calibration of window species confidences on the toy world, for the distilled encoder and the cascade.
 
-1. A Platt fit per mode (``birdsearch.service.calibrate.fit_engine``) on the distillation's
+1. A Platt fit per mode (``birdsearch.engine.calibrate.fit_engine``) on the distillation's
    validation recordings (``distill.csv`` rows of split ``val``) plus background-only recordings of
    the "fit" subset, through the service's path: windows, embedding (the cascade's species head
    included), search in the world's indexed gallery, the species rule.
@@ -61,15 +61,15 @@ def overlapping(annotations: list[tuple[float, float, str]], start: float, end: 
 
 def detections(values: np.ndarray, k: int, threshold: float) -> list[int]:
     """Rows of a window's ``k`` best species whose value reaches ``threshold``."""
-    from birdsearch.service.ranking import top_species
+    from birdsearch.engine.ranking import top_species
 
     return [int(r) for r in top_species(values, k) if values[r] >= threshold]
 
 
 def evaluate_mode(engine: Any, platt: Any, data: dict[str, Any], args: argparse.Namespace,
                   rule: str) -> dict[str, Any]:  # fmt: skip
+    from birdsearch.engine.calibrate import window_scores
     from birdsearch.model.calibration import describe, expected_calibration_error, labelled_positions
-    from birdsearch.service.calibrate import window_scores
 
     rows = {r.scientific: i for i, r in enumerate(engine.served.species)}
     pairs_c, pairs_y = [], []  # held-out (confidence, label) of every scored (window, species)
@@ -126,10 +126,11 @@ def evaluate_mode(engine: Any, platt: Any, data: dict[str, Any], args: argparse.
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from birdsearch.engine.calibrate import fit_engine
+    from birdsearch.engine.config import EngineConfig
+    from birdsearch.engine.detector import Detector
+    from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.model.calibration import save_calibration
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
-    from birdsearch.service.calibrate import fit_engine
-    from birdsearch.service.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.toy import plugin
     from birdsearch.toy.background import background_only, calibration_clips, extra_soundscapes
     from birdsearch.toy.cli import build_index, distil
@@ -155,9 +156,8 @@ def main() -> int:
     (work / "calibration.json").unlink(missing_ok=True)  # this run's fits only
     results: dict[str, Any] = {}
     for mode in MODES:
-        config = AnalyzeConfig(inputs=[], out=work, index_root=index_root, checkpoint=str(encoder),
-                               student=world.student_spec, mode=mode, device="cpu")  # fmt: skip
-        engine = load_engine(config)
+        config = EngineConfig(index_root=index_root, checkpoint=str(encoder), student=world.student_spec, device="cpu")
+        engine = Detector.load(config, mode)
         platt = fit_engine(engine, fit_clips, DEFAULT_SPECIES_RULE)
         save_calibration(work / "calibration.json", mode, platt)
         results[mode] = evaluate_mode(engine, platt, data, args, DEFAULT_SPECIES_RULE)

@@ -16,7 +16,7 @@
 #   export PYTHONPATH=/tmp/site
 #
 # which this script does when the packages are missing (the second line installs birdsearch itself:
-# setup.py maps model/, indexer/ and service/ into the package). The official faiss-gpu wheel is too
+# pyproject.toml's package-dir maps the top-level folders into the package). The official faiss-gpu wheel is too
 # large to carry, so search runs on torch (faiss-cpu builds the indexes).
 #
 # Results: gpu.json, gpu.md (the BENCHMARKS.md rows) and gpu.log in --out (default: $OUT when set,
@@ -49,7 +49,7 @@ if [[ ${1:-} == wheels ]]; then
     exit 0
 fi
 
-# The repository root holds a birdsearch/ folder without model/, indexer/ and service/ (setup.py maps
+# The repository root holds a birdsearch/ folder without model/, indexer/ and the others (pyproject.toml maps
 # them in): run from here, Python would import that folder first and miss them, unless the current
 # directory stays off sys.path (Python 3.11+), in this process and the servers and workers it starts.
 export PYTHONSAFEPATH=1

@@ -223,8 +223,8 @@ def reload_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import asyncio
     from unittest import mock
 
+    from birdsearch.engine.index_state import IndexHolder, prepare
     from birdsearch.indexer import store
-    from birdsearch.service.index_state import IndexHolder, prepare
 
     root = Path(spec["root"])
     queries = np.load(Path(spec["data"]) / "audio.npy")

@@ -1,6 +1,6 @@
 """Photo-count bias: species top-1 and mAP on a deliberately unbalanced gallery, under each species rule.
 
-The service ranks species from each window's nearest photos (``birdsearch.service.ranking``). With
+The service ranks species from each window's nearest photos (``birdsearch.engine.ranking``). With
 the ``best`` rule a species scores its best photo, so a species with many photos has more chances
 of a high maximum and wins more often. This study measures that and chooses a rule that pools photos:
 
@@ -156,7 +156,7 @@ def recording_ranking(
     candidates: int,
 ) -> np.ndarray:
     """The service's species ranking of one recording (rows, best first) under ``rule``."""
-    from birdsearch.service import ranking
+    from birdsearch.engine import ranking
 
     sims = vectors @ gallery.T
     if rule == "prototype":  # the similarity to each species' mean photo embedding

@@ -386,9 +386,9 @@ def model_path(
     """Features + encoder + search in-process: clips/s at ``batch`` and at batch 1."""
     import torch
 
+    from birdsearch.engine.embedders import DistilledEmbedder
     from birdsearch.indexer.store import IndexRoot
     from birdsearch.model.device import resolve_device
-    from birdsearch.service.embedders import DistilledEmbedder
 
     embedder = DistilledEmbedder.load(str(world["encoder"]), device)
     if compile:

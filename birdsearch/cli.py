@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "birdsearch.toy.cli",  # demo
     "birdsearch.indexer.cli",  # index, reindex
     "birdsearch.service.cli",  # serve, query
-    "birdsearch.service.analyze.cli",  # analyze
+    "birdsearch.analyze.cli",  # analyze
     "birdsearch.model.distill.cli",  # distill
     "birdsearch.model.evaluate.cli",  # evaluate
     "birdsearch.model.cli",  # models

@@ -1,4 +1,5 @@
-"""Reading a gallery: a folder tree ``<species>/<image>`` or a manifest (CSV, TSV or Parquet).
+"""Reading a gallery: a folder tree ``<species>/<image>`` or a manifest (CSV, TSV or Parquet, read by
+``birdsearch.model.tables``).
 
 The reader only lists what the gallery holds; nothing is opened or fetched here. Each item has a
 ``key`` (the path relative to the gallery, or the URL) that names it across reindexes.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from birdsearch.errors import ConfigError
+from birdsearch.model.tables import pick_columns, read_table
 
 log = logging.getLogger(__name__)
 
@@ -130,25 +132,9 @@ def walk_files(base: str, skipped: list[tuple[str, str]]) -> Iterator[tuple[str,
                 yield key, os.path.realpath(entry.path) if entry.is_symlink() else entry.path
 
 
-def load_table(path: Path) -> Any:
-    import pandas as pd
-
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises many types for unreadable files
-        raise ConfigError(f"cannot read gallery manifest {path}: {e}") from e
-
-
 def find_columns(columns: list[str], path: Path) -> dict[str, str]:
-    lower = {c.lower().strip(): c for c in columns}
-    found = {}
-    for name, aliases in COLUMN_ALIASES.items():
-        match = next((lower[a] for a in aliases if a in lower), None)
-        if match is not None:
-            found[name] = match
+    """The manifest's column of each field it has (``COLUMN_ALIASES``); path and species are required."""
+    found = pick_columns(columns, COLUMN_ALIASES)
     missing = [name for name in ("path", "species") if name not in found]
     if missing:
         raise ConfigError(
@@ -169,7 +155,7 @@ def read_manifest(path: Path) -> Gallery:
     """A CSV/TSV/Parquet table: path or URL, species, optional taxonomy, license, attribution, source."""
     from birdsearch.indexer.taxonomy import parse_taxonomy_string
 
-    table = load_table(path)
+    table = read_table(path, "gallery manifest")
     columns = find_columns([str(c) for c in table.columns], path)
     base = path.resolve().parent
     items: list[GalleryItem] = []

@@ -1,6 +1,6 @@
 """Calibrated confidence for window species scores: Platt scaling, expected calibration error, storage.
 
-A window's species score (pooled cosine similarity, ``birdsearch.service.ranking``) is not a
+A window's species score (pooled cosine similarity, ``birdsearch.engine.ranking``) is not a
 probability: its scale depends on the model, the gallery and the species rule. A Platt fit maps it
 to one, per (window, species):
 

@@ -102,6 +102,11 @@ class Taxon:
         return asdict(self)
 
 
+def normalise_name(value: object) -> str:
+    """A species name as names are compared: whitespace runs as one space, case folded."""
+    return " ".join(str(value).split()).casefold()
+
+
 def templates_for(name: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """A named template set, or an explicit list of templates each holding one ``{}``."""
     if isinstance(name, str):

@@ -17,11 +17,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from birdsearch import __version__
+from birdsearch.engine.runtime import Models, Runtime
 from birdsearch.service.errors import install_error_handlers
 from birdsearch.service.metrics import MetricsMiddleware
 from birdsearch.service.routes import admin, health, images, query, species, web
-from birdsearch.service.runtime import Models, Runtime
 from birdsearch.service.settings import Settings, get_settings
+from birdsearch.service.thumbnails import ThumbnailCache
 from birdsearch.service.upload import BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ def settings_of(app: FastAPI) -> Settings:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = settings_of(app)
-    runtime = Runtime(settings, app.state.preloaded_models)
+    runtime = Runtime(settings.engine_config(), app.state.preloaded_models)
     app.state.runtime = runtime
+    app.state.thumbnails = ThumbnailCache(settings.thumbnail_cache_bytes)
     await runtime.start()
     log.info(
         "birdsearch %s serving modes %s (default %s), index root %s",

@@ -100,7 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from birdsearch.service.client import query_file, render_table, resolve_list
+    from birdsearch.client import query_file, render_table, resolve_list
 
     answer = query_file(
         args.file,

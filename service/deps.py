@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from birdsearch.engine.runtime import Runtime
 from birdsearch.service.errors import AdminDisabledError, UnauthorizedError
-from birdsearch.service.runtime import Runtime
 from birdsearch.service.settings import Settings, get_settings
+from birdsearch.service.thumbnails import ThumbnailCache
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -17,8 +18,14 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+def get_thumbnails(request: Request) -> ThumbnailCache:
+    """The app's thumbnail cache, created by the lifespan."""
+    return request.app.state.thumbnails
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+ThumbnailsDep = Annotated[ThumbnailCache, Depends(get_thumbnails)]
 
 
 def require_admin(

@@ -1,4 +1,4 @@
-"""The service's own typed errors, and how every error becomes a JSON answer.
+"""The HTTP app's own typed errors, and how every error becomes a JSON answer.
 
 Every error answer has the same shape, ``{"detail": "<what and the fix>", "code": "<stable name>"}``:
 ``code`` is what clients and tests branch on; ``detail`` names the bad value, with any server path
@@ -17,25 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from birdsearch.engine.errors import NotReadyError
+from birdsearch.engine.redact import redact_paths
 from birdsearch.errors import BirdsearchError
 from birdsearch.service.metrics import ERRORS
-from birdsearch.service.redact import redact_paths
 
 log = logging.getLogger(__name__)
-
-
-class BadParameterError(BirdsearchError):
-    """A request parameter is out of range or names something that does not exist."""
-
-    code = "bad_parameter"
-    http_status = 422
-
-
-class NotReadyError(BirdsearchError):
-    """The service is up but cannot answer queries yet (no index published, or one failed to load)."""
-
-    code = "not_ready"
-    http_status = 503
 
 
 class NotFoundError(BirdsearchError):
@@ -43,13 +30,6 @@ class NotFoundError(BirdsearchError):
 
     code = "not_found"
     http_status = 404
-
-
-class ModeUnavailableError(BirdsearchError):
-    """A query mode this server has no model for."""
-
-    code = "mode_unavailable"
-    http_status = 422
 
 
 class AdminDisabledError(BirdsearchError):

@@ -1,7 +1,6 @@
-"""Prometheus metrics: requests and their latency per route, and the latency of each query stage.
-
-Stages of a query: ``decode`` (bytes to 48 kHz mono, per request), ``features`` (log-mel of a
-batch), ``encode`` (the audio tower on a batch) and ``search`` (the index, per request). With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR``
+"""Prometheus metrics of the HTTP app: requests and their latency per route, error answers, and the
+``/metrics`` page, which also carries the engine's stage, batch and index metrics
+(``birdsearch.engine.metrics``). With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR``
 (``birdsearch serve --workers N`` does) and ``/metrics`` sums them all.
 """
 
@@ -9,8 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,8 +19,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+from birdsearch.engine.metrics import LATENCY_BUCKETS
 
 REQUESTS = Counter(
     "birdsearch_requests",
@@ -36,40 +32,10 @@ REQUEST_SECONDS = Histogram(
     ["route"],
     buckets=LATENCY_BUCKETS,
 )
-STAGE_SECONDS = Histogram(
-    "birdsearch_stage_seconds",
-    "Latency of each query stage: decode, features, encode (per batch), search",
-    ["stage"],
-    buckets=LATENCY_BUCKETS,
-)
-BATCH_ROWS = Histogram(
-    "birdsearch_batch_windows", "Windows per forward pass", ["mode"], buckets=BATCH_BUCKETS
-)
-BATCH_REQUESTS = Histogram(
-    "birdsearch_batch_requests", "Requests sharing one forward pass", ["mode"], buckets=BATCH_BUCKETS
-)
 ERRORS = Counter("birdsearch_errors", "Error answers, by error code", ["code"])
-INDEX_RELOADS = Counter("birdsearch_index_reloads", "Index version loads, by outcome", ["outcome"])
-INDEX_IMAGES = Gauge(
-    "birdsearch_index_images", "Images in the index version being served", multiprocess_mode="livemax"
-)
 IN_FLIGHT = Gauge(
     "birdsearch_requests_in_flight", "HTTP requests being answered", multiprocess_mode="livesum"
 )
-
-
-def observe_stage(stage: str, seconds: float) -> None:
-    STAGE_SECONDS.labels(stage).observe(seconds)
-
-
-@contextmanager
-def stage_timer(stage: str) -> Iterator[None]:
-    """Time a block into ``birdsearch_stage_seconds{stage=...}``."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        observe_stage(stage, time.perf_counter() - started)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -76,7 +76,9 @@ def broken_links(path: Path) -> list[str]:
     return problems
 
 
-REPO_PATH = re.compile(r"`((?:model|indexer|service|birdsearch|bench|tests|docker|docs|\.ci)/[\w./-]*)`")
+REPO_PATH = re.compile(
+    r"`((?:model|indexer|engine|service|analyze|birdsearch|bench|tests|docker|docs|\.ci)/[\w./-]*)`"
+)
 
 
 def missing_repo_paths(path: Path) -> list[str]:

@@ -2,23 +2,33 @@
 
 docs/architecture.md draws four floors::
 
-    apps       birdsearch/cli.py, birdsearch/cli_args.py, birdsearch/toy/, every subcommand's cli.py
-    workflows  service/, indexer/, model/distill/, model/evaluate/
-    core       model/ (the rest: hub, teacher, student, audio, mel, encoder, names, query, ...)
+    apps       birdsearch/cli.py (the console script), birdsearch/cli_args.py, birdsearch/api.py (the
+               Python API), birdsearch/toy/ (the demo), service/ (the HTTP app), analyze/, and every
+               workflow's subcommand module (indexer/cli.py, model/cli.py, model/distill/cli.py, ...)
+    workflows  engine/ (the query engine), indexer/, model/distill/, model/evaluate/, birdsearch/client.py
+    core       model/ (the rest: hub, teacher, student, audio, mel, encoder, names, tables, metrics, ...)
     ground     birdsearch/__init__.py, birdsearch/errors.py, birdsearch/paths.py, birdsearch/cpus.py
 
+The rule: an import points down a floor or stays in its own group. Across groups of one floor only
+the lines ``SIDEWAYS`` lists are allowed, and none of them both ways: the engine imports no app; the
+apps do not import each other (each may use the shared argument definitions in ``cli_args``, the
+console script loads the subcommands by name and plugs the toy world in); no two workflow packages
+import each other.
+
 This test reads every module's source with ``ast`` (imports inside functions and relative imports
-included), maps folders to installed names with setup.py's ``PACKAGE_DIRS`` (``model/`` is
+included), maps folders to installed names with pyproject.toml's ``package-dir`` (``model/`` is
 ``birdsearch.model``), and fails on an import that points up a floor, crosses to a group of the
 same floor that ``SIDEWAYS`` does not list, or closes a circle of modules. Imports under
 ``if TYPE_CHECKING:`` count for direction but not for circles: they never run. Modules named by
-strings are the plug points and are not walked: the console script's ``COMMAND_MODULES`` and the
-plug-ins of ``BIRDSEARCH_PLUGINS`` (see ``birdsearch.model.registry``).
+strings are the plug points and are not walked: the console script's ``COMMAND_MODULES``, the
+package root's ``LAZY_EXPORTS`` (``birdsearch.Birdsearch``), the HTTP app's factory that uvicorn
+starts by name, and the plug-ins of ``BIRDSEARCH_PLUGINS`` (see ``birdsearch.model.registry``).
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,33 +42,38 @@ GROUND, CORE, WORKFLOWS, APPS = 0, 1, 2, 3
 FLOOR_NAMES = {GROUND: "ground", CORE: "core", WORKFLOWS: "workflows", APPS: "apps"}
 
 # (module or package, floor, group), most specific first; a module takes the first rule that
-# names it or a package above it. Subcommand modules (``*.cli``) are matched before their folder.
+# names it or a package above it. A workflow's subcommand module (``<package>.cli``) is an app of
+# the group "cli"; an app's own ``cli`` module belongs to the app.
 RULES: tuple[tuple[str, int, str], ...] = (
     ("birdsearch.errors", GROUND, "ground"),
     ("birdsearch.paths", GROUND, "ground"),
     ("birdsearch.cpus", GROUND, "ground"),
     ("birdsearch.cli", APPS, "entry"),  # the console script: it loads the subcommands, nobody loads it
-    ("birdsearch.toy.cli", APPS, "toy"),
+    ("birdsearch.cli_args", APPS, "args"),  # argument definitions the subcommands share
+    ("birdsearch.api", APPS, "api"),
     ("birdsearch.toy", APPS, "toy"),
+    ("birdsearch.service", APPS, "service"),
+    ("birdsearch.analyze", APPS, "analyze"),
+    ("birdsearch.client", WORKFLOWS, "client"),
+    ("birdsearch.engine", WORKFLOWS, "engine"),
+    ("birdsearch.indexer", WORKFLOWS, "indexer"),
     ("birdsearch.model.distill", WORKFLOWS, "model.distill"),
     ("birdsearch.model.evaluate", WORKFLOWS, "model.evaluate"),
     ("birdsearch.model", CORE, "model"),
-    ("birdsearch.indexer", WORKFLOWS, "indexer"),
-    ("birdsearch.service", WORKFLOWS, "service"),
 )
-SUBCOMMAND_MODULE = "cli"  # ``<package>.cli`` is an app whatever folder it sits in
+SUBCOMMAND_MODULE = "cli"  # ``<core or workflow package>.cli`` is an app (group "cli") wherever it sits
+APP_GROUPS = frozenset({"entry", "args", "api", "toy", "service", "analyze", "cli"})
 
 # Imports between different groups of one floor that are allowed (group -> groups it may import).
-# Everything not listed is forbidden: the indexer never uses the service, the service never uses
-# training or evaluation code, a subcommand never reaches into the toy world, nobody imports the
-# console script.
+# Everything not listed is forbidden: the indexer never uses the engine, the engine never uses
+# training or evaluation code, distillation never uses evaluation, no app uses another app, a
+# subcommand never reaches into the toy world, nobody imports the console script.
 SIDEWAYS: Mapping[str, frozenset[str]] = {
-    "service": frozenset({"indexer"}),
-    "model.evaluate": frozenset({"indexer", "model.distill"}),
-    "model.distill": frozenset({"model.evaluate"}),  # its validation uses evaluate's metrics
-    "entry": frozenset({"toy", "cli", "apps"}),
-    "toy": frozenset({"cli"}),
-    "apps": frozenset({"cli", "toy"}),
+    "engine": frozenset({"indexer"}),  # it serves the index versions the indexer publishes
+    "client": frozenset({"engine"}),  # the HTTP client resolves species lists as the engine does
+    "model.evaluate": frozenset({"indexer", "model.distill"}),  # reads indexes and distillation manifests
+    "entry": frozenset({"toy", "args"}),  # registers the toy world's plug-in before parsing
+    **{app: frozenset({"args"}) for app in APP_GROUPS - {"entry", "args"}},
 }
 
 
@@ -71,14 +86,9 @@ class Import:
 
 
 def package_dirs() -> dict[str, str]:
-    """setup.py's ``PACKAGE_DIRS`` (installed package -> folder), read without running setup.py."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "PACKAGE_DIRS" for t in node.targets
-        ):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py has no PACKAGE_DIRS")
+    """pyproject.toml's ``[tool.setuptools.package-dir]``: installed package -> folder."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["setuptools"]["package-dir"]
 
 
 def discover(root: Path = ROOT) -> dict[str, Path]:
@@ -98,13 +108,13 @@ def floor_of(module: str) -> tuple[int, str]:
     """(floor, group) of an installed module name."""
     if module == TOP:
         return GROUND, "ground"
-    if module.rpartition(".")[2] == SUBCOMMAND_MODULE and module != "birdsearch.cli":
-        return APPS, "toy" if module.startswith("birdsearch.toy.") else "cli"
     for prefix, floor, group in RULES:
         if module == prefix or module.startswith(prefix + "."):
+            if floor in (CORE, WORKFLOWS) and module.rpartition(".")[2] == SUBCOMMAND_MODULE:
+                return APPS, "cli"
             return floor, group
-    # Any other module at the top of birdsearch/ (cli_args, ...) is an app.
-    return APPS, "cli" if module.endswith("cli_args") else "apps"
+    # Any other module at the top of birdsearch/ is an app of its own.
+    return APPS, module
 
 
 def is_package(path: Path) -> bool:
@@ -280,23 +290,75 @@ def test_the_project_keeps_its_floor_plan(project_imports):
 
 
 def test_every_mapped_folder_is_walked_and_every_module_has_a_floor(project):
-    assert {"birdsearch.cli", "birdsearch.model.hub", "birdsearch.indexer.store"} <= set(project)
+    walked = {"birdsearch.cli", "birdsearch.model.hub", "birdsearch.indexer.store", "birdsearch.engine.detections",
+              "birdsearch.service.app", "birdsearch.analyze.run", "birdsearch.api"}  # fmt: skip
+    assert walked <= set(project)
     assert any(name.startswith("birdsearch.service.routes.") for name in project)
-    assert floor_of("birdsearch.model.hub") == (CORE, "model")
-    assert floor_of("birdsearch.model.evaluate.gallery") == (WORKFLOWS, "model.evaluate")
-    assert floor_of("birdsearch.model.distill.cli") == (APPS, "cli")
-    assert floor_of("birdsearch.toy.cli") == (APPS, "toy")
-    assert floor_of("birdsearch.errors") == (GROUND, "ground")
-    assert floor_of("birdsearch.cli_args") == (APPS, "cli")
-    assert floor_of("birdsearch.cli") == (APPS, "entry")
-    assert floor_of("birdsearch.model.registry") == (CORE, "model")
+    floors = {
+        "birdsearch.errors": (GROUND, "ground"),
+        "birdsearch.model.hub": (CORE, "model"),
+        "birdsearch.model.tables": (CORE, "model"),
+        "birdsearch.model.registry": (CORE, "model"),
+        "birdsearch.model.evaluate.gallery": (WORKFLOWS, "model.evaluate"),
+        "birdsearch.engine.runtime": (WORKFLOWS, "engine"),
+        "birdsearch.client": (WORKFLOWS, "client"),
+        "birdsearch.model.cli": (APPS, "cli"),
+        "birdsearch.model.distill.cli": (APPS, "cli"),
+        "birdsearch.indexer.cli": (APPS, "cli"),
+        "birdsearch.service.app": (APPS, "service"),
+        "birdsearch.service.cli": (APPS, "service"),
+        "birdsearch.analyze.cli": (APPS, "analyze"),
+        "birdsearch.api": (APPS, "api"),
+        "birdsearch.toy.cli": (APPS, "toy"),
+        "birdsearch.cli_args": (APPS, "args"),
+        "birdsearch.cli": (APPS, "entry"),
+    }
+    assert {module: floor_of(module) for module in floors} == floors
 
 
-def test_model_indexer_and_service_never_name_the_demo_or_the_console_script(project_imports):
-    """The plan's firmest lines, spelled out: nothing under model/, indexer/ or service/ (their
-    subcommand modules included) imports the toy world or the console script."""
+def test_pyproject_lists_every_package_of_the_mapped_folders():
+    """The visible map is the whole map: a folder with an __init__.py that pyproject.toml does not list
+    would be missing from the wheel, and a listed one without its folder would break the build."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        listed = tomllib.load(f)["tool"]["setuptools"]["packages"]
+    found = {name for name, path in discover().items() if is_package(path)}
+    assert sorted(listed) == sorted(found)
+
+
+def test_the_engine_imports_no_app(project_imports):
+    """The engine knows nothing of HTTP, of files of detections or of notebooks: every door is above it."""
     for imp in project_imports:
-        if imp.source.startswith(("birdsearch.model.", "birdsearch.indexer.", "birdsearch.service.")):
+        if floor_of(imp.source)[1] == "engine":
+            assert floor_of(imp.target)[0] < APPS, imp
+
+
+def test_apps_do_not_import_each_other(project_imports):
+    """The HTTP app, analyze, the Python API, the demo and the subcommands meet only in the engine below
+    them; what they share of the command line is in cli_args, and the console script loads them by name."""
+    for imp in project_imports:
+        (source_floor, source), (target_floor, target) = floor_of(imp.source), floor_of(imp.target)
+        if source_floor == target_floor == APPS and source != target:
+            assert target == "args" or (source, target) == ("entry", "toy"), imp
+
+
+def test_no_two_workflow_packages_import_each_other(project_imports):
+    """Workflows stand beside each other: where one uses another, the other does not use it back."""
+    lines = {
+        (floor_of(imp.source)[1], floor_of(imp.target)[1])
+        for imp in project_imports
+        if floor_of(imp.source)[0] == floor_of(imp.target)[0] == WORKFLOWS
+    }
+    ties = sorted({tuple(sorted(line)) for line in lines if line[0] != line[1] and line[::-1] in lines})
+    assert not ties, f"workflow packages importing each other: {ties}"
+    allowed = {(group, other) for group, others in SIDEWAYS.items() for other in others}
+    assert not {line for line in allowed if line[::-1] in allowed}, "SIDEWAYS allows a line both ways"
+
+
+def test_nothing_below_the_apps_names_the_demo_or_the_console_script(project_imports):
+    """The plan's firmest lines, spelled out: nothing under model/, indexer/ or engine/ (their subcommand
+    modules included), and no other app, imports the toy world or the console script."""
+    for imp in project_imports:
+        if floor_of(imp.source)[1] not in ("toy", "entry"):
             assert not imp.target.startswith("birdsearch.toy"), imp
             assert imp.target != "birdsearch.cli", imp
 
@@ -358,23 +420,40 @@ def test_relative_imports_resolve_to_installed_names():
 
 def test_forbidden_sideways_lines():
     sources = planted(
-        birdsearch__indexer__pipeline="import birdsearch.service.runtime\n",
-        birdsearch__service__runtime="from birdsearch.model.distill import trainer\n",
-        birdsearch__model__distill__trainer="",
+        birdsearch__indexer__pipeline="import birdsearch.engine.runtime\n",
+        birdsearch__engine__runtime="from birdsearch.model.distill import trainer\n",
+        birdsearch__engine__answer="from birdsearch.service.schemas import QueryForm\n",
+        birdsearch__model__distill__trainer="from birdsearch.model.evaluate import run\n",
+        birdsearch__model__evaluate__run="",
         birdsearch__model__evaluate__cli="from birdsearch.toy.world import ensure_world\n",
         birdsearch__toy__world="",
         birdsearch__indexer__cli="from birdsearch.cli import add_model_args\n",
         birdsearch__cli="",
         birdsearch__model__evaluate__gallery="from birdsearch.indexer.pipeline import x\n",
+        birdsearch__analyze__remote="from birdsearch.service.client import query_file\n",
+        birdsearch__service__schemas="",
+        birdsearch__service__client="",
+        birdsearch__api="from birdsearch.analyze.run import analyze\n",
+        birdsearch__analyze__run="",
     )
     problems = "\n".join(check(sources))
     assert (
-        "indexer.pipeline (line 1) imports birdsearch.service.runtime: crosses from indexer to service"
+        "indexer.pipeline (line 1) imports birdsearch.engine.runtime: crosses from indexer to engine"
         in problems
     )
-    assert "service.runtime (line 1) imports birdsearch.model.distill.trainer: crosses" in problems
+    assert "engine.runtime (line 1) imports birdsearch.model.distill.trainer: crosses" in problems
+    assert (
+        "engine.answer (line 1) imports birdsearch.service.schemas: points up from workflows to apps"
+        in problems
+    )
+    assert "distill.trainer (line 1) imports birdsearch.model.evaluate.run: crosses" in problems
     assert "evaluate.cli (line 1) imports birdsearch.toy.world: crosses from cli to toy" in problems
     assert "indexer.cli (line 1) imports birdsearch.cli: nothing imports the console script" in problems
+    assert (
+        "analyze.remote (line 1) imports birdsearch.service.client: crosses from analyze to service"
+        in problems
+    )
+    assert "birdsearch.api (line 1) imports birdsearch.analyze.run: crosses from api to analyze" in problems
     assert "gallery" not in problems  # evaluation may read the index
 
 
@@ -415,8 +494,10 @@ DOCUMENTED_PACKAGES = (
     "birdsearch.model.distill",
     "birdsearch.model.evaluate",
     "birdsearch.indexer",
+    "birdsearch.engine",
     "birdsearch.service",
     "birdsearch.service.routes",
+    "birdsearch.analyze",
 )
 
 

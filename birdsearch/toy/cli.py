@@ -18,12 +18,16 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The query service's app factory, by the name `birdsearch serve` and uvicorn start it: the demo is an app
+# beside the service and does not import it (docs/architecture.md, the floor plan).
+SERVICE_APP = "birdsearch.service.app:create_app"
 # Distillation settings for the toy models: the defaults (lr 1e-4, batch 256) are the real BioLingual's
 # and barely move the toy student in the few steps a toy world offers (docs/distillation.md).
 DEMO_DISTILL = {"epochs": 15, "batch_size": 16, "lr": 1e-3}
@@ -129,10 +133,11 @@ def calibrate(world: Any, encoder: Path, student: str, index_root: Path, args: a
     Fit on clips held out from training (``birdsearch.toy.background.calibration_clips``), so that
     the web page's and the API's ``min_conf`` work on the demo as on a real deployment.
     """
+    from birdsearch.engine.calibrate import fit_engine
+    from birdsearch.engine.config import EngineConfig
+    from birdsearch.engine.detector import Detector
+    from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.model.calibration import FILE_NAME, save_calibration
-    from birdsearch.service.analyze.pipeline import AnalyzeConfig, load_engine
-    from birdsearch.service.calibrate import fit_engine
-    from birdsearch.service.ranking import DEFAULT_SPECIES_RULE
     from birdsearch.toy.background import calibration_clips
 
     places = {"distilled": encoder / FILE_NAME, "cascade": index_root / FILE_NAME}
@@ -141,10 +146,11 @@ def calibrate(world: Any, encoder: Path, student: str, index_root: Path, args: a
         return
     clips = calibration_clips(world, world.root / "demo" / "calibration-audio")
     for mode in missing:
-        config = AnalyzeConfig(inputs=[], out=index_root, index_root=index_root, checkpoint=str(encoder),
-                               student=student, mode=mode, device=args.device, progress=False)  # fmt: skip
+        config = EngineConfig(
+            index_root=index_root, checkpoint=str(encoder), student=student, device=args.device
+        )
         places[mode].unlink(missing_ok=True)  # refit from scratch, not on top of an older fit
-        platt = fit_engine(load_engine(config), clips, DEFAULT_SPECIES_RULE)
+        platt = fit_engine(Detector.load(config, mode), clips, DEFAULT_SPECIES_RULE)
         save_calibration(places[mode], mode, platt)
 
 
@@ -206,19 +212,13 @@ def write_report(reports: dict[str, Any], as_json: bool) -> None:
 def serve(index_root: Path, encoder: Path, student: str, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from birdsearch.service.app import create_app
-    from birdsearch.service.settings import load_settings
+    from birdsearch.engine.config import EngineSettings, read_settings
 
-    settings = load_settings(
-        index_root=index_root,
-        checkpoint=str(encoder),
-        student=student,
-        device=args.device,
-        host=args.host,
-        port=args.port,
-    )
-    app = create_app(settings)
+    settings = {"index_root": index_root, "checkpoint": encoder, "student": student, "device": args.device}
+    for name, value in settings.items():  # what `birdsearch serve` reads, as its own flags would set it
+        os.environ[f"BIRDSEARCH_{name.upper()}"] = str(value)
+    read_settings(EngineSettings)  # a bad BIRDSEARCH_* variable stops the demo here, saying which
     sys.stdout.write(f"\nServing the toy world at http://{args.host}:{args.port}/  (Ctrl-C to stop)\n")
     sys.stdout.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(SERVICE_APP, factory=True, host=args.host, port=args.port, log_level="warning")
     return 0

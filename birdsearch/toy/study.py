@@ -18,7 +18,7 @@
 4. **Intervals.** For each method and cell, the mean over seeds of query-averaged mAP,
    class-averaged mAP, nDCG@10 and soundscape cmAP, with a 95 % bootstrap interval over seeds and
    over queries resampled within species (segments within their recording)
-   (``birdsearch.model.evaluate.metrics.bootstrap_interval``).
+   (``birdsearch.model.metrics.bootstrap_interval``).
 5. **Report.** ``study.md`` (tables, the choices made and on what, and every comparison stated as
    "intervals do not overlap" or "intervals overlap"), ``study.json`` (every number), ``study.png``
    (mAP against caption coverage, one line per method, interval bands).
@@ -247,7 +247,7 @@ def intervals(cells: list[dict[str, Any]], resamples: int) -> dict[str, dict[str
     """{method: {metric: [mean, low, high]}} over the seeds' results of one student × coverage."""
     import numpy as np
 
-    from birdsearch.model.evaluate import metrics
+    from birdsearch.model import metrics
 
     queries = [c["queries"] for c in cells]
     labels = np.array(queries[0]["labels"])

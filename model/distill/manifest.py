@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from birdsearch.errors import ConfigError
-from birdsearch.model.names import Taxon
+from birdsearch.model.names import Taxon, normalise_name
+from birdsearch.model.tables import pick_column, read_table
 from birdsearch.model.world_lists import read_world_list
 
 if TYPE_CHECKING:
@@ -81,43 +82,6 @@ class Manifest:
             size = c.path.stat().st_size if c.path.exists() else -1
             h.update(f"{c.path}\t{size}\t{c.species}\t{c.start_s}\t{c.end_s}\t{c.split}\n".encode())
         return h.hexdigest()
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV, TSV or Parquet file as a DataFrame of strings (Parquet keeps its types)."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"table {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    raise ConfigError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
-
-
-def pick_column(
-    columns: Iterable[str], wanted: Sequence[str], what: str, table: str, required: bool = True
-) -> str | None:
-    """The first of ``wanted`` present in ``columns`` (case-insensitive)."""
-    lower = {c.lower().strip(): c for c in columns}
-    for name in wanted:
-        if name in lower:
-            return lower[name]
-    if required:
-        raise ConfigError(
-            f"{table}: no {what} column; expected one of {', '.join(wanted)} (found: {', '.join(map(str, columns))})"
-        )
-    return None
-
-
-def normalise_name(value: object) -> str:
-    return re.sub(r"\s+", " ", str(value)).strip().casefold()
 
 
 def strip_family_gloss(family: str) -> str:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from birdsearch.errors import CheckpointError, ConfigError
+from birdsearch.model import metrics
 from birdsearch.model.device import autocast
 from birdsearch.model.distill import checkpoint, data
 from birdsearch.model.distill import distributed as ddp
@@ -46,11 +47,10 @@ from birdsearch.model.distill.objectives import (
 )
 from birdsearch.model.distill.targets import Targets, TargetSpec, species_targets
 from birdsearch.model.encoder import DistilledAudioEncoder, EncoderCard, save_encoder
-from birdsearch.model.evaluate import metrics
-from birdsearch.model.evaluate.mapping import fit_map
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 from birdsearch.model.mel import MelFrontEnd
 from birdsearch.model.student import PROMPT, Student
+from birdsearch.model.text_maps import fit_map
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Baselines, metrics, data set loaders and reports, what `birdsearch evaluate` runs; installs as birdsearch.model.evaluate."""
+"""Baselines, data set loaders and reports, what `birdsearch evaluate` runs; installs as birdsearch.model.evaluate."""

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from birdsearch.model.evaluate.controls import CONTROL_METHODS, FittedControl
-from birdsearch.model.evaluate.mapping import MAPPINGS, TextMap, fit_map
 from birdsearch.model.query import CascadeQuery, QueryEmbedder
+from birdsearch.model.text_maps import MAPPINGS, TextMap, fit_map
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from birdsearch.errors import ConfigError
+from birdsearch.model import metrics
 from birdsearch.model.distill.manifest import Clip, load_manifest
 from birdsearch.model.distill.objectives import LogitScale, objective_loss
-from birdsearch.model.evaluate import metrics
-from birdsearch.model.evaluate.mapping import fit_procrustes
 from birdsearch.model.names import Taxon
+from birdsearch.model.text_maps import fit_procrustes
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,12 @@ from birdsearch.model.distill.manifest import (
     audio_duration,
     load_manifest,
     load_species_table,
-    pick_column,
-    read_table,
     strip_family_gloss,
     write_species_table,
 )
 from birdsearch.model.names import Taxon
 from birdsearch.model.registry import DATA_SETS, DataBundle, data_set
+from birdsearch.model.tables import pick_column, read_table
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from birdsearch.errors import ConfigError, ImageError
-from birdsearch.model.distill.manifest import normalise_name, pick_column, read_table
-from birdsearch.model.names import Taxon
+from birdsearch.model.names import Taxon, normalise_name
+from birdsearch.model.tables import pick_column, read_table
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from birdsearch.errors import ConfigError
+from birdsearch.model import metrics
 from birdsearch.model.audio import split
 from birdsearch.model.distill.data import read_segment
 from birdsearch.model.distill.manifest import Clip
 from birdsearch.model.distill.targets import TargetSpec, species_targets, weights_checksum
-from birdsearch.model.evaluate import baselines, controls, datasets, metrics
+from birdsearch.model.evaluate import baselines, controls, datasets
 from birdsearch.model.evaluate.controls import CONTROL_METHODS
 from birdsearch.model.evaluate.gallery import GalleryVectors
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER

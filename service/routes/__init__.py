@@ -1,1 +1,1 @@
-"""HTTP routes, one thin router per concern calling the runtime; installs as birdsearch.service.routes."""
+"""HTTP routes, one thin router per concern calling the engine's runtime; installs as birdsearch.service.routes."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from birdsearch.engine.redact import redact_paths
 from birdsearch.service.deps import AdminDep, RuntimeDep
-from birdsearch.service.redact import redact_paths
 from birdsearch.service.schemas import ReloadResult, error_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])

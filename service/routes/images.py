@@ -14,10 +14,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
+from birdsearch.engine.index_state import ServedIndex
 from birdsearch.errors import BirdsearchError
-from birdsearch.service.deps import RuntimeDep
+from birdsearch.service.deps import RuntimeDep, SettingsDep, ThumbnailsDep
 from birdsearch.service.errors import NotFoundError
-from birdsearch.service.index_state import ServedIndex
 from birdsearch.service.schemas import error_responses
 
 router = APIRouter(tags=["images"])
@@ -75,7 +75,9 @@ async def image(image_id: str, runtime: RuntimeDep, h: HashQuery = None) -> File
     responses=PHOTO_RESPONSES,
     summary="A photo's thumbnail",
 )
-async def thumbnail(image_id: str, runtime: RuntimeDep, h: HashQuery = None) -> Response:
+async def thumbnail(
+    image_id: str, runtime: RuntimeDep, settings: SettingsDep, thumbnails: ThumbnailsDep, h: HashQuery = None
+) -> Response:
     served = runtime.served()
 
     def load() -> Response:
@@ -85,8 +87,8 @@ async def thumbnail(image_id: str, runtime: RuntimeDep, h: HashQuery = None) -> 
         if stored is not None and stored.is_file():
             return FileResponse(stored, media_type="image/jpeg", headers={"Cache-Control": CACHE_CONTROL})
         _, original = photo_path(served, str(number), None)
-        size = runtime.settings.thumbnail_size
-        data = runtime.thumbnails.get((record.content_hash, size), original, size)
+        size = settings.thumbnail_size
+        data = thumbnails.get((record.content_hash, size), original, size)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": CACHE_CONTROL})
 
     return await asyncio.to_thread(load)

@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form
 
+from birdsearch.engine.schemas import QueryResponse
 from birdsearch.service.deps import RuntimeDep
-from birdsearch.service.schemas import QueryForm, QueryResponse, error_responses
+from birdsearch.service.schemas import QueryForm, error_responses
 
 router = APIRouter(tags=["query"])
 

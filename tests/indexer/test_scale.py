@@ -79,7 +79,7 @@ def test_the_faiss_index_and_vectors_are_memory_mapped(tmp_path, write_simple_in
 
 
 def test_the_served_index_reports_recall_per_query_kind(tmp_path, write_simple_index):
-    from birdsearch.service.index_state import prepare
+    from birdsearch.engine.index_state import prepare
 
     photos, text = clustered(species=4)
     labels = [f"Junco s{i % 4}" for i in range(len(photos))]

@@ -16,8 +16,8 @@ from birdsearch.model.evaluate.baselines import (
     encoder_methods,
     student_methods,
 )
-from birdsearch.model.evaluate.mapping import fit_map, fit_procrustes, fit_ridge
 from birdsearch.model.query import CascadeQuery
+from birdsearch.model.text_maps import fit_map, fit_procrustes, fit_ridge
 
 sys.path.insert(0, str(Path(__file__).parent))
 import conftest_distill as helpers  # noqa: E402

@@ -173,8 +173,8 @@ def test_resume_refuses_another_configuration(world, tmp_path):
 
 
 def test_procrustes_head_makes_step_zero_the_mapping_baseline(world, tmp_path):
-    from birdsearch.model.evaluate.mapping import fit_map
     from birdsearch.model.student import Student
+    from birdsearch.model.text_maps import fit_map
 
     trainer = Trainer(config(world, tmp_path / "r"))
     trainer.prepare()

@@ -2,7 +2,7 @@
 
 The naive versions below compute each textbook metric from one explicit ranking, and average it over
 every ordering of tied items (itertools.permutations): slow, obviously right, and the definition
-that ``birdsearch.model.evaluate.metrics`` computes in closed form.
+that ``birdsearch.model.metrics`` computes in closed form.
 """
 
 import itertools
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from birdsearch.model.evaluate import metrics as m
+from birdsearch.model import metrics as m
 
 # --- naive reference implementations -------------------------------------------------------------
 

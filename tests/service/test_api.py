@@ -96,7 +96,7 @@ def test_auto_mode_follows_the_checkpoint_setting(api, helpers):
 
 
 def test_a_mode_without_its_model_is_refused_with_the_fix(settings_for, loaded_models, helpers):
-    from birdsearch.service.runtime import Models
+    from birdsearch.engine.runtime import Models
 
     async def main():
         models = Models(None, loaded_models.student)
@@ -331,7 +331,7 @@ def test_an_index_for_another_teacher_is_refused_and_the_old_one_kept(
 
 
 def test_a_failing_model_answers_500_in_the_error_shape(helpers, settings_for, loaded_models):
-    from birdsearch.service.runtime import Models
+    from birdsearch.engine.runtime import Models
 
     class Broken:
         """The distilled embedder with a forward pass that raises (a bug, or a CUDA error)."""

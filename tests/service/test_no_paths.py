@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from birdsearch.service.redact import model_name, redact_paths
+from birdsearch.engine.redact import model_name, redact_paths
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"
 # "/a/b..." not glued to a word, a dot or a URL's host (URLs such as /images/3?h=... do not exist on disk)

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from birdsearch.service.species_list import UnknownSpeciesError
+from birdsearch.engine.species_list import UnknownSpeciesError
 
 FOCAL = "perch_21100_36_48_16k_10s.flac"
 
@@ -57,7 +57,7 @@ def test_a_bad_species_list_setting_is_refused_at_start(settings_for, tmp_path):
 
 
 def test_query_resolves_its_list_against_the_servers_species(monkeypatch, tmp_path):
-    from birdsearch.service import client
+    from birdsearch import client
 
     served = {"index": "v9", "species": [
         {"species": "Turdus migratorius", "common_name": "American Robin"},

@@ -1,0 +1,127 @@
+"""``analyze --url``: the recordings go to a running query service instead of models loaded here.
+
+Each recording is uploaded to ``POST /query`` (``birdsearch.client.query_file``), a few at a time;
+the answer's per-window timeline, whose species carry their best photo of that window, is read back
+into the engine's detections (``birdsearch.engine.detections.from_timeline``): those an in-process
+run writes. What decides them on the server is sent with each upload:
+mode, window and hop, species_k, the species rule and the species list (resolved once against
+``GET /species``, so that a typo stops the run before any upload).
+
+``min_conf`` is applied here, to each window species' confidence (its raw score when the server has
+no calibration for the mode), exactly as the in-process run does: sent to the server it would be
+refused by a server without a calibration, where analyze's rule is to fall back to the raw score.
+The server's own limits (upload size, duration, windows) and its ``candidates_per_window`` apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from birdsearch.engine.detections import RecordingResult, confident, from_timeline
+from birdsearch.engine.inputs import Recording
+from birdsearch.engine.ranking import parse_rule
+from birdsearch.errors import BirdsearchError
+from birdsearch.model.mel import FrontEndConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOADS = 4  # uploads in flight when --workers is 0: enough to keep a server's batcher fed
+UPLOAD_TIMEOUT_S = 600.0  # an hour of audio on a busy CPU server takes minutes
+
+
+class RemoteAnalyser:
+    """Recordings in, each one's result (or error) out, through a query service at ``config.url``."""
+
+    def __init__(self, config: Any):  # config: birdsearch.analyze.config.AnalyzeConfig
+        from birdsearch import client
+
+        self.config = config
+        self.url = config.url.rstrip("/")
+        self.workers = config.workers or DEFAULT_UPLOADS
+        version = client.get_json("version", self.url)  # a ServiceError here stops the run: no server
+        self.mode = version["default_mode"] if config.mode == "auto" else config.mode
+        if self.mode not in version["models"]:
+            raise client.ServiceError(f"mode {self.mode!r} is not served at {self.url} (it serves "
+                                      f"{', '.join(sorted(version['models']))}): choose one with --mode")  # fmt: skip
+        self.species_list = (
+            client.resolve_list(config.species_list, self.url, allow_unknown=config.skip_unknown_species)
+            if config.species_list is not None else None
+        )  # fmt: skip
+        self.form = {
+            "mode": self.mode, "window_s": config.window_s, "hop_s": config.hop_s, "species_k": config.species_k,
+            "k": 1, "species_rule": config.species_rule, "species_list": self.species_list,
+        }  # fmt: skip
+        self.settings = {
+            "runner": "url",
+            "url": self.url,
+            "mode": self.mode,
+            "model": version["models"][self.mode],
+            "index": (version.get("index") or {}).get("name"),
+            "window_s": config.window_s,  # None: the server's (the model's window)
+            "hop_s": config.hop_s,
+            "min_conf": config.min_conf,
+            "species_k": config.species_k,
+            "species_rule": str(parse_rule(config.species_rule)),
+            "species_list": self.species_list.splitlines() if self.species_list is not None else None,
+        }
+        self.seconds = {"upload": 0.0}  # summed over the uploads in flight
+        self.uploads = 0
+        self.uncalibrated_warned = False
+        self.lock = threading.Lock()
+
+    def facts(self) -> dict[str, Any]:
+        return {"url": self.url, "uploads_in_flight": self.workers, "uploads": self.uploads}
+
+    def query(self, recording: Recording) -> dict[str, Any]:
+        """One upload (on a pool thread): the server's answer."""
+        from birdsearch.client import query_file
+
+        started = time.perf_counter()
+        try:
+            return query_file(recording.path, self.url, UPLOAD_TIMEOUT_S, **self.form)
+        finally:
+            with self.lock:
+                self.seconds["upload"] += time.perf_counter() - started
+                self.uploads += 1
+
+    def run(self, todo: Sequence[Recording]) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:
+        """Each recording with its result or its error, in order, ``workers`` uploads in flight."""
+        from birdsearch.engine.batch import read_ahead
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-upload") as pool:
+            for recording, outcome in read_ahead(pool, self.query, todo, ahead=self.workers):
+                if isinstance(outcome, BaseException):
+                    yield recording, outcome
+                    continue
+                try:
+                    yield recording, self.result(recording, outcome)
+                except (KeyError, TypeError, ValueError) as e:  # an answer of another shape: this file fails
+                    yield recording, AnswerError(f"{recording.path}: the server's answer lacks {e}: "
+                                                 "upgrade the server to this version of birdsearch")  # fmt: skip
+
+    def result(self, recording: Recording, answer: dict[str, Any]) -> RecordingResult:
+        facts = answer["query"]
+        index = facts["index"]["name"]
+        if index != self.settings["index"]:
+            log.warning("%s was answered by index %s, the run started with %s", recording.path, index,
+                        self.settings["index"])  # fmt: skip
+        detections = confident(from_timeline(answer["timeline"]), self.config.min_conf)
+        if not self.uncalibrated_warned and any(s.get("confidence") is None for w in answer["timeline"]
+                                                for s in w["species"]):  # fmt: skip
+            self.uncalibrated_warned = True
+            log.warning("the server has no calibration for mode %s: --min-conf %g applies to the raw pooled "
+                        "cosine score", self.mode, self.config.min_conf)  # fmt: skip
+        band = FrontEndConfig()  # the band is not in the answer: the front end's default
+        return RecordingResult(str(recording.path), float(facts["duration_s"]), int(facts["source_sample_rate"]),
+                               detections, band.f_min, band.f_max)  # fmt: skip
+
+
+class AnswerError(BirdsearchError):
+    """The server's answer does not have the fields analyze needs."""
+
+    code = "bad_answer"

@@ -1,0 +1,185 @@
+"""``analyze``'s driver: finds the recordings, skips what is done, runs the chosen runner, writes.
+
+The runners (this process: the engine's ``BatchRun``; a server with ``--url``: ``remote``; Ray Data
+with ``--runner ray``: ``distributed``) all yield each recording's result or error; this module is
+the one place that picks one and writes what it yields (``writer``), so that the runners share the
+engine's pieces without importing each other. The settings that decide a recording's detections,
+hashed, let a rerun skip what an earlier run with the same settings did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from birdsearch.analyze import formats
+from birdsearch.analyze.config import AnalyzeConfig, Summary
+from birdsearch.analyze.writer import Outputs
+from birdsearch.engine.detections import RecordingResult
+from birdsearch.engine.detector import Detector
+from birdsearch.engine.inputs import Recording, find_recordings
+from birdsearch.engine.ranking import parse_rule
+from birdsearch.model.calibration import describe as describe_calibration
+
+log = logging.getLogger(__name__)
+
+
+def analyze(config: AnalyzeConfig, engine: Detector | None = None) -> Summary:
+    """Run ``config``; ``engine`` (models and index) is loaded when not given. Never raises for one bad file."""
+    started = time.perf_counter()
+    recordings, problems = find_recordings(config.inputs)
+    for item, reason in problems:
+        log.warning("input %s: %s", item, reason)
+    analyser, settings = make_analyser(config, engine)
+    digest = digest_of(settings)
+    outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest)
+    config.out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(recordings=len(recordings), settings_hash=digest)
+    summary.failures += [(item, "no_input", reason) for item, reason in problems]
+
+    results: dict[str, RecordingResult] = {}
+    todo = []
+    for recording in recordings:
+        stored = outputs.done(recording)
+        if stored is None:
+            todo.append(recording)
+        else:
+            results[recording.name] = stored
+    summary.skipped = len(recordings) - len(todo)
+    if summary.skipped:
+        log.info("%d of %d recordings already analysed with these settings: skipped", summary.skipped, len(recordings))
+
+    bar = progress_bar(len(todo), config.progress)
+    write_s = 0.0
+    for recording, outcome in analyser.run(todo):
+        if isinstance(outcome, BaseException):
+            summary.failures.append(failure_row(recording, outcome))
+            summary.failed += 1
+        else:
+            written = time.perf_counter()
+            outputs.write(recording, outcome)
+            write_s += time.perf_counter() - written
+            results[recording.name] = outcome
+            summary.analysed += 1
+            summary.detections += len(outcome.detections)
+            summary.audio_s += outcome.duration_s
+        advance(bar, summary, started)
+    bar.close()
+
+    outputs.write_combined([results[r.name] for r in recordings if r.name in results])
+    outputs.write_failures(summary.failures)
+    summary.wall_s = time.perf_counter() - started
+    summary.stage_s = {**{k: round(v, 3) for k, v in analyser.seconds.items()}, "write": round(write_s, 3)}
+    outputs.write_run(run_file(config, outputs, settings, summary, analyser.facts()))
+    log.info("analysed %d recordings (%.2f h of audio, %.3f h/s), %d skipped, %d failed, %d detections; "
+             "outputs in %s", summary.analysed, summary.audio_s / 3600, summary.audio_hours_per_s,
+             summary.skipped, summary.failed, summary.detections, config.out)  # fmt: skip
+    return summary
+
+
+def make_analyser(config: AnalyzeConfig, engine: Detector | None) -> tuple[Any, dict[str, Any]]:
+    """The runner of ``config`` and the settings that decide its detections.
+
+    The runner is a server (``--url``), Ray Data (``--runner ray``) or this process (the engine's
+    ``BatchRun``); each has ``run(todo)`` (each recording with its result or error), ``seconds`` (per
+    stage) and ``facts()`` (for ``run.json``).
+    """
+    if config.url:
+        from birdsearch.analyze.remote import RemoteAnalyser
+
+        remote = RemoteAnalyser(config)
+        return remote, remote.settings
+    from birdsearch.engine.batch import BatchRun, resolve_window
+
+    engine = engine or load_engine(config)
+    settings = settings_of(config, engine, *resolve_window(config, engine.front_end.window_s))
+    if config.runner == "ray":
+        from birdsearch.analyze.distributed import RayAnalyser
+
+        return RayAnalyser(engine, config), settings
+    return BatchRun(engine, config, config.device), settings
+
+
+def load_engine(config: AnalyzeConfig) -> Detector:
+    """The run's model and index (``Detector.load``), with a word when ``min_conf`` meets raw scores."""
+    engine = Detector.load(config.engine_config(), config.mode, config.species_list, config.skip_unknown_species)
+    if engine.calibration is None:
+        log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score",
+                    engine.mode, config.min_conf)  # fmt: skip
+    return engine
+
+
+def settings_of(config: AnalyzeConfig, engine: Detector, window_s: float, hop_s: float) -> dict[str, Any]:
+    """The settings of an in-process (or Ray) run that decide its detections."""
+    facts = engine.embedder.facts
+    model = config.checkpoint if facts.mode == "distilled" else config.student
+    return {
+        "mode": facts.mode,
+        # The spec as given, and its folder when it is one: ids in answers may leave paths out.
+        "model": model,
+        "model_path": local_path(model),
+        "model_details": facts.details,
+        "index": engine.served.name,
+        "window_s": window_s,
+        "hop_s": hop_s,
+        "min_conf": config.min_conf,
+        "calibration": describe_calibration(engine.calibration) if engine.calibration is not None else None,
+        "species_k": config.species_k,
+        "candidates_per_window": config.candidates_per_window,
+        "species_rule": str(parse_rule(config.species_rule)),
+        "species_list": engine.species_names,
+        "max_duration_s": config.max_duration_s,
+    }
+
+
+def digest_of(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def local_path(spec: str) -> str:
+    """The absolute path of a model spec that names a local file or folder, else ""."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec and path.exists() else ""
+
+
+def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, str]:
+    # A server's refusal carries the server's own code (unreadable_audio, ...), as a local failure would.
+    code = getattr(error, "server_code", None) or getattr(error, "code", None) or type(error).__name__
+    log.warning("%s", error)  # messages name the file
+    reason = " ".join(str(error).split()).removeprefix(f"{recording.path}: ")  # the file has its own column
+    return str(recording.path), str(code), reason
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="analyze", disable=not enabled, dynamic_ncols=True)
+
+
+def advance(bar: Any, summary: Summary, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    rate = summary.audio_s / 3600 / elapsed if elapsed > 0 else 0.0
+    bar.set_postfix_str(f"{rate:.3g} h audio/s, {summary.failed} failed", refresh=False)
+    bar.update(1)
+
+
+def run_file(config: AnalyzeConfig, outputs: Outputs, settings: dict, summary: Summary,
+             runner_facts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "settings_hash": summary.settings_hash,
+        "settings": settings,
+        "formats": outputs.formats,
+        "inputs": list(config.inputs),
+        "runner": "url" if config.url else config.runner,
+        **runner_facts,
+        "summary": {
+            "recordings": summary.recordings, "analysed": summary.analysed, "skipped": summary.skipped,
+            "failed": summary.failed, "detections": summary.detections, "audio_s": round(summary.audio_s, 3),
+            "wall_s": round(summary.wall_s, 3), "audio_hours_per_s": round(summary.audio_hours_per_s, 6),
+            "stage_s": summary.stage_s,
+        },
+    }  # fmt: skip

@@ -23,7 +23,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="recording files, folders (searched "
                         "recursively) or glob patterns (quote them: 'cards/**/*.WAV')")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--index-root", type=Path, help="index root (default: BIRDSEARCH_INDEX_ROOT or the cache's)")
+    parser.add_argument(
+        "--index-root", type=Path, help="index root (default: BIRDSEARCH_INDEX_ROOT or the cache's)"
+    )
     parser.add_argument("--checkpoint", default=os.environ.get("BIRDSEARCH_CHECKPOINT", ""),
                         help="distilled encoder folder (default: BIRDSEARCH_CHECKPOINT; none: the cascade)")  # fmt: skip
     parser.add_argument("--mode", choices=("auto", "distilled", "cascade"), default="auto",
@@ -37,17 +39,22 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--calibration", default=os.environ.get("BIRDSEARCH_CALIBRATION", ""),
                         help="calibration file (default: BIRDSEARCH_CALIBRATION, else calibration.json beside "
                         "the encoder or in the index root)")  # fmt: skip
-    parser.add_argument("--species-k", type=int, default=5, help="at most this many species a window (default: %(default)s)")
+    parser.add_argument(
+        "--species-k", type=int, default=5, help="at most this many species a window (default: %(default)s)"
+    )
     parser.add_argument("--species-list", type=Path,
                         help="only these species: scientific names or BirdNET 'Scientific_Common' lines")  # fmt: skip
-    parser.add_argument("--skip-unknown-species", action="store_true",
-                        help="skip listed species the index lacks instead of stopping")  # fmt: skip
+    parser.add_argument("--strict", action="store_true", dest="strict_species_list",
+                        help="stop when the species list names species the index lacks (default: skip them, "
+                        "with a warning that gives the nearest names)")  # fmt: skip
     parser.add_argument("--species-rule", default=os.environ.get("BIRDSEARCH_SPECIES_RULE"),
                         help="how a species' photos pool into its window score: best, mean-top:M, kth:Q or "
                         "lme:T (default: BIRDSEARCH_SPECIES_RULE, else the service's default)")  # fmt: skip
     parser.add_argument("--window-s", type=float, help="window length, seconds (default: the model's)")
     parser.add_argument("--hop-s", type=float, help="hop between windows, seconds (default: the window)")
-    parser.add_argument("--batch-size", type=int, default=0, help="windows per forward pass (0: 64 on a GPU, 8 on a CPU)")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="windows per forward pass (0: 64 on a GPU, 8 on a CPU)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: the usable cores)")
     parser.add_argument("--max-duration-s", type=float, default=3600.0,
                         help="longer recordings are listed as failures (default: %(default)s)")  # fmt: skip
@@ -57,8 +64,12 @@ def register(subparsers: Any) -> None:
                          "serve') instead of loading models here; --workers uploads in flight (0: 4)")  # fmt: skip
     runners.add_argument("--runner", default="local", choices=("local", "ray"),
                          help="ray: decoding and the model on Ray Data across machines (needs the distributed extra)")  # fmt: skip
-    runners.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    runners.add_argument("--ray-actors", type=int, default=1, help="model actors on Ray (one GPU each where present)")
+    runners.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
+    )
+    runners.add_argument(
+        "--ray-actors", type=int, default=1, help="model actors on Ray (one GPU each where present)"
+    )
     parser.set_defaults(func=run_analyze)
 
 
@@ -84,7 +95,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         window_s=args.window_s,
         hop_s=args.hop_s,
         species_list=args.species_list,
-        skip_unknown_species=args.skip_unknown_species,
+        strict_species_list=args.strict_species_list,
         **({"species_rule": args.species_rule} if args.species_rule else {}),
         batch_size=args.batch_size,
         workers=args.workers,

@@ -49,7 +49,7 @@ class RemoteAnalyser:
             raise client.ServiceError(f"mode {self.mode!r} is not served at {self.url} (it serves "
                                       f"{', '.join(sorted(version['models']))}): choose one with --mode")  # fmt: skip
         self.species_list = (
-            client.resolve_list(config.species_list, self.url, allow_unknown=config.skip_unknown_species)
+            client.resolve_list(config.species_list, self.url, strict=config.strict_species_list)
             if config.species_list is not None else None
         )  # fmt: skip
         self.form = {

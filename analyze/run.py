@@ -51,7 +51,11 @@ def analyze(config: AnalyzeConfig, engine: Detector | None = None) -> Summary:
             results[recording.name] = stored
     summary.skipped = len(recordings) - len(todo)
     if summary.skipped:
-        log.info("%d of %d recordings already analysed with these settings: skipped", summary.skipped, len(recordings))
+        log.info(
+            "%d of %d recordings already analysed with these settings: skipped",
+            summary.skipped,
+            len(recordings),
+        )
 
     bar = progress_bar(len(todo), config.progress)
     write_s = 0.0
@@ -106,7 +110,9 @@ def make_analyser(config: AnalyzeConfig, engine: Detector | None) -> tuple[Any, 
 
 def load_engine(config: AnalyzeConfig) -> Detector:
     """The run's model and index (``Detector.load``), with a word when ``min_conf`` meets raw scores."""
-    engine = Detector.load(config.engine_config(), config.mode, config.species_list, config.skip_unknown_species)
+    engine = Detector.load(
+        config.engine_config(), config.mode, config.species_list, config.strict_species_list
+    )
     if engine.calibration is None:
         log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score",
                     engine.mode, config.min_conf)  # fmt: skip

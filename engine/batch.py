@@ -54,7 +54,9 @@ class BatchOptions:
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)
     species_list: Path | None = None  # only these species (scientific names or BirdNET lines)
-    skip_unknown_species: bool = False  # skip listed species the index lacks instead of failing
+    strict_species_list: bool = (
+        False  # refuse a species list naming species the index lacks (default: skip them)
+    )
     candidates_per_window: int = EngineConfig.candidates_per_window  # photos searched per window
     species_rule: str = DEFAULT_SPECIES_RULE  # how a species' photos pool into its window score
     batch_size: int = 0  # windows per forward pass; 0: 64 on a GPU, 8 on a CPU

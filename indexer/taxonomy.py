@@ -26,7 +26,7 @@ from pathlib import Path
 
 from birdsearch.errors import ConfigError
 from birdsearch.indexer.store import SpeciesRecord
-from birdsearch.model.names import fold
+from birdsearch.model.names import normalise_name
 from birdsearch.model.world_lists import read_world_list
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,12 @@ def lookups(entries: Iterable[TableRow]) -> Lookups:
     by_common: dict[str, TableRow] = {}
     by_genus: dict[str, TableRow] = {}
     for entry in entries:
-        by_scientific.setdefault(fold(entry.scientific), entry)
+        by_scientific.setdefault(normalise_name(entry.scientific), entry)
         if entry.code:
-            by_scientific.setdefault(fold(entry.code), entry)
+            by_scientific.setdefault(normalise_name(entry.code), entry)
         if entry.common:
-            by_common.setdefault(fold(entry.common), entry)
-        by_genus.setdefault(fold(entry.scientific.split()[0]), entry)
+            by_common.setdefault(normalise_name(entry.common), entry)
+        by_genus.setdefault(normalise_name(entry.scientific.split()[0]), entry)
     return by_scientific, by_common, by_genus
 
 
@@ -93,8 +93,8 @@ def species_tables(paths: Iterable[str | Path]) -> Lookups:
     codes: dict[str, str] = {}
     for entry in entries:
         if entry.code:
-            codes.setdefault(fold(entry.scientific), entry.code)
-    return lookups(replace(e, code=e.code or codes.get(fold(e.scientific), "")) for e in entries)
+            codes.setdefault(normalise_name(entry.scientific), entry.code)
+    return lookups(replace(e, code=e.code or codes.get(normalise_name(e.scientific), "")) for e in entries)
 
 
 def looks_binomial(name: str) -> bool:
@@ -133,11 +133,13 @@ class TaxonomyResolver:
     def _resolve(self, label: str, given: dict[str, str]) -> SpeciesRecord:
         by_scientific, by_common, by_genus = self.lookups
         name, label_common = split_label(given.get("taxonomy_species") or label)
-        row = by_scientific.get(fold(name)) or by_common.get(fold(name))
+        row = by_scientific.get(normalise_name(name)) or by_common.get(normalise_name(name))
         if row is None and label_common:
-            row = by_common.get(fold(label_common))
+            row = by_common.get(normalise_name(label_common))
         scientific = row.scientific if row else name
-        genus_row = row or (by_genus.get(fold(scientific.split()[0])) if looks_binomial(scientific) else None)
+        genus_row = row or (
+            by_genus.get(normalise_name(scientific.split()[0])) if looks_binomial(scientific) else None
+        )
         has_manifest_taxonomy = bool(given.get("family") or given.get("order"))
         resolved_by = (
             "manifest" if has_manifest_taxonomy else "table" if row else "genus" if genus_row else "unknown"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from birdsearch.errors import ConfigError
-from birdsearch.model.names import fold
+from birdsearch.model.names import normalise_name
 from birdsearch.model.world_lists import WorldList, read_world_list
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,11 @@ def translates(locale: str) -> bool:
 
 def language_of(locale: str, languages: Iterable[str]) -> str:
     """The list's column for ``locale`` (a code or a column name); ConfigError naming the choices."""
-    available = {fold(language): language for language in languages}
+    available = {normalise_name(language): language for language in languages}
     wanted = LOCALES.get(locale_key(locale), locale)
-    if fold(wanted) in available:
-        return available[fold(wanted)]
-    codes = sorted(code for code, language in LOCALES.items() if fold(language) in available)
+    if normalise_name(wanted) in available:
+        return available[normalise_name(wanted)]
+    codes = sorted(code for code, language in LOCALES.items() if normalise_name(language) in available)
     raise ConfigError(
         f"locale {locale!r} is not a language of the IOC multilingual list given; use one of "
         f"{', '.join(['en', *codes])} (or a column name such as {next(iter(available.values()), 'German')!r})"
@@ -71,14 +71,14 @@ class LocalNames:
     """Common names in one language, looked up by scientific name, then by English name."""
 
     language: str  # the list's column, "German"
-    by_scientific: dict[str, str]  # fold(scientific) -> name
-    by_english: dict[str, str]  # fold(English name) -> name
+    by_scientific: dict[str, str]  # normalise_name(scientific) -> name
+    by_english: dict[str, str]  # normalise_name(English name) -> name
 
     def find(self, scientific: str, common: str = "") -> str:
         """The species' name in this language, or '' where the list has none."""
         return (
-            self.by_scientific.get(fold(scientific))
-            or (self.by_english.get(fold(common)) if common else "")
+            self.by_scientific.get(normalise_name(scientific))
+            or (self.by_english.get(normalise_name(common)) if common else "")
             or ""
         )
 
@@ -103,9 +103,9 @@ def local_names(world: WorldList, locale: str) -> LocalNames:
     by_scientific, by_english = {}, {}
     for taxon, name in zip(world.taxa, names, strict=True):
         if name:
-            by_scientific.setdefault(fold(taxon.scientific), name)
+            by_scientific.setdefault(normalise_name(taxon.scientific), name)
             if taxon.common:
-                by_english.setdefault(fold(taxon.common), name)
+                by_english.setdefault(normalise_name(taxon.common), name)
     return LocalNames(language, by_scientific, by_english)
 
 

@@ -15,7 +15,6 @@ renormalised (``Teacher.embed_species``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 from birdsearch.errors import ConfigError
@@ -103,8 +102,8 @@ class Taxon:
 
 
 def normalise_name(value: object) -> str:
-    """A species name as names are compared: whitespace runs as one space, case folded."""
-    return " ".join(str(value).split()).casefold()
+    """A species name as names are compared: case, underscores, runs of spaces and apostrophe styles do not matter."""
+    return " ".join(str(value).replace("_", " ").translate(APOSTROPHES).split()).casefold()
 
 
 def templates_for(name: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -118,8 +117,3 @@ def templates_for(name: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if not templates or bad:
         raise ConfigError(f"templates must each contain exactly one '{{}}': {bad or 'none given'}")
     return templates
-
-
-def fold(name: str) -> str:
-    """A species name as a lookup key: case, underscores, runs of spaces and apostrophe styles do not matter."""
-    return re.sub(r"\s+", " ", name.replace("_", " ").translate(APOSTROPHES)).strip().casefold()

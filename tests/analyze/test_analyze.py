@@ -222,12 +222,20 @@ def test_a_species_list_keeps_only_its_species(engine_config, engine, field_card
     assert {r["Scientific name"] for r in rows} == {chosen.scientific}
 
 
-def test_a_misspelt_species_list_stops_before_loading_models(engine_config, engine, tmp_path):
-    name = engine.served.species[0].scientific
+def test_a_misspelt_species_is_skipped_with_the_nearest_names_and_strict_stops_before_loading_models(
+    engine_config, engine, tmp_path, caplog
+):
+    name, other = engine.served.species[0].scientific, engine.served.species[1].scientific
     species_list = tmp_path / "list.txt"
-    species_list.write_text(name[:-1] + "x\n")
-    with pytest.raises(ConfigError, match=f"nearest: {name}"):
-        load_engine(engine_config(tmp_path / "out", ["x"], species_list=species_list))
+    species_list.write_text(f"{name[:-1]}x\n{other}\n")
+    with caplog.at_level("WARNING"):
+        loaded = load_engine(engine_config(tmp_path / "out", ["x"], species_list=species_list))
+    assert loaded.species_names == [other]
+    assert f"nearest: {name}" in caplog.text and "skipped" in caplog.text
+    with pytest.raises(ConfigError, match=f"nearest: {name}.*leave out --strict"):
+        load_engine(
+            engine_config(tmp_path / "out", ["x"], species_list=species_list, strict_species_list=True)
+        )
 
 
 @pytest.mark.parametrize("mode", ["distilled", "cascade"])

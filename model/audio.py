@@ -13,10 +13,12 @@ Both decoders read in blocks (``open_blocks``): ``load`` gathers a whole recordi
 recorder's 24-hour file takes a block's memory, not the recording's. ``band_pass`` is
 BirdNET-Analyzer's ``--fmin/--fmax`` filter, applied to windows.
 
-Windows follow CLAP's conventions: ``window_s`` seconds (10 s for BioLingual); a recording shorter
-than a window is repeat-padded exactly as ``ClapFeatureExtractor(padding="repeatpad")`` does it
-(whole repeats, then zeros); a longer one is cut into windows every ``hop_s`` seconds, and a last
-window is aligned to the end so that the tail is heard too.
+Windows are ``window_s`` seconds (10 s for BioLingual), every ``hop_s`` seconds from the start,
+until one reaches the recording's end: BirdNET-Analyzer's rule (``window_starts``). That last
+window holds the rest of the recording, is dropped when the rest is under ``MIN_TAIL_S`` (1 s, as
+BirdNET), and is otherwise filled out as a recording shorter than a window is: repeat-padded exactly
+as ``ClapFeatureExtractor(padding="repeatpad")`` pads (whole repeats, then zeros), where BirdNET
+pads with zeros, because that is how the CLAP audio tower saw short clips in training.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Windows:
 
 
 AudioSource = str | Path | bytes | BinaryIO
+MIN_TAIL_S = 1.0  # BirdNET-Analyzer's SIG_MINLEN: a last window holding less of the recording is dropped
 
 
 class NotForLibsndfile(Exception):
@@ -510,13 +513,29 @@ def random_crop(samples: np.ndarray, length: int, rng: np.random.Generator) -> n
     return samples[start : start + length]
 
 
-def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
-    """Start offsets of windows every ``hop`` samples; a last one is aligned to the end."""
-    if n_samples <= window:
-        return [0]
-    starts = list(range(0, n_samples - window + 1, hop))
-    if starts[-1] + window < n_samples:
-        starts.append(n_samples - window)
+def window_lengths(window_s: float, hop_s: float | None, sample_rate: int) -> tuple[int, int, int]:
+    """(window, hop, min_tail) in samples for ``window_starts``; the hop defaults to the window (no overlap)."""
+    hop_s = window_s if hop_s is None else hop_s
+    if window_s <= 0 or hop_s <= 0:
+        raise ValueError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
+    window = round(window_s * sample_rate)
+    return window, max(1, round(hop_s * sample_rate)), min(window, round(MIN_TAIL_S * sample_rate))
+
+
+def window_starts(n_samples: int, window: int, hop: int, min_tail: int) -> list[int]:
+    """Start offsets of a recording's windows: every ``hop`` samples from 0, until one reaches the end.
+
+    BirdNET-Analyzer's rule: the last window, the one that reaches the end, holds what is left of
+    the recording and is padded to a full window; it is dropped when that is less than ``min_tail``
+    samples, unless it is the recording's only window. (Each window then starts where it would
+    without the tail, so no two windows of a recording cover almost the same audio.)
+    """
+    last = (
+        -(-max(0, n_samples - window) // hop) * hop
+    )  # the first multiple of hop whose window reaches the end
+    starts = list(range(0, last + 1, hop))
+    if len(starts) > 1 and n_samples - starts[-1] < min_tail:
+        starts.pop()
     return starts
 
 
@@ -524,7 +543,9 @@ def split(
     samples: np.ndarray, sample_rate: int, window_s: float = 10.0, hop_s: float | None = None
 ) -> Windows:
     """Cut a recording into ``window_s`` windows every ``hop_s`` seconds (default: no overlap)."""
-    [part] = stream_windows([samples], sample_rate, window_s, hop_s, per_part=1 << 62)
+    [part] = stream_windows(
+        [samples], sample_rate, window_s, hop_s, per_part=1 << 62
+    )  # one part: all windows
     return Windows(part.samples, part.starts_s, window_s, padded=len(samples) < round(window_s * sample_rate))
 
 
@@ -547,14 +568,12 @@ def stream_windows(
     """Cut a recording that arrives in pieces (an ``AudioStream``) into windows, ``per_part`` at a time.
 
     The windows are those ``window_starts`` places on the whole recording, so the result does not
-    depend on the pieces' sizes; a window with fewer samples than ``pad_to`` (default: the
-    window) is repeat-padded to it as CLAP pads a short recording. Memory: about two windows'
-    samples and a piece, plus the part being filled, whatever the recording's length.
+    depend on the pieces' sizes. A window with fewer samples than ``pad_to`` (default: the window)
+    is repeat-padded to it as CLAP pads a short recording: the last window of a recording, and
+    every window when the window is shorter than the model's. Memory: about two windows' samples
+    and a piece, plus the part being filled, whatever the recording's length.
     """
-    hop_s = window_s if hop_s is None else hop_s
-    if window_s <= 0 or hop_s <= 0:
-        raise ValueError(f"window ({window_s} s) and hop ({hop_s} s) must be positive")
-    window, hop = round(window_s * sample_rate), max(1, round(hop_s * sample_rate))
+    window, hop, min_tail = window_lengths(window_s, hop_s, sample_rate)
     part = Part(per_part, pad_to or window, sample_rate)
     audio = Tail(2 * window)
     regular = 0  # the next window every ``hop``, cut as soon as its samples are all here
@@ -565,7 +584,9 @@ def stream_windows(
             yield from part.add(audio.get(regular, window), regular)
             regular, emitted = regular + hop, emitted + 1
         audio.drop_before(min(regular, audio.end - window))  # what a later window may still need
-    for start in window_starts(audio.end, window, hop)[emitted:]:  # the tail, now that the length is known
+    for start in window_starts(audio.end, window, hop, min_tail)[
+        emitted:
+    ]:  # the tail, now the length is known
         yield from part.add(audio.get(start, window), start)
     yield from part.flush()
 

@@ -186,9 +186,14 @@ def test_min_conf_minus_one_keeps_species_k_per_window(first_run, field_card):
     soundscape = next((field_card / "night").glob("soundscape_*.flac"))
     rows = read_table(config.out / f"site1/night/{soundscape.name}.birdsearch.csv", ",")
     duration = sf.info(soundscape).duration
-    windows = len({r["Start (s)"] for r in rows})
-    assert windows == int(np.ceil(duration / 10.0))  # 10 s windows, the last aligned to the end
+    starts = sorted({float(r["Start (s)"]) for r in rows})
+    # 10 s windows every 10 s; the last holds the rest of the recording, dropped under 1 s (BirdNET's rule)
+    whole, rest = divmod(duration, 10.0)
+    assert starts == [10.0 * i for i in range(int(whole) + (rest >= 1.0))]
+    windows = len(starts)
     assert len(rows) == 2 * windows  # species_k=2, and min_conf=-1 keeps every species scored
+    ends = sorted({float(r["End (s)"]) for r in rows})
+    assert ends[-1] <= round(duration, 3) and all(b - a == 10.0 for a, b in zip(starts, ends, strict=True))
     labels = (config.out / f"site1/night/{soundscape.name}.birdsearch.labels.txt").read_text().splitlines()
     assert len(labels) == len(rows) and all(len(line.split("\t")) == 3 for line in labels)
 

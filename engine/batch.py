@@ -44,6 +44,9 @@ from birdsearch.model import audio
 log = logging.getLogger(__name__)
 
 GPU_BATCH, CPU_BATCH = 64, 8  # windows per forward pass when none is given
+# A recording's first windows wait for its end up to this many (160 s of 10 s windows), so that a short
+# recording found silent or cut off at its end costs no forward pass; a longer one streams past it.
+HELD_WINDOWS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,7 @@ class BatchOptions:
     species_k: int = 5  # at most this many species per window
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)
+    overlap_s: float | None = None  # BirdNET's way to give the hop: window minus overlap (not with hop_s)
     species_list: Path | None = None  # only these species (scientific names or BirdNET lines)
     strict_species_list: bool = (
         False  # refuse a species list naming species the index lacks (default: skip them)
@@ -66,8 +70,8 @@ class BatchOptions:
     workers: int = 0  # decoding threads; 0: the cores this process may use
     # a safety limit, not a memory one: recordings are read block by block (48 h: recorders write up to 24 h)
     max_duration_s: float = 48 * 3600.0
-    fmin: float = 0.0  # band-pass before the model, Hz (BirdNET's --fmin); 0: no high-pass
-    fmax: float | None = None  # Hz (BirdNET's --fmax); None: no low-pass
+    fmin_hz: float = 0.0  # band-pass before the model (BirdNET's --fmin); 0: no high-pass
+    fmax_hz: float | None = None  # (BirdNET's --fmax); None: no low-pass
 
     def __post_init__(self) -> None:
         if self.species_k < 1:
@@ -78,6 +82,10 @@ class BatchOptions:
             raise ConfigError("batch_size and workers must be 0 (automatic) or positive")
         if self.max_duration_s <= 0:
             raise ConfigError(f"max_duration_s={self.max_duration_s:g} must be positive")
+        if self.overlap_s is not None and (self.hop_s is not None or self.overlap_s < 0):
+            raise ConfigError(
+                f"overlap_s={self.overlap_s:g}: give a hop or an overlap (at least 0), not both"
+            )
         parse_rule(self.species_rule)  # ConfigError listing the rules
 
 
@@ -88,7 +96,7 @@ def resolve_window(options: BatchOptions, model_window_s: float) -> tuple[float,
         raise ConfigError(
             f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s"
         )
-    hop_s = options.hop_s or window_s
+    hop_s = options.hop_s or (window_s - options.overlap_s if options.overlap_s is not None else window_s)
     min_hop_s = EngineConfig.min_hop_s  # the service's floor, for the same reason
     if hop_s < min_hop_s:
         raise ConfigError(
@@ -118,7 +126,7 @@ def read_windows(path: Path | str, sample_rate: int, window_s: float, hop_s: flo
 
     Decoded block by block (``audio.AudioStream``) and cut as a query's windows are cut
     (``audio.window_starts``), each window repeat-padded to the model's and band-passed to ``band``
-    (``fmin``, ``fmax`` Hz: ``audio.band_pass``), so that memory holds a part, whatever the
+    (``fmin_hz``, ``fmax_hz``: ``audio.band_pass``), so that memory holds a part, whatever the
     recording's length. A recording found bad (damaged, silent) raises when that is known.
     """
     with audio.AudioStream(path, sample_rate, limits) as stream:
@@ -220,14 +228,19 @@ class BatchRun:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-read") as pool:
             for recording, items in read_ahead_streams(pool, self.read, todo, ahead=self.workers + 1):
                 state = reading[recording.name] = Reading(recording)
+                held: list[np.ndarray] = []
                 try:
                     for item in self.waited(items):
                         if isinstance(item, Heard):
                             state.heard = item
-                            done = self.batches.add(recording.name, [], last=True)
+                            done = self.batches.add(recording.name, held, last=True)
                         else:
                             state.starts.append(item.starts_s)
-                            done = self.batches.add(recording.name, [item.samples], last=False)
+                            held.append(item.samples)
+                            if sum(len(h) for h in held) < HELD_WINDOWS:
+                                continue
+                            done = self.batches.add(recording.name, held, last=False)
+                        held = []
                         yield from (self.finish(reading.pop(name), out) for name, out in done)
                 except (
                     Exception
@@ -272,8 +285,8 @@ class Reading:
 
 
 def band_of(options: BatchOptions, front_end: Any) -> tuple[float, float | None]:
-    """The band-pass of ``options`` (``fmin``, ``fmax`` Hz; (0, None): none), checked against the model's rate."""
-    band = (options.fmin, options.fmax)
+    """The band-pass of ``options`` ((fmin_hz, fmax_hz); (0, None): none), checked against the model's rate."""
+    band = (options.fmin_hz, options.fmax_hz)
     audio.band_pass(
         np.zeros(8, np.float32), front_end.sample_rate, *band
     )  # ConfigError for an impossible band

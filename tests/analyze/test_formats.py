@@ -161,3 +161,30 @@ def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_pa
     stat = source.stat()
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert outputs.done(recording) is None  # the recording changed since
+
+
+def test_kaleidoscope_has_birdnets_columns_with_folders_split_as_birdnet_splits_them(results):
+    text = formats.render_kaleidoscope(results, formats.Table(overlap_s=2.5))
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert text.splitlines()[0] == (
+        "INDIR,FOLDER,IN FILE,OFFSET,DURATION,scientific_name,common_name,confidence,lat,lon,week,overlap,sensitivity"
+    )  # BirdNET-Analyzer 2.4's KALEIDOSCOPE_HEADER
+    robin = rows[0]
+    assert (robin["INDIR"], robin["FOLDER"], robin["IN FILE"]) == ("", "site1", "dawn.flac")
+    assert float(robin["OFFSET"]) == 0.0 and float(robin["DURATION"]) == 10.0
+    assert (robin["scientific_name"], robin["common_name"], robin["confidence"]) == (
+        "Turdus migratorius", "American Robin", "0.8123",
+    )  # fmt: skip
+    assert (robin["lat"], robin["lon"], robin["week"]) == (
+        "-1.0000",
+        "-1.0000",
+        "-1",
+    )  # BirdNET's "not given"
+    assert (robin["overlap"], robin["sensitivity"]) == ("2.5", "1")
+    assert [r["IN FILE"] for r in rows] == ["dawn.flac", "dawn.flac", "noon.m4a"]
+
+
+def test_additional_columns_follow_birdnets_csv_columns(results):
+    table = formats.Table((("min_conf", "0.25"), ("overlap", "0")))
+    rows = list(csv.DictReader(io.StringIO(formats.render_csv(results, table))))
+    assert list(rows[0])[-2:] == ["min_conf", "overlap"] and {r["min_conf"] for r in rows} == {"0.25"}

@@ -82,6 +82,9 @@ class BatchOptions:
             raise ConfigError("batch_size and workers must be 0 (automatic) or positive")
         if self.max_duration_s <= 0:
             raise ConfigError(f"max_duration_s={self.max_duration_s:g} must be positive")
+        if self.fmin_hz < 0 or (self.fmax_hz is not None and self.fmax_hz <= self.fmin_hz):
+            top = "" if self.fmax_hz is None else f"{self.fmax_hz:g}"
+            raise ConfigError(f"band-pass {self.fmin_hz:g}–{top} Hz: need 0 <= fmin < fmax (Hz)")
         if self.overlap_s is not None and (self.hop_s is not None or self.overlap_s < 0):
             raise ConfigError(
                 f"overlap_s={self.overlap_s:g}: give a hop or an overlap (at least 0), not both"

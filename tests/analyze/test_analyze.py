@@ -330,3 +330,72 @@ def test_windows_and_hops_are_bounded(tmp_path):
         resolve_window(config(hop_s=0.1), 10.0)
     with pytest.raises(ConfigError, match="species_k=0"):
         config(species_k=0)
+
+
+def test_a_band_pass_gives_the_same_detections_through_analyze_and_the_api(
+    engine_config, engine, helpers, api, toy_index, field_card, tmp_path
+):
+    recording = next((field_card / "night").glob("soundscape_*.flac"))
+    banded = analyze(engine_config(tmp_path / "band", [recording], fmin_hz=1000.0, fmax_hz=8000.0), engine)
+    assert banded.analysed == 1
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "band" / "combined.birdsearch.jsonl").read_text().splitlines()
+    ]
+    raven = read_table(tmp_path / "band" / "combined.birdsearch.selection.table.txt", "\t")
+    assert {(r["Low Freq (Hz)"], r["High Freq (Hz)"]) for r in raven} == {("1000", "8000")}
+
+    async def ask(**band):
+        async with api(index_root=toy_index) as (_, client):
+            response = await client.post("/query", files={"audio": (recording.name, recording.read_bytes())},
+                                         data={"species_k": "2", **band})  # fmt: skip
+            return response
+
+    answer = helpers.run(ask(fmin_hz="1000", fmax_hz="8000"))
+    assert answer.status_code == 200, answer.text
+    served = [
+        (w["start_s"], s["species"], s["score"]) for w in answer.json()["timeline"] for s in w["species"]
+    ]
+    ours = [(r["start_s"], r["scientific"], r["confidence"]) for r in rows]
+    assert [(a, b) for a, b, _ in ours] == [(a, b) for a, b, _ in served]
+    assert [c for *_, c in ours] == pytest.approx([c for *_, c in served], abs=1e-5)
+    unbanded = helpers.run(ask()).json()["timeline"]
+    assert [s["score"] for w in unbanded for s in w["species"]] != [
+        c for *_, c in served
+    ]  # the band mattered
+    refused = helpers.run(ask(fmin_hz="9000", fmax_hz="8000"))
+    assert refused.status_code == 422 and "fmin_hz/fmax_hz" in refused.text
+
+
+def test_a_long_recording_streamed_in_parts_gets_the_detections_of_a_whole_file_decode(
+    engine, field_card, tmp_path
+):
+    """More windows than a recording holds back (HELD_WINDOWS), in parts of 4: the same detections as
+    the whole recording decoded at once, cut by ``audio.split`` and embedded in one go."""
+    from birdsearch.engine.batch import HELD_WINDOWS, BatchOptions, BatchRun
+    from birdsearch.engine.detections import confident
+    from birdsearch.engine.inputs import Recording
+    from birdsearch.model import audio
+
+    soundscape = next((field_card / "night").glob("soundscape_*.flac"))
+    samples, rate = sf.read(soundscape, dtype="float32")
+    long = tmp_path / "long.flac"
+    sf.write(long, np.tile(samples, 8)[: int(6.5 * len(samples))], rate)  # ~200 s: 20 windows and a tail
+    options = BatchOptions(min_conf=-1.0, species_k=2, batch_size=4, workers=1)
+    [(_, streamed)] = list(BatchRun(engine, options, "cpu").run([Recording(long, "long.flac")]))
+    assert not isinstance(streamed, BaseException), streamed
+
+    whole = audio.load(long)
+    windows = audio.split(whole.samples, whole.sample_rate)
+    assert len(windows.starts_s) > HELD_WINDOWS
+    vectors = engine.vectors(engine.embedder(windows.samples))
+    expected = confident(engine.detect(vectors, windows.starts_s, 10.0, whole.duration_s, species_k=2, min_conf=-1.0,
+                                       candidates_per_window=options.candidates_per_window,
+                                       species_rule=options.species_rule), -1.0)  # fmt: skip
+    assert streamed.duration_s == pytest.approx(whole.duration_s, abs=1e-3)
+    assert [(d.start_s, d.end_s, d.scientific, d.photo_id) for d in streamed.detections] == [
+        (d.start_s, d.end_s, d.scientific, d.photo_id) for d in expected
+    ]
+    assert [d.confidence for d in streamed.detections] == pytest.approx(
+        [d.confidence for d in expected], abs=1e-5
+    )

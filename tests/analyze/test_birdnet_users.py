@@ -9,6 +9,7 @@ run starts in, as a field team's scripts do.
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,23 @@ def test_strict_refuses_the_list_before_anything_is_written(site, coded_index, t
     error = capsys.readouterr().err
     assert "2 of 6 species of the list are not in index" in error and "nearest: Junco hyemalis" in error
     assert not Path("out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--locale", "de"], "IOC World Bird List's multilingual version.*--names FILE"),  # no list of names
+        (
+            ["--locale", "xx", "--names", str(DATA / "world_lists" / "ioc_multilingual_v14.1.csv")],
+            "locale 'xx'",
+        ),
+        (["--additional_columns", "lat"], "'lat': birdsearch has no location filter"),
+        (["--overlap", "2", "--hop-s", "5"], "give a hop or an overlap"),
+        (["--fmin", "9000", "--fmax", "8000"], "band-pass 9000–8000 Hz"),
+        (["--rtype", "r"], "unknown output format"),
+    ],
+)
+def test_options_birdnet_users_may_get_wrong_are_refused_saying_why(site, tmp_path, capsys, extra, message):
+    code = main(["analyze", "cards", "-o", "out", "--index-root", str(tmp_path / "no-index"), *extra])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)

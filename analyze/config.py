@@ -26,6 +26,11 @@ class AnalyzeConfig(BatchOptions):
     device: str = "auto"
     calibration: str = ""  # calibration file; empty: calibration.json beside the encoder / in the index root
     formats: Sequence[str] = formats.FORMATS
+    merge_consecutive: int = 1  # merge a species' consecutive detections, at most this many (BirdNET's)
+    locale: str = "en"  # common names in this language (BirdNET's codes), from ``names``
+    names: Path | None = None  # the IOC multilingual list (CSV) the names come from
+    additional_columns: Sequence[str] = ()  # settings written as extra CSV columns (BirdNET's names and ours)
+    absolute_paths: bool = False  # write recordings' paths absolute (default: as given)
     progress: bool = True
     url: str = ""  # a running query service to send the recordings to instead of loading models (remote.py)
     runner: str = "local"  # "local" (this process) or "ray" (Ray Data: distributed.py)
@@ -41,11 +46,33 @@ class AnalyzeConfig(BatchOptions):
         if self.ray_actors < 1:
             raise ConfigError(f"ray_actors={self.ray_actors} must be at least 1")
         formats.parse_formats(",".join(self.formats))
+        if self.merge_consecutive < 0:
+            raise ConfigError(
+                f"merge_consecutive={self.merge_consecutive} must be 0 or more (0 and 1: no merging)"
+            )
+        unknown_columns(self.additional_columns)
 
     def engine_config(self) -> EngineConfig:
         """The models, index and calibration the engine loads for this run."""
         return EngineConfig(index_root=self.index_root, checkpoint=self.checkpoint, student=self.student,
                             device=self.device, calibration=self.calibration)  # fmt: skip
+
+
+# Settings --additional-columns can write: BirdNET-Analyzer's names that have a meaning here, and ours.
+COLUMNS = ("overlap", "min_conf", "species_list", "model", "window_s", "hop_s", "species_k", "species_rule",
+           "mode", "index", "fmin", "fmax", "locale", "calibration")  # fmt: skip
+NOT_HERE = {"lat": "no location filter", "lon": "no location filter", "week": "no location filter",
+            "sensitivity": "no sigmoid sensitivity: confidences are calibrated"}  # fmt: skip
+
+
+def unknown_columns(names: Sequence[str]) -> None:
+    """ConfigError for a column --additional-columns cannot write, saying why."""
+    for name in names:
+        if name in NOT_HERE:
+            raise ConfigError(f"additional column {name!r}: birdsearch has {NOT_HERE[name]}; use some of "
+                              f"{', '.join(COLUMNS)}")  # fmt: skip
+        if name not in COLUMNS:
+            raise ConfigError(f"unknown additional column {name!r}: use some of {', '.join(COLUMNS)}")
 
 
 @dataclass

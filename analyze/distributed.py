@@ -2,8 +2,9 @@
 embedding stage (``birdsearch.indexer.distributed``).
 
 - ``decode_batch`` (the reader) runs as Ray tasks on the cluster's CPUs, one recording a task: it
-  decodes and cuts the recording as the local run does (``engine.batch.read_windows``) and emits one row
-  per window; a recording that fails emits one row with its error, so it is listed, not lost;
+  decodes and cuts the recording as the local run does (``engine.batch.read_windows``), block by
+  block, and emits one row per window a part at a time, then an end row with the recording's length;
+  a recording that fails emits a row with its error, so it is listed, not lost;
 - ``WindowEmbedder`` (the mapper) runs in an actor pool (``map_batches`` with ``concurrency``), one
   model per actor, built inside the worker, and one GPU each where the cluster has GPUs;
 - the driver gathers each recording's window vectors and searches the index as the local run does
@@ -40,41 +41,48 @@ class WorkerError(BirdsearchError):
 
 
 def decode_batch(batch: dict[str, np.ndarray], sample_rate: int, window_s: float, hop_s: float,
-                 model_window: int, max_duration_s: float) -> dict[str, np.ndarray]:  # fmt: skip
-    """Ray task: rows {'path', 'name'} to one row per window (samples repeat-padded to the model's
-    window, as ``SharedBatches`` pads them); a recording that fails is one row with ``ok`` false."""
+                 model_window: int, max_duration_s: float, band: tuple[float, float | None] = (0.0, None),
+                 per_part: int = 64) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+    """Ray task: rows {'path', 'name'} to window rows, a part at a time as the recording is decoded.
+
+    Each recording gives its windows (``kind`` "window", samples padded and band-passed as the local
+    run's), then one "end" row with its window count, length and rate; a recording that fails gives
+    an "error" row with its code and message, so it is listed, not lost. A batch is yielded per part,
+    so a task holds a part of a long recording, never the whole of it.
+    """
     from pathlib import Path
 
-    from birdsearch.engine.batch import read_windows
+    from birdsearch.engine.batch import Heard, read_windows
     from birdsearch.model import audio
 
     limits = audio.AudioLimits(max_duration_s=max_duration_s)
-    rows: list[dict[str, Any]] = []
     for path, name in zip(batch["path"], batch["name"], strict=True):
-        base = {
-            "name": str(name),
-            "duration_s": 0.0,
-            "source_rate": 0,
-            "start_s": 0.0,
-            "window": 0,
-            "windows": 1,
-        }
+        count = 0
         try:
-            decoded = read_windows(Recording(Path(str(path)), str(name)), sample_rate, window_s, hop_s,
-                                   model_window, limits)  # fmt: skip
+            for item in read_windows(Path(str(path)), sample_rate, window_s, hop_s, model_window, limits, band,
+                                     per_part):  # fmt: skip
+                if isinstance(item, Heard):
+                    yield rows(name, "end", np.zeros((1, model_window), np.float32), [0.0], first=count,
+                               windows=count, duration_s=item.duration_s, source_rate=item.source_rate)  # fmt: skip
+                else:
+                    yield rows(name, "window", item.samples, item.starts_s, first=count)
+                    count += len(item.starts_s)
         except Exception as e:  # a decoder's surprise fails this recording, not the run (as locally)
             code = getattr(e, "code", None) or type(e).__name__
-            rows.append({**base, "samples": np.zeros(model_window, np.float32), "ok": False, "code": str(code),
-                         "error": str(e)})  # fmt: skip
-            continue
-        windows = [row for part in decoded.parts for row in part]
-        for w, (start, samples) in enumerate(zip(decoded.starts_s, windows, strict=True)):
-            padded = samples if len(samples) == model_window else audio.repeat_pad(samples, model_window)
-            rows.append({**base, "duration_s": decoded.duration_s, "source_rate": decoded.source_rate,
-                         "start_s": float(start), "window": w, "windows": len(windows),
-                         "samples": np.asarray(padded, np.float32), "ok": True, "code": "", "error": ""})  # fmt: skip
-    return {key: np.array([row[key] for row in rows]) if key != "samples" else np.stack([r[key] for r in rows])
-            for key in rows[0]}  # fmt: skip
+            yield rows(name, "error", np.zeros((1, model_window), np.float32), [0.0], first=count, code=str(code),
+                       error=str(e))  # fmt: skip
+
+
+def rows(name: str, kind: str, samples: np.ndarray, starts_s: Any, first: int, windows: int = 0,
+         duration_s: float = 0.0, source_rate: int = 0, code: str = "", error: str = "") -> dict[str, np.ndarray]:  # fmt: skip
+    """A batch of rows of one kind for one recording (one row per window; one for "end" and "error")."""
+    n = len(samples)
+    return {
+        "name": np.array([str(name)] * n), "kind": np.array([kind] * n), "ok": np.array([kind == "window"] * n),
+        "start_s": np.asarray(starts_s, np.float64), "window": np.arange(first, first + n),
+        "windows": np.full(n, windows), "duration_s": np.full(n, duration_s), "source_rate": np.full(n, source_rate),
+        "samples": np.asarray(samples, np.float32), "code": np.array([code] * n), "error": np.array([error] * n),
+    }  # fmt: skip
 
 
 class WindowEmbedder:
@@ -105,11 +113,12 @@ class RayAnalyser:
     """Recordings in, each one's result (or error) out, decoded and embedded on Ray Data."""
 
     def __init__(self, engine: Any, config: Any):  # engine.detector.Detector, analyze.config.AnalyzeConfig
-        from birdsearch.engine.batch import default_batch, resolve_window
+        from birdsearch.engine.batch import band_of, default_batch, resolve_window
 
         self.engine = engine
         self.config = config
         self.window_s, self.hop_s = resolve_window(config, engine.front_end.window_s)
+        self.band = band_of(config, engine.front_end)
         self.batch_size = config.batch_size or default_batch(config.device)
         self.seconds = {"ray": 0.0, "search": 0.0}  # "ray": the driver waiting for Ray's batches
         self.windows = 0
@@ -130,11 +139,12 @@ class RayAnalyser:
         config, fe = self.config, self.engine.front_end
         ray.data.DataContext.get_current().enable_progress_bars = config.progress
         use_gpu = ray_uses_gpus(ray, config.device)
-        rows = [{"path": str(r.path), "name": r.name} for r in todo]
-        decoded = ray.data.from_items(rows).map_batches(
+        items = [{"path": str(r.path.resolve()), "name": r.name} for r in todo]  # workers have their own cwd
+        decoded = ray.data.from_items(items).map_batches(
             decode_batch,
             fn_kwargs={"sample_rate": fe.sample_rate, "window_s": self.window_s, "hop_s": self.hop_s,
-                       "model_window": fe.window_samples, "max_duration_s": config.max_duration_s},
+                       "model_window": fe.window_samples, "max_duration_s": config.max_duration_s,
+                       "band": self.band, "per_part": self.batch_size},
             batch_size=1,  # one recording a task: recordings are what the cluster's CPUs share
         )  # fmt: skip
         return decoded.map_batches(
@@ -148,22 +158,36 @@ class RayAnalyser:
 
     def gather(self, dataset: Any, by_name: dict[str, Recording]
                ) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:  # fmt: skip
-        """Windows back from Ray, grouped by recording; a recording is searched when its last one is in."""
+        """Windows back from Ray, grouped by recording; a recording is searched once its end row and all its
+        windows are in (Ray may hand them back in any order)."""
         pending: dict[str, dict[int, tuple[float, np.ndarray]]] = {}
+        ends: dict[str, tuple[int, float, int]] = {}  # name -> (windows, duration_s, source_rate)
+        failed: set[str] = set()
         waited = time.perf_counter()
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             self.seconds["ray"] += time.perf_counter() - waited
             for i, name in enumerate(str(n) for n in batch["name"]):
-                recording = by_name[name]
-                if not batch["ok"][i]:
-                    yield recording, WorkerError(str(batch["error"][i]), str(batch["code"][i]))
+                if name in failed:
+                    continue
+                kind = str(batch["kind"][i])
+                if kind == "error":
+                    failed.add(name)
+                    pending.pop(name, None)
+                    yield by_name[name], WorkerError(str(batch["error"][i]), str(batch["code"][i]))
                     continue
                 windows = pending.setdefault(name, {})
-                windows[int(batch["window"][i])] = (float(batch["start_s"][i]), batch["vector"][i])
-                if len(windows) == int(batch["windows"][i]):
+                if kind == "end":
+                    ends[name] = (
+                        int(batch["windows"][i]),
+                        float(batch["duration_s"][i]),
+                        int(batch["source_rate"][i]),
+                    )
+                else:
+                    windows[int(batch["window"][i])] = (float(batch["start_s"][i]), batch["vector"][i])
+                if name in ends and len(windows) == ends[name][0]:
                     del pending[name]
-                    yield recording, self.finish(recording, windows, float(batch["duration_s"][i]),
-                                                 int(batch["source_rate"][i]))  # fmt: skip
+                    count, duration_s, source_rate = ends.pop(name)
+                    yield by_name[name], self.finish(by_name[name], windows, duration_s, source_rate)
             waited = time.perf_counter()
         for name in pending:  # Ray lost windows: say so rather than write a partial table
             yield (
@@ -180,7 +204,7 @@ class RayAnalyser:
         starts = np.array([windows[w][0] for w in order])
         model_out = np.stack([windows[w][1] for w in order]).astype(np.float32)
         result = recording_result(self.engine, self.config, recording.path, model_out, starts, self.window_s,
-                                  duration_s, source_rate)  # fmt: skip
+                                  duration_s, source_rate, self.band)  # fmt: skip
         self.seconds["search"] += time.perf_counter() - started
         self.windows += len(order)
         return result

@@ -49,12 +49,16 @@ class RemoteAnalyser:
             raise client.ServiceError(f"mode {self.mode!r} is not served at {self.url} (it serves "
                                       f"{', '.join(sorted(version['models']))}): choose one with --mode")  # fmt: skip
         self.species_list = (
-            client.resolve_list(config.species_list, self.url, allow_unknown=config.skip_unknown_species)
+            client.resolve_list(config.species_list, self.url, strict=config.strict_species_list)
             if config.species_list is not None else None
         )  # fmt: skip
+        hop_s = config.hop_s
+        if config.overlap_s is not None:  # BirdNET's overlap; the server's default window is the model's
+            hop_s = (config.window_s or FrontEndConfig().window_s) - config.overlap_s
         self.form = {
-            "mode": self.mode, "window_s": config.window_s, "hop_s": config.hop_s, "species_k": config.species_k,
+            "mode": self.mode, "window_s": config.window_s, "hop_s": hop_s, "species_k": config.species_k,
             "k": 1, "species_rule": config.species_rule, "species_list": self.species_list,
+            "fmin_hz": config.fmin_hz or None, "fmax_hz": config.fmax_hz,
         }  # fmt: skip
         self.settings = {
             "runner": "url",
@@ -63,11 +67,12 @@ class RemoteAnalyser:
             "model": version["models"][self.mode],
             "index": (version.get("index") or {}).get("name"),
             "window_s": config.window_s,  # None: the server's (the model's window)
-            "hop_s": config.hop_s,
+            "hop_s": hop_s,
             "min_conf": config.min_conf,
             "species_k": config.species_k,
             "species_rule": str(parse_rule(config.species_rule)),
             "species_list": self.species_list.splitlines() if self.species_list is not None else None,
+            "band_hz": [config.fmin_hz, config.fmax_hz],
         }
         self.seconds = {"upload": 0.0}  # summed over the uploads in flight
         self.uploads = 0
@@ -116,9 +121,11 @@ class RemoteAnalyser:
             self.uncalibrated_warned = True
             log.warning("the server has no calibration for mode %s: --min-conf %g applies to the raw pooled "
                         "cosine score", self.mode, self.config.min_conf)  # fmt: skip
-        band = FrontEndConfig()  # the band is not in the answer: the front end's default
+        front_end = FrontEndConfig()  # the model's band is not in the answer: the front end's default
+        low = max(front_end.f_min, self.config.fmin_hz)
+        high = min(front_end.f_max, self.config.fmax_hz or front_end.f_max)
         return RecordingResult(str(recording.path), float(facts["duration_s"]), int(facts["source_sample_rate"]),
-                               detections, band.f_min, band.f_max)  # fmt: skip
+                               detections, low, high)  # fmt: skip
 
 
 class AnswerError(BirdsearchError):

@@ -18,11 +18,13 @@ from typing import Any
 
 from birdsearch.analyze import formats
 from birdsearch.analyze.config import AnalyzeConfig, Summary
+from birdsearch.analyze.present import Presentation
 from birdsearch.analyze.writer import Outputs
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.engine.detector import Detector
 from birdsearch.engine.inputs import Recording, find_recordings
 from birdsearch.engine.ranking import parse_rule
+from birdsearch.errors import ConfigError
 from birdsearch.model.calibration import describe as describe_calibration
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,11 @@ def analyze(config: AnalyzeConfig, engine: Detector | None = None) -> Summary:
     recordings, problems = find_recordings(config.inputs)
     for item, reason in problems:
         log.warning("input %s: %s", item, reason)
+    shown_names = local_names(config)  # a bad locale or names file stops the run before the models load
     analyser, settings = make_analyser(config, engine)
     digest = digest_of(settings)
-    outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest)
+    shown = presentation(config, settings, shown_names)
+    outputs = Outputs(config.out, formats.parse_formats(",".join(config.formats)), digest, shown)
     config.out.mkdir(parents=True, exist_ok=True)
     summary = Summary(recordings=len(recordings), settings_hash=digest)
     summary.failures += [(item, "no_input", reason) for item, reason in problems]
@@ -51,13 +55,17 @@ def analyze(config: AnalyzeConfig, engine: Detector | None = None) -> Summary:
             results[recording.name] = stored
     summary.skipped = len(recordings) - len(todo)
     if summary.skipped:
-        log.info("%d of %d recordings already analysed with these settings: skipped", summary.skipped, len(recordings))
+        log.info(
+            "%d of %d recordings already analysed with these settings: skipped",
+            summary.skipped,
+            len(recordings),
+        )
 
     bar = progress_bar(len(todo), config.progress)
     write_s = 0.0
     for recording, outcome in analyser.run(todo):
         if isinstance(outcome, BaseException):
-            summary.failures.append(failure_row(recording, outcome))
+            summary.failures.append(failure_row(recording, outcome, config.absolute_paths))
             summary.failed += 1
         else:
             written = time.perf_counter()
@@ -71,6 +79,7 @@ def analyze(config: AnalyzeConfig, engine: Detector | None = None) -> Summary:
     bar.close()
 
     outputs.write_combined([results[r.name] for r in recordings if r.name in results])
+    warn_uncoded(results.values(), settings.get("index"))
     outputs.write_failures(summary.failures)
     summary.wall_s = time.perf_counter() - started
     summary.stage_s = {**{k: round(v, 3) for k, v in analyser.seconds.items()}, "write": round(write_s, 3)}
@@ -106,7 +115,9 @@ def make_analyser(config: AnalyzeConfig, engine: Detector | None) -> tuple[Any, 
 
 def load_engine(config: AnalyzeConfig) -> Detector:
     """The run's model and index (``Detector.load``), with a word when ``min_conf`` meets raw scores."""
-    engine = Detector.load(config.engine_config(), config.mode, config.species_list, config.skip_unknown_species)
+    engine = Detector.load(
+        config.engine_config(), config.mode, config.species_list, config.strict_species_list
+    )
     if engine.calibration is None:
         log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score",
                     engine.mode, config.min_conf)  # fmt: skip
@@ -133,6 +144,7 @@ def settings_of(config: AnalyzeConfig, engine: Detector, window_s: float, hop_s:
         "species_rule": str(parse_rule(config.species_rule)),
         "species_list": engine.species_names,
         "max_duration_s": config.max_duration_s,
+        "band_hz": [config.fmin_hz, config.fmax_hz],
     }
 
 
@@ -146,12 +158,59 @@ def local_path(spec: str) -> str:
     return str(path.resolve()) if spec and path.exists() else ""
 
 
-def failure_row(recording: Recording, error: BaseException) -> tuple[str, str, str]:
+def failure_row(recording: Recording, error: BaseException, absolute: bool = False) -> tuple[str, str, str]:
     # A server's refusal carries the server's own code (unreadable_audio, ...), as a local failure would.
     code = getattr(error, "server_code", None) or getattr(error, "code", None) or type(error).__name__
     log.warning("%s", error)  # messages name the file
     reason = " ".join(str(error).split()).removeprefix(f"{recording.path}: ")  # the file has its own column
-    return str(recording.path), str(code), reason
+    return str(recording.path.resolve() if absolute else recording.path), str(code), reason
+
+
+def local_names(config: AnalyzeConfig) -> Any:
+    """The common names of ``config.locale`` (``locales.LocalNames``), or None to keep the index's."""
+    from birdsearch.model.locales import read_local_names, translates
+
+    if not translates(config.locale):
+        return None
+    if config.names is None:
+        raise ConfigError(
+            f"--locale {config.locale} takes its names from the IOC World Bird List's multilingual version: "
+            "download 'Multiling IOC <version>.xlsx' from worldbirdnames.org, save its List sheet as CSV and "
+            "give it with --names FILE (or BIRDSEARCH_NAMES)"
+        )
+    return read_local_names(config.names, config.locale)
+
+
+def presentation(config: AnalyzeConfig, settings: dict[str, Any], names: Any) -> Presentation:
+    """How the run shows its results: merged, named, paths, and the settings columns asked for."""
+    from birdsearch.model.mel import FrontEndConfig
+
+    window_s = (
+        settings.get("window_s") or FrontEndConfig().window_s
+    )  # a server's default window is the model's
+    overlap_s = window_s - (settings.get("hop_s") or window_s)
+    values = {
+        "overlap": f"{overlap_s:g}", "min_conf": f"{config.min_conf:g}",
+        "species_list": str(config.species_list or ""), "model": str(settings.get("model", "")),
+        "window_s": f"{window_s:g}", "hop_s": f"{window_s - overlap_s:g}", "species_k": str(config.species_k),
+        "species_rule": str(settings.get("species_rule", "")), "mode": str(settings.get("mode", "")),
+        "index": str(settings.get("index", "")), "fmin": f"{config.fmin_hz:g}",
+        "fmax": f"{config.fmax_hz:g}" if config.fmax_hz is not None else "",
+        "locale": config.locale, "calibration": json.dumps(settings.get("calibration")),
+    }  # fmt: skip
+    table = formats.Table(tuple((name, values[name]) for name in config.additional_columns), overlap_s)
+    return Presentation(config.merge_consecutive, names, config.absolute_paths, table)
+
+
+def warn_uncoded(results: Any, index: Any) -> None:
+    """One warning when detected species have no eBird code (Raven's Species Code is then empty)."""
+    uncoded = sorted({d.scientific for r in results for d in r.detections if not d.species_code})
+    if uncoded:
+        log.warning(
+            "index %s has no eBird species code for %d detected species (%s): their Species Code is empty; build "
+            "the index with --taxa and the eBird taxonomy (or a manifest's species_code column) to fill it",
+            index, len(uncoded), ", ".join(uncoded[:5]) + (", ..." if len(uncoded) > 5 else ""),
+        )  # fmt: skip
 
 
 def progress_bar(total: int, enabled: bool) -> Any:

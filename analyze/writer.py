@@ -3,6 +3,7 @@
 Each recording's files are written atomically, then a state file that records the settings' hash
 and the recording's size and time, so that a rerun with the same settings skips what is done. The
 combined tables are rebuilt at the end of every run from the results of the recordings named in it.
+What the files show of a result (merged, named, its path) is ``present.Presentation``'s.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from birdsearch.analyze import formats
+from birdsearch.analyze.present import Presentation
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.engine.inputs import Recording
 
@@ -25,12 +28,18 @@ FILE_LIST_SUFFIX = ".birdsearch.files.txt"  # the combined Raven table's recordi
 
 
 class Outputs:
-    """The output folder: per-recording files, state files, combined tables, failures."""
+    """The output folder: per-recording files, state files, combined tables, failures.
 
-    def __init__(self, out: Path, chosen: Sequence[str], digest: str):
+    A state file keeps the engine's result as it came (``result``) with the hash of the settings
+    that decided it and the hash of how it was shown (``Presentation``): a rerun with the same
+    settings shows it again, rewriting the files from the state when only the showing changed.
+    """
+
+    def __init__(self, out: Path, chosen: Sequence[str], digest: str, shown: Presentation = Presentation()):
         self.out = out
         self.formats = list(chosen)
         self.digest = digest
+        self.shown = shown
 
     def path(self, name: str, fmt: str) -> Path:
         return self.out / f"{name}{formats.SUFFIXES[fmt]}"
@@ -44,38 +53,45 @@ class Outputs:
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
     def done(self, recording: Recording) -> RecordingResult | None:
-        """The stored result when this recording was analysed with these settings and is unchanged."""
+        """The stored result when this recording was analysed with these settings and is unchanged;
+        its files are written again when they are missing or were shown another way."""
         try:
             state = json.loads(self.state_path(recording.name).read_text())
-        except (OSError, ValueError):
+            if state.get("settings") != self.digest or state.get("source") != self.fingerprint(
+                recording.path
+            ):
+                return None
+            result = RecordingResult.from_dict(state["result"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        if state.get("settings") != self.digest or state.get("source") != self.fingerprint(recording.path):
-            return None
-        if not all(self.path(recording.name, fmt).is_file() for fmt in self.formats):
-            return None
-        try:
-            return RecordingResult.from_dict(state["result"])
-        except (KeyError, TypeError):
-            return None
+        result = replace(result, path=str(recording.path))  # as given this time
+        files = all(self.path(recording.name, fmt).is_file() for fmt in self.formats)
+        if not files or state.get("shown") != self.shown.digest():
+            self.write(recording, result)
+        return result
 
     def write(self, recording: Recording, result: RecordingResult) -> None:
         """The recording's files, then its state file (so a crash in between redoes the recording)."""
+        shown = self.shown(result)
         for fmt in self.formats:
-            formats.write_atomic(self.path(recording.name, fmt), formats.render(fmt, [result]))
+            text = formats.render(fmt, [shown], table=self.shown.table)
+            formats.write_atomic(self.path(recording.name, fmt), text)
         state = {
             "settings": self.digest,
+            "shown": self.shown.digest(),
             "source": self.fingerprint(recording.path),
             "result": result.to_dict(),
         }
         formats.write_atomic(self.state_path(recording.name), json.dumps(state))
 
     def write_combined(self, results: Sequence[RecordingResult]) -> None:
+        shown = [self.shown(r) for r in results]
         for fmt in self.formats:
             if fmt in formats.COMBINED:
-                text = formats.render(fmt, results, combined=True)
+                text = formats.render(fmt, shown, combined=True, table=self.shown.table)
                 formats.write_atomic(self.out / f"{COMBINED_NAME}{formats.SUFFIXES[fmt]}", text)
         if "raven" in self.formats:
-            files = "".join(f"{r.path}\n" for r in results)
+            files = "".join(f"{r.path}\n" for r in shown)
             formats.write_atomic(self.out / f"{COMBINED_NAME}{FILE_LIST_SUFFIX}", files)
 
     def write_failures(self, failures: Sequence[tuple[str, str, str]]) -> None:

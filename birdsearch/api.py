@@ -53,7 +53,9 @@ class Birdsearch:
         self.settings = read_settings(EngineSettings, **given)
         self.runtime = Runtime(self.settings.engine_config())
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="birdsearch-inprocess", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="birdsearch-inprocess", daemon=True
+        )
         self._thread.start()
         try:
             self._call(self.runtime.start())
@@ -89,7 +91,7 @@ class Birdsearch:
         Args:
             inputs: files, folders (recursive) and glob patterns.
             options: fields of ``birdsearch.engine.batch.BatchOptions``: ``min_conf``, ``species_k``,
-                ``species_list``, ``skip_unknown_species``, ``species_rule``, ``window_s``, ``hop_s``,
+                ``species_list``, ``strict_species_list``, ``species_rule``, ``window_s``, ``hop_s``,
                 ``batch_size``, ``workers``, ``max_duration_s``, ``mode``.
 
         Yields a ``RecordingResult`` (path, duration, detections) per recording, in the order they
@@ -107,9 +109,11 @@ class Birdsearch:
         if mode not in embedders:
             from birdsearch.errors import ConfigError
 
-            raise ConfigError(f"mode {mode!r} is not loaded here: load it with cascade='always' (and a student)")
+            raise ConfigError(
+                f"mode {mode!r} is not loaded here: load it with cascade='always' (and a student)"
+            )
         served = self.runtime.served()
-        names = listed_species(config.species_list, served.version, config.skip_unknown_species)
+        names = listed_species(config.species_list, served.version, config.strict_species_list)
         allowed = served.version.ids_for(species=names) if names is not None else None
         calibration = self.runtime.queries.calibrations.get(mode)  # the server's, as its min_conf uses
         recordings, problems = find_recordings(paths)

@@ -73,17 +73,21 @@ def query_file(
     return response.json()
 
 
-def resolve_list(path: str | Path, url: str | None = None, timeout_s: float = 30.0, allow_unknown: bool = False) -> str:
+def resolve_list(
+    path: str | Path, url: str | None = None, timeout_s: float = 30.0, strict: bool = False
+) -> str:
     """A species list file resolved against the server's species (``GET /species``): the names, one a line.
 
-    Checked here so that a typo fails before the upload, with the nearest names the server holds.
+    Checked here, before any upload: names the server lacks are skipped with a warning that gives the
+    nearest names it holds (``strict``: refused), so that only names it knows are sent.
     """
-    from birdsearch.engine.species_list import read_species_list, resolve_species_list
+    from birdsearch.engine.species_list import STRICT_HINT, read_species_list, resolve_species_list
 
     entries = read_species_list(path)
     body = get_json("species", url, timeout_s)
     species = [SimpleNamespace(scientific=s["species"], common=s["common_name"]) for s in body["species"]]
-    return "\n".join(resolve_species_list(entries, species, allow_unknown, index=f"the server's index {body['index']}"))
+    index = f"the server's index {body['index']}"
+    return "\n".join(resolve_species_list(entries, species, strict, index=index, hint=STRICT_HINT))
 
 
 def get_json(endpoint: str, url: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -94,9 +98,13 @@ def get_json(endpoint: str, url: str | None = None, timeout_s: float = 30.0) -> 
     try:
         response = httpx.get(f"{base}/{endpoint}", timeout=timeout_s)
     except httpx.HTTPError as e:
-        raise ServiceError(f"cannot reach the query service at {base} ({e}); start it with 'birdsearch serve'") from e
+        raise ServiceError(
+            f"cannot reach the query service at {base} ({e}); start it with 'birdsearch serve'"
+        ) from e
     if response.status_code != 200:
-        raise ServiceError(f"GET /{endpoint} answered {response.status_code}: {response.text[:300]}", response.status_code)
+        raise ServiceError(
+            f"GET /{endpoint} answered {response.status_code}: {response.text[:300]}", response.status_code
+        )
     return response.json()
 
 

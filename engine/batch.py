@@ -4,15 +4,17 @@ reader → mapper → detector, for ``analyze`` (which writes the results) and t
 ``analyze`` (which yields them):
 
 - **reader**: decoding threads (libsndfile, soxr and FFmpeg release the GIL) turn each recording
-  into windows (``audio.load`` and ``recording.plan_windows``, as a query's are cut), a bounded
-  number of recordings ahead of the model;
+  into windows block by block (``read_windows``: ``audio.AudioStream`` and ``audio.stream_windows``,
+  the windows a query's are, by ``audio.window_starts``), a few recordings ahead of the model and a
+  few parts of each, so that memory is bounded however long a recording is;
 - **mapper**: ``SharedBatches`` runs the windows of many recordings through shared forward passes
   of the mode's embedder (distilled encoder, or the cascade's student and species head);
 - **detector**: each recording's windows are searched in the index like a query's; every species
   whose window confidence reaches ``min_conf`` (at most ``species_k`` a window) is a detection, with
   the best photo of that species for that window (``Detector.detect``).
 
-A recording that fails (unreadable, silent, too long) comes out with its error and the run goes on.
+A recording that fails (unreadable, silent, longer than ``max_duration_s``, a safety limit) comes out
+with its error and the run goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,14 @@ from birdsearch.engine.inputs import Recording
 from birdsearch.engine.ranking import DEFAULT_SPECIES_RULE, parse_rule
 from birdsearch.engine.shared_batches import SharedBatches
 from birdsearch.errors import BirdsearchError, ConfigError
+from birdsearch.model import audio
 
 log = logging.getLogger(__name__)
 
 GPU_BATCH, CPU_BATCH = 64, 8  # windows per forward pass when none is given
+# A recording's first windows wait for its end up to this many (160 s of 10 s windows), so that a short
+# recording found silent or cut off at its end costs no forward pass; a longer one streams past it.
+HELD_WINDOWS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +59,19 @@ class BatchOptions:
     species_k: int = 5  # at most this many species per window
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)
+    overlap_s: float | None = None  # BirdNET's way to give the hop: window minus overlap (not with hop_s)
     species_list: Path | None = None  # only these species (scientific names or BirdNET lines)
-    skip_unknown_species: bool = False  # skip listed species the index lacks instead of failing
+    strict_species_list: bool = (
+        False  # refuse a species list naming species the index lacks (default: skip them)
+    )
     candidates_per_window: int = EngineConfig.candidates_per_window  # photos searched per window
     species_rule: str = DEFAULT_SPECIES_RULE  # how a species' photos pool into its window score
     batch_size: int = 0  # windows per forward pass; 0: 64 on a GPU, 8 on a CPU
     workers: int = 0  # decoding threads; 0: the cores this process may use
-    max_duration_s: float = 3600.0  # longer recordings fail (decoded audio is in memory)
+    # a safety limit, not a memory one: recordings are read block by block (48 h: recorders write up to 24 h)
+    max_duration_s: float = 48 * 3600.0
+    fmin_hz: float = 0.0  # band-pass before the model (BirdNET's --fmin); 0: no high-pass
+    fmax_hz: float | None = None  # (BirdNET's --fmax); None: no low-pass
 
     def __post_init__(self) -> None:
         if self.species_k < 1:
@@ -70,6 +82,13 @@ class BatchOptions:
             raise ConfigError("batch_size and workers must be 0 (automatic) or positive")
         if self.max_duration_s <= 0:
             raise ConfigError(f"max_duration_s={self.max_duration_s:g} must be positive")
+        if self.fmin_hz < 0 or (self.fmax_hz is not None and self.fmax_hz <= self.fmin_hz):
+            top = "" if self.fmax_hz is None else f"{self.fmax_hz:g}"
+            raise ConfigError(f"band-pass {self.fmin_hz:g}–{top} Hz: need 0 <= fmin < fmax (Hz)")
+        if self.overlap_s is not None and (self.hop_s is not None or self.overlap_s < 0):
+            raise ConfigError(
+                f"overlap_s={self.overlap_s:g}: give a hop or an overlap (at least 0), not both"
+            )
         parse_rule(self.species_rule)  # ConfigError listing the rules
 
 
@@ -80,7 +99,7 @@ def resolve_window(options: BatchOptions, model_window_s: float) -> tuple[float,
         raise ConfigError(
             f"window_s={window_s:g} must be between 1 and the model's window of {model_window_s:g} s"
         )
-    hop_s = options.hop_s or window_s
+    hop_s = options.hop_s or (window_s - options.overlap_s if options.overlap_s is not None else window_s)
     min_hop_s = EngineConfig.min_hop_s  # the service's floor, for the same reason
     if hop_s < min_hop_s:
         raise ConfigError(
@@ -96,40 +115,61 @@ def default_batch(device: str) -> int:
 
 
 @dataclass(frozen=True)
-class Decoded:
-    """A recording decoded and cut into windows by a reader thread."""
+class Heard:
+    """What the end of a recording tells, after its last window: its length and its rate before resampling."""
 
-    recording: Recording
-    parts: list[np.ndarray]  # (n_i, W) windows
-    starts_s: np.ndarray
     duration_s: float
     source_rate: int
 
 
-def read_windows(recording: Recording, sample_rate: int, window_s: float, hop_s: float,
-                 model_window: int, limits: Any) -> Decoded:  # fmt: skip
-    """Decode one recording and cut it as the query service does (runs on a reader thread)."""
-    from birdsearch.engine.recording import plan_windows
-    from birdsearch.model import audio
+def read_windows(path: Path | str, sample_rate: int, window_s: float, hop_s: float, model_window: int,
+                 limits: Any, band: tuple[float, float | None] = (0.0, None), per_part: int = 64,
+                 ) -> Iterator[audio.WindowPart | Heard]:  # fmt: skip
+    """A recording's windows, ``per_part`` at a time as it is decoded, then what it was (``Heard``).
 
-    rec = audio.load(recording.path, sample_rate=sample_rate, limits=limits)
-    max_windows = len(audio.window_starts(len(rec.samples), round(window_s * sample_rate),
-                                          max(1, round(hop_s * sample_rate))))  # fmt: skip
-    plan = plan_windows(rec.samples, rec.sample_rate, window_s, hop_s, max_windows, model_window)
-    return Decoded(recording, list(plan.parts), plan.starts_s, rec.duration_s, rec.source_rate)
+    Decoded block by block (``audio.AudioStream``) and cut as a query's windows are cut
+    (``audio.window_starts``), each window repeat-padded to the model's and band-passed to ``band``
+    (``fmin_hz``, ``fmax_hz``: ``audio.band_pass``), so that memory holds a part, whatever the
+    recording's length. A recording found bad (damaged, silent) raises when that is known.
+    """
+    with audio.AudioStream(path, sample_rate, limits) as stream:
+        for part in audio.stream_windows(stream, sample_rate, window_s, hop_s, model_window, per_part):
+            yield audio.WindowPart(audio.band_pass(part.samples, sample_rate, *band), part.starts_s)
+        yield Heard(stream.duration_s, stream.source_rate)
+
+
+def read_all(path: Path | str, sample_rate: int, window_s: float, hop_s: float, model_window: int, limits: Any,
+             band: tuple[float, float | None] = (0.0, None)) -> tuple[np.ndarray, np.ndarray, Heard]:  # fmt: skip
+    """All of a recording's windows at once (``read_windows`` gathered): (N, W) windows, (N,) starts, ``Heard``."""
+    parts, heard = [], None
+    for item in read_windows(path, sample_rate, window_s, hop_s, model_window, limits, band):
+        if isinstance(item, Heard):
+            heard = item
+        else:
+            parts.append(item)
+    assert heard is not None  # read_windows always ends with it
+    return np.concatenate([p.samples for p in parts]), np.concatenate([p.starts_s for p in parts]), heard
 
 
 def recording_result(detector: Detector, options: BatchOptions, path: Path | str, model_out: np.ndarray,
-                     starts_s: np.ndarray, window_s: float, duration_s: float, source_rate: int) -> RecordingResult:  # fmt: skip
-    """One recording's result from its windows' model outputs: the detections that reach ``min_conf``."""
+                     starts_s: np.ndarray, window_s: float, duration_s: float, source_rate: int,
+                     band: tuple[float, float | None] = (0.0, None)) -> RecordingResult:  # fmt: skip
+    """One recording's result from its windows' model outputs: the detections that reach ``min_conf``.
+
+    Its frequency box is the band the model heard: the front end's, narrowed by the band-pass.
+    """
     windows = detector.detect(
         detector.vectors(model_out), starts_s, window_s, duration_s, species_k=options.species_k,
         min_conf=options.min_conf, candidates_per_window=options.candidates_per_window,
         species_rule=options.species_rule,
     )  # fmt: skip
     fe = detector.front_end
+    low, high = (
+        max(float(fe.f_min), band[0]),
+        min(float(fe.f_max), band[1] if band[1] is not None else np.inf),
+    )
     return RecordingResult(str(path), round(duration_s, 3), source_rate, confident(windows, options.min_conf),
-                           float(fe.f_min), float(fe.f_max))  # fmt: skip
+                           low, high)  # fmt: skip
 
 
 class BatchRun:
@@ -142,12 +182,11 @@ class BatchRun:
             options: what to ask of every recording.
             device: where the model runs ("auto", "cpu", "cuda"): sets the default batch size.
         """
-        from birdsearch.model import audio
-
         self.detector = detector
         self.options = options
         self.window_s, self.hop_s = resolve_window(options, detector.front_end.window_s)
         self.limits = audio.AudioLimits(max_duration_s=options.max_duration_s)
+        self.band = band_of(options, detector.front_end)
         self.batch_size = options.batch_size or default_batch(device)
         self.workers = options.workers or available_cpus()
         self.batches = SharedBatches(self.embed, self.batch_size, detector.front_end.window_samples)
@@ -159,16 +198,21 @@ class BatchRun:
     def facts(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "workers": self.workers, "forward_passes": self.batches.calls}
 
-    def read(self, recording: Recording) -> Decoded:
+    def read(self, recording: Recording) -> Iterator[audio.WindowPart | Heard]:
+        """The recording's windows as ``read_windows`` cuts them (on a reader thread), timed."""
         fe = self.detector.front_end
-        started = time.perf_counter()
-        try:
-            return read_windows(
-                recording, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples, self.limits
-            )
-        finally:
-            with self.lock:  # several reader threads add here
-                self.seconds["decode"] += time.perf_counter() - started
+        items = read_windows(recording.path, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples,
+                             self.limits, self.band, per_part=self.batch_size)  # fmt: skip
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                with self.lock:  # several reader threads add here
+                    self.seconds["decode"] += time.perf_counter() - started
+            yield item
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
@@ -178,28 +222,146 @@ class BatchRun:
 
     def run(self, todo: Sequence[Recording]) -> Iterator[tuple[Recording, RecordingResult | BaseException]]:
         """Each recording with its result or its error, as they are done (windows share forward passes,
-        so a short recording may finish before a long one read earlier)."""
-        decoded: dict[str, Decoded] = {}
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-read") as pool:
-            waited = time.perf_counter()
-            for recording, outcome in read_ahead(pool, self.read, todo, ahead=self.workers + 1):
-                self.seconds["waiting"] += time.perf_counter() - waited
-                if isinstance(outcome, BaseException):
-                    yield recording, outcome
-                    continue
-                decoded[recording.name] = outcome
-                for name, model_out in self.batches.add(recording.name, outcome.parts):
-                    yield self.finish(decoded.pop(name), model_out)
-                waited = time.perf_counter()
-            for name, model_out in self.batches.flush():
-                yield self.finish(decoded.pop(name), model_out)
+        so a short recording may finish before a long one read earlier).
 
-    def finish(self, item: Decoded, model_out: np.ndarray) -> tuple[Recording, RecordingResult]:
+        A few recordings (``workers + 1``) are read at once, each a bounded queue of window parts
+        ahead of the model, so memory holds a few parts per recording however long the recordings.
+        """
+        reading: dict[str, Reading] = {}
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="birdsearch-analyze-read") as pool:
+            for recording, items in read_ahead_streams(pool, self.read, todo, ahead=self.workers + 1):
+                state = reading[recording.name] = Reading(recording)
+                held: list[np.ndarray] = []
+                try:
+                    for item in self.waited(items):
+                        if isinstance(item, Heard):
+                            state.heard = item
+                            done = self.batches.add(recording.name, held, last=True)
+                        else:
+                            state.starts.append(item.starts_s)
+                            held.append(item.samples)
+                            if sum(len(h) for h in held) < HELD_WINDOWS:
+                                continue
+                            done = self.batches.add(recording.name, held, last=False)
+                        held = []
+                        yield from (self.finish(reading.pop(name), out) for name, out in done)
+                except (
+                    Exception
+                ) as e:  # BirdsearchError from the decoders; anything else fails only this file
+                    if not isinstance(e, BirdsearchError):
+                        log.exception("reading %s failed unexpectedly", recording.path)
+                    self.batches.discard(recording.name)
+                    reading.pop(recording.name, None)
+                    yield recording, e
+            for name, out in self.batches.flush():
+                yield self.finish(reading.pop(name), out)
+
+    def waited(self, items: Iterator[Any]) -> Iterator[Any]:
+        """``items``, the time spent waiting for each counted as the model's thread waiting for decoding."""
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                self.seconds["waiting"] += time.perf_counter() - started
+            yield item
+
+    def finish(self, state: Reading, model_out: np.ndarray) -> tuple[Recording, RecordingResult]:
         started = time.perf_counter()
-        result = recording_result(self.detector, self.options, item.recording.path, model_out, item.starts_s,
-                                  self.window_s, item.duration_s, item.source_rate)  # fmt: skip
+        assert state.heard is not None  # a recording completes only after its last part
+        result = recording_result(self.detector, self.options, state.recording.path, model_out,
+                                  np.concatenate(state.starts), self.window_s, state.heard.duration_s,
+                                  state.heard.source_rate, self.band)  # fmt: skip
         self.seconds["search"] += time.perf_counter() - started
-        return item.recording, result
+        return state.recording, result
+
+
+@dataclass
+class Reading:
+    """A recording whose windows are on their way through the model."""
+
+    recording: Recording
+    starts: list[np.ndarray] = field(default_factory=list)  # each part's window starts, seconds
+    heard: Heard | None = None  # its length and rate, once its last window is read
+
+
+def band_of(options: BatchOptions, front_end: Any) -> tuple[float, float | None]:
+    """The band-pass of ``options`` ((fmin_hz, fmax_hz); (0, None): none), checked against the model's rate."""
+    band = (options.fmin_hz, options.fmax_hz)
+    audio.band_pass(
+        np.zeros(8, np.float32), front_end.sample_rate, *band
+    )  # ConfigError for an impossible band
+    return band
+
+
+class ReaderStopped(Exception):
+    """The consumer of a recording's windows is gone: its reader stops."""
+
+
+def read_ahead_streams(pool: ThreadPoolExecutor, read: Any, todo: Sequence[Recording], ahead: int,
+                       depth: int = 2) -> Iterator[tuple[Recording, Iterator[Any]]]:  # fmt: skip
+    """Each recording with the items ``read(recording)`` yields, in order, at most ``ahead`` read at once.
+
+    Each recording's reader runs on ``pool`` and hands its items through a queue of ``depth``: a
+    long recording is read as the model takes its windows, never far ahead of it. An error from
+    the reader is raised from the items, where it happened.
+    """
+    from queue import Empty, Full, Queue
+
+    stop = threading.Event()
+
+    def produce(recording: Recording, queue: Queue) -> None:
+        def put(item: Any) -> None:
+            while True:
+                try:
+                    queue.put(item, timeout=0.1)
+                    return
+                except Full:
+                    if stop.is_set():
+                        raise ReaderStopped from None
+
+        try:
+            for item in read(recording):
+                put(("item", item))
+            put(("end", None))
+        except ReaderStopped:
+            return
+        except BaseException as e:  # handed to the consumer, raised where it reads
+            put(("error", e))
+
+    def consume(queue: Queue, future: Future) -> Iterator[Any]:
+        while True:
+            try:
+                kind, value = queue.get(timeout=0.1)
+            except Empty:
+                if future.done() and queue.empty():  # the reader ended without its last word
+                    raise RuntimeError(f"the reader of a recording stopped: {future.exception()!r}") from None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    started: deque[tuple[Recording, Queue, Future]] = deque()
+    items = iter(todo)
+    try:
+        for recording in items:
+            queue: Queue = Queue(maxsize=depth)
+            started.append((recording, queue, pool.submit(produce, recording, queue)))
+            if len(started) >= ahead:
+                break
+        while started:
+            recording, queue, future = started.popleft()
+            nxt = next(items, None)
+            if nxt is not None:
+                next_queue: Queue = Queue(maxsize=depth)
+                started.append((nxt, next_queue, pool.submit(produce, nxt, next_queue)))
+            yield recording, consume(queue, future)
+    finally:
+        stop.set()  # readers still running (the consumer stopped early) give up their recordings
 
 
 def read_ahead(pool: ThreadPoolExecutor, read: Any, todo: Sequence[Recording], ahead: int

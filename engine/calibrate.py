@@ -3,7 +3,7 @@
 A window's species score depends on the model, the gallery and the species rule, so the Platt fit
 (``birdsearch.model.calibration``) is made through the engine's own path: labelled recordings held
 out from training (the distillation's validation split) and background-only recordings are decoded
-and windowed (``batch.read_windows``), embedded (the cascade's species head included), searched in
+and windowed (``batch.read_all``), embedded (the cascade's species head included), searched in
 the index and pooled by the species rule (``Detector.score``), exactly as the windows of
 ``POST /query`` and ``analyze`` are before their detections are made.
 
@@ -40,20 +40,17 @@ log = logging.getLogger(__name__)
 def window_scores(engine: Detector, path: str | Path, rule: str, candidates: int = 200,
                   window_s: float | None = None, hop_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(W, S) species scores of one recording's windows and their (W,) start times, as ``analyze`` scores them."""
-    from birdsearch.engine.batch import read_windows
-    from birdsearch.engine.inputs import Recording
+    from birdsearch.engine.batch import read_all
     from birdsearch.model import audio
 
     fe = engine.front_end
     window_s = window_s or fe.window_s
-    hop = hop_s or window_s
-    decoded = read_windows(Recording(Path(path), str(path)), fe.sample_rate, window_s, hop, fe.window_samples,
-                           audio.AudioLimits())  # fmt: skip
-    windows = np.concatenate(decoded.parts)
-    if windows.shape[1] != fe.window_samples:
-        windows = np.stack([audio.repeat_pad(row, fe.window_samples) for row in windows])
-    vectors = np.concatenate([engine.vectors(engine.embedder(windows[i : i + 8])) for i in range(0, len(windows), 8)])
-    return engine.score(vectors, candidates, rule).species.per_window, decoded.starts_s
+    windows, starts_s, _ = read_all(path, fe.sample_rate, window_s, hop_s or window_s, fe.window_samples,
+                                    audio.AudioLimits())  # fmt: skip
+    vectors = np.concatenate(
+        [engine.vectors(engine.embedder(windows[i : i + 8])) for i in range(0, len(windows), 8)]
+    )
+    return engine.score(vectors, candidates, rule).species.per_window, starts_s
 
 
 def labelled_windows(engine: Detector, clips: Sequence[tuple[str | Path, str | None]], rule: str,
@@ -66,7 +63,9 @@ def labelled_windows(engine: Detector, clips: Sequence[tuple[str | Path, str | N
     per_windows, presents = [], []
     for path, species in clips:
         if species is not None and species not in rows:
-            raise ConfigError(f"calibration clip {path}: species {species!r} is not in index {engine.served.name}")
+            raise ConfigError(
+                f"calibration clip {path}: species {species!r} is not in index {engine.served.name}"
+            )
         per_window, _ = window_scores(engine, path, rule, candidates)
         per_windows.append(per_window)
         presents.append([set() if species is None else {rows[species]} for _ in range(len(per_window))])
@@ -107,11 +106,15 @@ def read_clips(manifest: Path) -> list[tuple[str, str]]:
 
     rows = read_table(manifest, "calibration clips").to_dict("records")
     if not rows or not {"path", "species"} <= set(rows[0]):
-        raise ConfigError(f"calibration clips {manifest}: needs a header with 'path' and 'species' and some rows")
+        raise ConfigError(
+            f"calibration clips {manifest}: needs a header with 'path' and 'species' and some rows"
+        )
     if "split" in rows[0]:
         rows = [r for r in rows if r["split"] == "val"]
         if not rows:
-            raise ConfigError(f"calibration clips {manifest}: no row of split 'val' (clips held out from training)")
+            raise ConfigError(
+                f"calibration clips {manifest}: no row of split 'val' (clips held out from training)"
+            )
     return [(str(manifest.parent / r["path"]), str(r["species"]).strip()) for r in rows]
 
 
@@ -125,11 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from birdsearch.model.hub import DEFAULT_STUDENT
 
     parser = argparse.ArgumentParser(prog="python -m birdsearch.engine.calibrate", description=main.__doc__)
-    parser.add_argument("--index-root", type=Path, required=True, help="the published index the service searches")
+    parser.add_argument(
+        "--index-root", type=Path, required=True, help="the published index the service searches"
+    )
     parser.add_argument("--checkpoint", default="", help="distilled encoder folder (mode distilled)")
     parser.add_argument("--student", default=DEFAULT_STUDENT, help="the cascade's student (mode cascade)")
     parser.add_argument("--mode", choices=("auto", "distilled", "cascade"), default="auto")
-    parser.add_argument("--clips", type=Path, required=True, help="table (CSV, TSV, Parquet) path,species[,split]: held-out labelled clips")
+    parser.add_argument(
+        "--clips",
+        type=Path,
+        required=True,
+        help="table (CSV, TSV, Parquet) path,species[,split]: held-out labelled clips",
+    )
     parser.add_argument("--background", action="append", default=[],
                         help="glob of background-only recordings (no bird), repeatable")  # fmt: skip
     parser.add_argument("--species-rule", default=DEFAULT_SPECIES_RULE, help="the service's species rule")
@@ -142,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.background and not background:
             raise ConfigError(f"--background {args.background}: no file matches")
-        clips: list[tuple[str | Path, str | None]] = [*read_clips(args.clips), *[(p, None) for p in background]]
+        clips: list[tuple[str | Path, str | None]] = [
+            *read_clips(args.clips),
+            *[(p, None) for p in background],
+        ]
         config = EngineConfig(index_root=args.index_root, checkpoint=args.checkpoint, student=args.student,
                               device=args.device)  # fmt: skip
         engine = Detector.load(config, args.mode)

@@ -49,6 +49,7 @@ class Detection:
     photo_attribution: str = ""
     photo_hash: str = ""  # the photo's content hash: its id in any later index version
     score: float | None = None  # the window's pooled cosine species score (None in results from before)
+    species_code: str = ""  # the species' eBird code where the index has it (BirdNET's Species Code)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def detection(species: Any, photo: Any, start: float, end: float, level: float, 
     return Detection(
         round(start, TIME_DIGITS), round(end, TIME_DIGITS), species.scientific, species.common, level, photo.id,
         round(photo_score, DIGITS), photo.license, photo.attribution, photo.content_hash, round(score, DIGITS),
+        species.code,
     )  # fmt: skip
 
 
@@ -129,7 +131,7 @@ def as_window_species(d: Detection, calibrated: bool) -> WindowSpecies:
     return WindowSpecies(
         species=d.scientific, common_name=d.common, score=d.score, confidence=d.confidence if calibrated else None,
         image_id=d.photo_id, image_score=d.photo_score, image_license=d.photo_license,
-        image_attribution=d.photo_attribution, image_hash=d.photo_hash,
+        image_attribution=d.photo_attribution, image_hash=d.photo_hash, species_code=d.species_code,
     )  # fmt: skip
 
 
@@ -160,7 +162,7 @@ def from_timeline(timeline: list[dict[str, Any]]) -> list[list[Detection]]:
             detections.append(Detection(
                 window.start_s, window.end_s, hit.species, hit.common_name,
                 hit.confidence if hit.confidence is not None else hit.score, hit.image_id, hit.image_score,
-                hit.image_license, hit.image_attribution, hit.image_hash, hit.score,
+                hit.image_license, hit.image_attribution, hit.image_hash, hit.score, hit.species_code,
             ))  # fmt: skip
         windows.append(detections)
     return windows

@@ -61,14 +61,15 @@ class Detector:
 
     @classmethod
     def load(cls, config: EngineConfig, mode: str = "auto", species_list: Path | None = None,
-             skip_unknown_species: bool = False) -> Detector:  # fmt: skip
+             strict_species_list: bool = False) -> Detector:  # fmt: skip
         """Open the published index, resolve the species list against it, load the model for the mode.
 
         Args:
             config: the models, the index root, the device and the calibration to use.
             mode: "distilled", "cascade" or "auto" (distilled when ``config`` names a checkpoint).
             species_list: only these species (scientific names or BirdNET lines); None: all.
-            skip_unknown_species: skip listed species the index lacks instead of raising.
+            strict_species_list: refuse a list naming species the index lacks (by default they are
+                skipped with a warning that gives the nearest names).
         """
         from birdsearch.engine.confidence import calibration_for
         from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder
@@ -79,7 +80,7 @@ class Detector:
         mode = chosen_mode(mode, bool(config.checkpoint))
         index_device = "cuda" if resolve_device(config.device).type == "cuda" else "cpu"
         version = IndexRoot(config.index_root).open_current(device=index_device)
-        names = listed_species(species_list, version, skip_unknown_species)  # before the models load
+        names = listed_species(species_list, version, strict_species_list)  # before the models load
         if mode == "distilled":
             embedder, student = DistilledEmbedder.load(config.checkpoint, config.device), None
         else:
@@ -100,11 +101,13 @@ def chosen_mode(mode: str, have_checkpoint: bool) -> str:
     return chosen
 
 
-def listed_species(species_list: Path | None, version: Any, skip_unknown: bool) -> list[str] | None:
+def listed_species(species_list: Path | None, version: Any, strict: bool) -> list[str] | None:
     """The species list's names as ``version`` spells its species; None without a list."""
-    from birdsearch.engine.species_list import read_species_list, resolve_species_list
+    from birdsearch.engine.species_list import STRICT_HINT, read_species_list, resolve_species_list
 
     if species_list is None:
         return None
     entries = read_species_list(species_list)
-    return resolve_species_list(entries, version.species(), skip_unknown, index=f"index {version.name}")
+    return resolve_species_list(
+        entries, version.species(), strict, index=f"index {version.name}", hint=STRICT_HINT
+    )

@@ -26,7 +26,7 @@ AUDIO_EXTENSIONS = frozenset({
 class Recording:
     """A recording to analyse."""
 
-    path: Path  # absolute
+    path: Path  # as given: relative to the working folder when the input was (tables then move between machines)
     name: str  # output name, relative and '/'-separated, unique within the run
 
 
@@ -72,15 +72,19 @@ def find_recordings(inputs: Sequence[str]) -> tuple[list[Recording], list[tuple[
             problems.append((item, "no such file or folder, and no file matches it as a pattern"))
             continue
         if not found:
-            what = "matches no audio file" if glob.has_magic(item) and not Path(item).is_dir() else "holds no audio file"
+            what = (
+                "matches no audio file"
+                if glob.has_magic(item) and not Path(item).is_dir()
+                else "holds no audio file"
+            )
             problems.append((item, f"{what} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})"))
             continue
         for path, name in found:
-            absolute = path.resolve()
+            absolute = path.resolve()  # one recording reached twice (a link, "a/../a") is read once
             if absolute in seen:
                 continue
             seen.add(absolute)
-            recordings.append(Recording(absolute, unique(name, names)))
+            recordings.append(Recording(path, unique(name, names)))
     return recordings, problems
 
 

@@ -24,15 +24,20 @@ from birdsearch.engine.lifecycle import Lifecycle
 from birdsearch.engine.metrics import observe_stage
 from birdsearch.engine.schemas import IndexInfo, ModelInfo, QueryFacts, QueryResponse, Question
 from birdsearch.engine.species_filter import SpeciesFilter, combine
+from birdsearch.errors import ConfigError
 from birdsearch.model import audio
 
 
-def pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
-    """Windows shorter than the model's, each repeat-padded to ``length`` samples, stacked."""
-    return np.stack([audio.repeat_pad(row, length) for row in rows])
+def prepare_rows(
+    rows: np.ndarray, length: int, band: tuple[float, float | None], sample_rate: int
+) -> np.ndarray:
+    """Windows as the model takes them (a copy): each repeat-padded to ``length`` samples, then band-passed."""
+    padded = np.stack([row if len(row) == length else audio.repeat_pad(row, length) for row in rows])
+    return audio.band_pass(padded, sample_rate, *band)
 
 
-def check_question(config: EngineConfig, question: Question, model_window_s: float) -> tuple[float, float]:
+def check_question(config: EngineConfig, question: Question, model_window_s: float, sample_rate: int = 48_000
+                   ) -> tuple[float, float]:  # fmt: skip
     """Limits that depend on the config and the model; returns (window_s, hop_s)."""
     s = config
     if question.k > s.max_k:
@@ -51,6 +56,10 @@ def check_question(config: EngineConfig, question: Question, model_window_s: flo
         raise BadParameterError(
             f"hop_s={hop_s:g} is below the minimum of {s.min_hop_s:g} s (BIRDSEARCH_MIN_HOP_S)"
         )
+    try:
+        audio.band_pass(np.zeros(8, np.float32), sample_rate, question.fmin_hz, question.fmax_hz)
+    except ConfigError as e:
+        raise BadParameterError(f"fmin_hz/fmax_hz: {e}") from e
     return window_s, hop_s
 
 
@@ -140,7 +149,8 @@ class QueryPath:
         served = self.loaded.served()
         mode = self.resolve_mode(question.mode)
         embedder = self.loaded.models.by_mode()[mode]  # type: ignore[union-attr]
-        window_s, hop_s = check_question(self.config, question, embedder.front_end.window_s)
+        window_s, hop_s = check_question(self.config, question, embedder.front_end.window_s,
+                                         embedder.front_end.sample_rate)  # fmt: skip
         if question.min_conf is not None and self.calibrations.get(mode) is None:
             raise BadParameterError(no_calibration(mode))
         allowed = await asyncio.to_thread(self.allowed_ids, served, question)
@@ -173,7 +183,10 @@ class QueryPath:
             self.config.max_windows, front_end.window_samples,
         )  # fmt: skip
         with self.compute.waiting():
-            vectors = await self.embed(request.mode, plan, front_end.window_samples)
+            band = (request.question.fmin_hz, request.question.fmax_hz)
+            vectors = await self.embed(
+                request.mode, plan, front_end.window_samples, band, front_end.sample_rate
+            )
         request.watch.lap("embed")
         return rec, plan, vectors
 
@@ -192,17 +205,21 @@ class QueryPath:
         request.watch.lap("search")
         return ranked
 
-    async def embed(self, mode: str, plan: recording.WindowPlan, model_window: int) -> np.ndarray:
+    async def embed(self, mode: str, plan: recording.WindowPlan, model_window: int,
+                    band: tuple[float, float | None] = (0.0, None), sample_rate: int = 48_000) -> np.ndarray:  # fmt: skip
         """All windows of a plan through the mode's batcher; (N, dim) in window order."""
         batcher = self.loaded.batchers[mode]
-        if plan.parts[0].shape[1] == model_window:  # views: the batcher copies one batch at a time
+        as_they_are = band == (0.0, None) and all(part.shape[1] == model_window for part in plan.parts)
+        if as_they_are:  # views: the batcher copies one batch at a time
             outputs = await asyncio.gather(*(batcher.submit(part) for part in plan.parts))
             return np.concatenate(outputs)
-        outputs = []  # shorter windows are padded to the model's length one batch's worth at a time
+        outputs = []  # shorter windows padded to the model's length, band-passed, one batch's worth at a time
         for part in plan.parts:
             for start in range(0, len(part), batcher.max_batch):
                 rows = part[start : start + batcher.max_batch]
-                chunk = await asyncio.to_thread(pad_rows, rows, model_window)  # a copy: off the event loop
+                chunk = await asyncio.to_thread(
+                    prepare_rows, rows, model_window, band, sample_rate
+                )  # off the loop
                 outputs.append(await batcher.submit(chunk))
         return np.concatenate(outputs)
 

@@ -3,7 +3,8 @@
 Memory stays bounded whatever clients send: the body limit caps the upload, the header (read before
 decoding) caps what decoding it will take, and a server-wide byte budget caps the decoded audio of
 all requests in flight together, so a burst of long recordings waits its turn instead of exhausting
-memory. Windows are views into the decoded samples; only a batch's worth is ever copied.
+memory. Windows are views into the decoded samples (the last, padded one a copy); only a batch's
+worth is ever copied.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class MemoryBudget:
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """The windows of one recording, as ``audio.split`` cuts them, without copying the samples."""
+    """The windows of one recording, as ``audio.split`` cuts them, without copying the whole windows."""
 
     parts: list[np.ndarray]  # (n_i, W) arrays, views where possible; in order they are all the windows
     starts_s: np.ndarray  # (N,) start of each window, seconds
@@ -117,27 +118,24 @@ def plan_windows(
     max_windows: int,
     pad_to: int | None = None,
 ) -> WindowPlan:
-    """Cut ``samples`` like ``audio.split`` (end-aligned last window, repeat-padding) into views.
+    """Cut ``samples`` as ``audio.split`` does (``audio.window_starts``' rule) into views.
 
-    ``pad_to`` is the model's window in samples: a recording no longer than one window is
-    repeat-padded straight to it (default: to ``window_s``). Raises BadParameterError when the
-    recording would need more than ``max_windows`` windows.
+    The windows that lie wholly in the recording are views; the last one, which the recording ends
+    inside, is repeat-padded straight to ``pad_to``, the model's window in samples (default: the
+    window). Raises BadParameterError when the recording would need more than ``max_windows`` windows.
     """
-    window, hop = round(window_s * sample_rate), max(1, round(hop_s * sample_rate))
-    if len(samples) <= window:
-        padded = audio.repeat_pad(samples, pad_to or window)
-        duration = len(samples) / sample_rate
-        return WindowPlan([padded[None, :]], np.zeros(1), window_s, hop_s, len(samples) < window, duration)
-    starts = audio.window_starts(len(samples), window, hop)
+    window, hop, min_tail = audio.window_lengths(window_s, hop_s, sample_rate)
+    starts = audio.window_starts(len(samples), window, hop, min_tail)
     if len(starts) > max_windows:
         raise BadParameterError(
             f"a {len(samples) / sample_rate:.1f} s recording with window {window_s:g} s and hop {hop_s:g} s "
             f"makes {len(starts)} windows, more than the limit of {max_windows} (BIRDSEARCH_MAX_WINDOWS); "
             "use a larger hop_s"
         )
-    regular = sliding_window_view(samples, window)[::hop]  # rows 0, hop, 2·hop, ... (a view)
-    parts = [regular]
-    if len(starts) > len(regular):  # the end-aligned last window
-        parts.append(samples[len(samples) - window :][None, :])
+    whole = sum(1 for start in starts if start + window <= len(samples))  # the first ones
+    parts = (
+        [sliding_window_view(samples, window)[::hop][:whole]] if whole else []
+    )  # rows 0, hop, ... (a view)
+    parts += [audio.repeat_pad(samples[start:], pad_to or window)[None, :] for start in starts[whole:]]
     starts_s = np.asarray(starts, dtype=np.float64) / sample_rate
-    return WindowPlan(parts, starts_s, window_s, hop_s, False, len(samples) / sample_rate)
+    return WindowPlan(parts, starts_s, window_s, hop_s, len(samples) < window, len(samples) / sample_rate)

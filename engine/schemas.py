@@ -71,6 +71,20 @@ class Question(BaseModel):
         "each window; nothing left says so (abstained). Needs a calibration for the mode (GET /version shows it)",
         examples=[0.5],
     )
+    fmin_hz: float = Field(
+        0.0,
+        ge=0,
+        description="band-pass each window before the model: lowest frequency kept, Hz (BirdNET-Analyzer's "
+        "--fmin; an order-5 Butterworth magnitude, zero phase); 0: no high-pass",
+        examples=[1000.0],
+    )
+    fmax_hz: float | None = Field(
+        None,
+        gt=0,
+        description="highest frequency kept, Hz (BirdNET-Analyzer's --fmax), at most half the model's sample rate; "
+        "null: no low-pass",
+        examples=[8000.0],
+    )
     mode: QueryMode = Field(
         "auto",
         description="'distilled' (the distilled encoder), 'cascade' (zero-shot: the student classifies, the "
@@ -125,6 +139,8 @@ class WindowSpecies(BaseModel):
     image_attribution: str = Field("", examples=["(c) Jane Doe"])
     image_hash: str = Field("", description="the photo's content hash: its id in any index version",
                             examples=["5c1f0a9d2e7b4c3a"])  # fmt: skip
+    species_code: str = Field("", description="the species' eBird code, where the index has it ('' otherwise)",
+                              examples=["amerob"])  # fmt: skip
 
 
 class TimelineWindow(BaseModel):

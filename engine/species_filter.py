@@ -44,7 +44,8 @@ class SpeciesFilter:
         if request_list:
             try:
                 entries = parse_species_list(request_list, "species_list")
-                names = resolve_species_list(entries, served.species, index=f"index {served.name}")
+                names = resolve_species_list(entries, served.species, strict=True, index=f"index {served.name}",
+                                             hint="send only the species the index holds (GET /species)")  # fmt: skip
             except ConfigError as e:
                 raise BadParameterError(f"species_list: {e}") from e
             return served.version.ids_for(species=names)
@@ -52,7 +53,7 @@ class SpeciesFilter:
             return None
         with self._lock:
             if served.name not in self._ids:
-                names = resolve_species_list(self.entries, served.species, allow_unknown=True,
+                names = resolve_species_list(self.entries, served.species, strict=False,
                                              index=f"index {served.name} (BIRDSEARCH_SPECIES_LIST {self.path})")  # fmt: skip
                 self._ids = {served.name: served.version.ids_for(species=names)}
             return self._ids[served.name]
@@ -64,5 +65,7 @@ def combine(by_filters: np.ndarray | None, by_list: np.ndarray | None, index: st
         return by_filters
     allowed = by_list if by_filters is None else np.intersect1d(by_filters, by_list)
     if allowed.size == 0:
-        raise BadParameterError(f"no image in index {index} is of a listed species that also passes the filters")
+        raise BadParameterError(
+            f"no image in index {index} is of a listed species that also passes the filters"
+        )
     return allowed

@@ -7,11 +7,15 @@ A list file holds one species a line, in either of two spellings (mixed freely):
   written by BirdNET-Analyzer's species tool (by location and week) and its labels files use it, so
   they work as they are.
 
-Blank lines and lines starting with ``#`` are skipped. Names are matched against an index's species
-case- and space-insensitively by scientific name, then by common name (taxonomies rename species;
-common names move less). A name found in neither is an error that lists every such name with the
-nearest names the index has, unless unknown names are allowed (a regional list holds many species a
-gallery lacks): they are then skipped with one warning.
+Blank lines and lines starting with ``#`` are skipped. A folder stands for the ``species_list.txt``
+inside it, as BirdNET-Analyzer's ``--slist`` reads a folder. Names are matched against an index's
+species case- and space-insensitively by scientific name, then by common name (taxonomies rename
+species; common names move less).
+
+A regional list names many species a gallery lacks, so by default such names are skipped with one
+warning that lists them with the nearest names the index has (a typo shows there); ``strict``
+refuses the list instead, as BirdNET-Analyzer's ``--strict`` does. A list that leaves no species at
+all is always refused: an empty filter would let every species through.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from birdsearch.model.names import normalise_name
 
 log = logging.getLogger(__name__)
 
+FOLDER_LIST_NAME = "species_list.txt"  # the list a folder stands for (BirdNET-Analyzer's name)
 MAX_LIST_BYTES = 4 * 2**20  # BirdNET's global labels file (6,522 species) is about 200 KB
 SUGGESTIONS = 3  # nearest names offered for an unknown one
 SIMILARITY_CUTOFF = 0.6  # difflib ratio below which a name is not offered
+SHOWN_UNKNOWN = 20  # unknown names listed in a message, each with its nearest names
+STRICT_HINT = "Fix the spelling, or leave out --strict to skip the species the index lacks"
 
 
 class UnknownSpeciesError(ConfigError):
@@ -68,9 +75,22 @@ def parse_species_list(text: str, source: str = "species list") -> list[ListedSp
     return entries
 
 
+def list_file(path: str | Path) -> Path:
+    """The list file ``path`` names: the file itself, or a folder's ``species_list.txt``."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return path
+    if not (path / FOLDER_LIST_NAME).is_file():
+        raise ConfigError(
+            f"species list folder {path} holds no {FOLDER_LIST_NAME} (a folder stands for the "
+            f"{FOLDER_LIST_NAME} in it, as in BirdNET-Analyzer); name the list file instead"
+        )
+    return path / FOLDER_LIST_NAME
+
+
 def read_species_list(path: str | Path) -> list[ListedSpecies]:
-    """Read and parse a species list file (UTF-8, with or without a byte-order mark)."""
-    path = Path(path)
+    """Read and parse a species list file, or a folder's ``species_list.txt`` (UTF-8, BOM or not)."""
+    path = list_file(path)
     try:
         size = path.stat().st_size
         if size > MAX_LIST_BYTES:
@@ -93,27 +113,35 @@ def read_species_list(path: str | Path) -> list[ListedSpecies]:
 
 
 def nearest(name: str, candidates: Iterable[str]) -> list[str]:
-    """Up to ``SUGGESTIONS`` candidates closest to ``name`` (difflib's ratio, case-insensitive)."""
+    """Up to ``SUGGESTIONS`` candidates closest to ``name`` (difflib's ratio on folded names)."""
     by_key: dict[str, str] = {}
     for candidate in candidates:
         by_key.setdefault(normalise_name(candidate), candidate)
-    keys = difflib.get_close_matches(normalise_name(name), list(by_key), n=SUGGESTIONS, cutoff=SIMILARITY_CUTOFF)
+    keys = difflib.get_close_matches(
+        normalise_name(name), list(by_key), n=SUGGESTIONS, cutoff=SIMILARITY_CUTOFF
+    )
     return [by_key[key] for key in keys]
 
 
 def resolve_species_list(
-    entries: Sequence[ListedSpecies], species: Sequence[Any], allow_unknown: bool = False, index: str = "the index"
+    entries: Sequence[ListedSpecies],
+    species: Sequence[Any],
+    strict: bool = False,
+    index: str = "the index",
+    hint: str = "",
 ) -> list[str]:
     """The index's scientific names for the listed species, in list order, without repeats.
 
     Args:
         entries: the parsed list.
         species: the index's species records (``scientific`` and ``common`` fields).
-        allow_unknown: skip names the index lacks (one warning) instead of raising.
+        strict: refuse a list that names species the index lacks; by default they are skipped, with
+            one warning that lists them and their nearest names.
         index: how to name the index in messages.
+        hint: what the user can do about unknown names, appended to the message (an option to give).
 
-    Raises UnknownSpeciesError naming each unknown species with its nearest names, and
-    UnknownSpeciesError when ``allow_unknown`` leaves no species at all.
+    Raises UnknownSpeciesError naming each unknown species with its nearest names when ``strict``,
+    and whenever no listed species is in the index.
     """
     by_scientific = {normalise_name(r.scientific): r.scientific for r in species}
     by_common = {normalise_name(r.common): r.scientific for r in species if r.common}
@@ -130,26 +158,30 @@ def resolve_species_list(
             unknown.append(entry)
         else:
             resolved[name] = None
-    if unknown and not allow_unknown:
-        raise UnknownSpeciesError(unknown_message(unknown, species, index))
-    if unknown:
-        log.warning("species list: %d of %d species are not in %s and are skipped: %s", len(unknown),
-                    len(entries), index, ", ".join(e.scientific for e in unknown[:10]))  # fmt: skip
     if not resolved:
-        raise UnknownSpeciesError(f"no species of the list is in {index}, which holds {len(species)} species")
+        raise UnknownSpeciesError(
+            f"no species of the list is in {index}, which holds {len(species)} species: "
+            + unknown_listing(unknown, species)
+        )
+    if unknown and strict:
+        raise UnknownSpeciesError(
+            f"{len(unknown)} of {len(entries)} species of the list are not in {index}: "
+            + unknown_listing(unknown, species) + (f". {hint}" if hint else "")
+        )  # fmt: skip
+    if unknown:
+        log.warning("species list: %d of %d species are not in %s and are skipped: %s%s", len(unknown),
+                    len(entries), index, unknown_listing(unknown, species), f". {hint}" if hint else "")  # fmt: skip
     return list(resolved)
 
 
-def unknown_message(unknown: Sequence[ListedSpecies], species: Sequence[Any], index: str) -> str:
+def unknown_listing(unknown: Sequence[ListedSpecies], species: Sequence[Any]) -> str:
+    """'line 3: 'Turdus migratorious' (nearest: Turdus migratorius); ...' for the first unknown names."""
     names = [r.scientific for r in species] + [r.common for r in species if r.common]
     shown = []
-    for entry in unknown[:20]:
+    for entry in unknown[:SHOWN_UNKNOWN]:
         close = nearest(entry.scientific, names) + (nearest(entry.common, names) if entry.common else [])
         close = list(dict.fromkeys(close))[:SUGGESTIONS]
         hint = f" (nearest: {', '.join(close)})" if close else " (nothing close)"
         shown.append(f"line {entry.line}: {entry.scientific!r}{hint}")
-    more = f"; and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-    return (
-        f"{len(unknown)} species of the list are not in {index}: " + "; ".join(shown) + more
-        + ". Fix the spelling, or skip the species the index lacks (analyze --skip-unknown-species)"
-    )  # fmt: skip
+    more = f"; and {len(unknown) - SHOWN_UNKNOWN} more" if len(unknown) > SHOWN_UNKNOWN else ""
+    return "; ".join(shown) + more

@@ -33,11 +33,12 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "order": ("order",),
     "family": ("family",),
     "genus": ("genus",),
+    "species_code": ("species_code", "ebird_code"),
     "license": ("license", "licence"),
     "attribution": ("attribution", "author", "creator", "photographer", "rights_holder", "credit"),
     "source": ("source", "source_url", "page", "page_url", "origin"),
 }
-TAXONOMY_FIELDS = ("common_name", "kingdom", "phylum", "class", "order", "family", "genus")
+TAXONOMY_FIELDS = ("common_name", "kingdom", "phylum", "class", "order", "family", "genus", "species_code")
 
 
 @dataclass

@@ -125,6 +125,7 @@ class SpeciesRecord(Taxon):
 
     image_count: int = 0
     resolved_by: str = "unknown"  # 'manifest', 'table', 'genus' or 'unknown': where the taxonomy came from
+    code: str = ""  # eBird species code ("amerob"), "" where no species table gave one
 
     def __post_init__(self) -> None:
         # No binomial check and no derived genus: the resolver sets every rank of a gallery label,
@@ -196,6 +197,7 @@ CREATE TABLE species (
     genus TEXT NOT NULL DEFAULT '',
     image_count INTEGER NOT NULL,
     resolved_by TEXT NOT NULL,       -- manifest, table, genus or unknown
+    code TEXT NOT NULL DEFAULT '',   -- eBird species code, '' where unknown
     embedding_row INTEGER NOT NULL   -- row in species_embeddings.npy
 );
 CREATE TABLE failures (key TEXT NOT NULL, reason TEXT NOT NULL);
@@ -205,9 +207,7 @@ IMAGE_COLUMNS = (
     "id, key, path, url, species, common_name, genus, family, order_name, license, attribution, source, "
     "width, height, content_hash, thumbnail, blob"
 )
-SPECIES_COLUMNS = (
-    "scientific, common_name, kingdom, phylum, class, order_name, family, genus, image_count, resolved_by"
-)
+SPECIES_COLUMNS = "scientific, common_name, kingdom, phylum, class, order_name, family, genus, image_count, resolved_by, code"
 STORED_IMAGE_COLUMNS = "id, key, content_hash, size_bytes, mtime_ns, blob, width, height, thumbnail"
 IMAGE_ROW_COLUMNS = (
     "key, species, width, height, content_hash, path, url, common_name, genus, family, order_name, license, "
@@ -499,7 +499,11 @@ class IndexVersion:
     def species(self) -> list[SpeciesRecord]:
         """Every species in this version, by scientific name, with lineage and image count."""
         if self._species_cache is None:
-            rows = self.db().execute(f"SELECT {SPECIES_COLUMNS} FROM species ORDER BY scientific")
+            columns = SPECIES_COLUMNS
+            stored = {row[1] for row in self.db().execute("PRAGMA table_info(species)")}
+            if "code" not in stored:  # written before species codes were kept: every code is unknown
+                columns = columns.replace(", code", ", '' AS code")
+            rows = self.db().execute(f"SELECT {columns} FROM species ORDER BY scientific")
             self._species_cache = [SpeciesRecord(*row) for row in rows]
         return list(self._species_cache)
 

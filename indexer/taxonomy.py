@@ -7,6 +7,10 @@ Sources, in order: taxonomy the gallery's manifest gives; the species tables giv
 each matched by scientific or common name (or eBird species code), case-insensitively; the genus of
 a binomial found in those tables (family and order); otherwise the label is kept as it is, with one
 warning per label naming the fields it lacks, and the image is still indexed.
+
+A species' eBird code (``amerob``, what BirdNET writes in Raven's ``Species Code``) comes from the
+manifest's ``species_code`` column, else from any given table that has one (the eBird taxonomy and
+the eBird/Clements checklist do; the IOC list and the bundled table do not); else it stays empty.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import csv
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 from birdsearch.errors import ConfigError
 from birdsearch.indexer.store import SpeciesRecord
+from birdsearch.model.names import normalise_name
 from birdsearch.model.world_lists import read_world_list
 
 log = logging.getLogger(__name__)
@@ -39,23 +44,24 @@ class TableRow:
     common: str
     order: str
     family: str
+    code: str = ""  # the eBird species code ("amerob") where the table gives one
 
 
 Lookups = tuple[dict[str, TableRow], dict[str, TableRow], dict[str, TableRow]]
 
 
-def lookups(entries: Iterable[tuple[TableRow, str]]) -> Lookups:
-    """Rows indexed three ways: by scientific name (and key), by common name, by genus; first wins."""
+def lookups(entries: Iterable[TableRow]) -> Lookups:
+    """Rows indexed three ways: by scientific name (and code), by common name, by genus; first wins."""
     by_scientific: dict[str, TableRow] = {}
     by_common: dict[str, TableRow] = {}
     by_genus: dict[str, TableRow] = {}
-    for entry, key in entries:
-        by_scientific.setdefault(fold(entry.scientific), entry)
-        if key:
-            by_scientific.setdefault(fold(key), entry)
+    for entry in entries:
+        by_scientific.setdefault(normalise_name(entry.scientific), entry)
+        if entry.code:
+            by_scientific.setdefault(normalise_name(entry.code), entry)
         if entry.common:
-            by_common.setdefault(fold(entry.common), entry)
-        by_genus.setdefault(fold(entry.scientific.split()[0]), entry)
+            by_common.setdefault(normalise_name(entry.common), entry)
+        by_genus.setdefault(normalise_name(entry.scientific.split()[0]), entry)
     return by_scientific, by_common, by_genus
 
 
@@ -64,12 +70,12 @@ def bird_table() -> Lookups:
     """The bundled table indexed three ways: by scientific name, by common name, by genus."""
     text = resources.files("birdsearch.indexer.data").joinpath(BIRD_TABLE).read_text(encoding="utf-8")
     rows = csv.DictReader(text.splitlines())
-    return lookups((TableRow(r["scientific"], r["common"], r["order"], r["family"]), "") for r in rows)
+    return lookups(TableRow(r["scientific"], r["common"], r["order"], r["family"]) for r in rows)
 
 
 def species_tables(paths: Iterable[str | Path]) -> Lookups:
     """The given world checklists, then the bundled table, as one set of lookups (earlier wins)."""
-    entries: list[tuple[TableRow, str]] = []
+    entries: list[TableRow] = []
     for path in paths:
         world = read_world_list(path)
         if world is None:
@@ -79,18 +85,16 @@ def species_tables(paths: Iterable[str | Path]) -> Lookups:
                 "as manifest columns: common_name, genus, family, order"
             )
         entries += [
-            (TableRow(t.scientific, t.common, t.order, t.family), key)
+            TableRow(t.scientific, t.common, t.order, t.family, key)
             for t, key in zip(world.taxa, world.keys, strict=True)
         ]
-    bundled = bird_table()
-    entries += [(row, "") for row in bundled[0].values()]
-    return lookups(entries)
-
-
-def fold(name: str) -> str:
-    """A lookup key: case, underscores, repeated spaces and apostrophe styles do not matter."""
-    name = name.replace("_", " ").replace("\u2019", "'").strip().lower()
-    return re.sub(r"\s+", " ", name)
+    entries += bird_table()[0].values()
+    # A species takes its code from whichever table has one (the IOC list has none, eBird's does).
+    codes: dict[str, str] = {}
+    for entry in entries:
+        if entry.code:
+            codes.setdefault(normalise_name(entry.scientific), entry.code)
+    return lookups(replace(e, code=e.code or codes.get(normalise_name(e.scientific), "")) for e in entries)
 
 
 def looks_binomial(name: str) -> bool:
@@ -129,11 +133,13 @@ class TaxonomyResolver:
     def _resolve(self, label: str, given: dict[str, str]) -> SpeciesRecord:
         by_scientific, by_common, by_genus = self.lookups
         name, label_common = split_label(given.get("taxonomy_species") or label)
-        row = by_scientific.get(fold(name)) or by_common.get(fold(name))
+        row = by_scientific.get(normalise_name(name)) or by_common.get(normalise_name(name))
         if row is None and label_common:
-            row = by_common.get(fold(label_common))
+            row = by_common.get(normalise_name(label_common))
         scientific = row.scientific if row else name
-        genus_row = row or (by_genus.get(fold(scientific.split()[0])) if looks_binomial(scientific) else None)
+        genus_row = row or (
+            by_genus.get(normalise_name(scientific.split()[0])) if looks_binomial(scientific) else None
+        )
         has_manifest_taxonomy = bool(given.get("family") or given.get("order"))
         resolved_by = (
             "manifest" if has_manifest_taxonomy else "table" if row else "genus" if genus_row else "unknown"
@@ -148,6 +154,7 @@ class TaxonomyResolver:
             family=given.get("family") or (genus_row.family if genus_row else ""),
             genus=given.get("genus") or (scientific.split()[0] if looks_binomial(scientific) else ""),
             resolved_by=resolved_by,
+            code=given.get("species_code") or (row.code if row else ""),
         )
         if row is None:
             self.warn_once(label, record)

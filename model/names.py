@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from birdsearch.errors import ConfigError
 
 NAME_FORMATS = ("sci", "com", "sci_com", "taxon", "taxon_com")
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})  # Cooper’s Hawk is Cooper's Hawk
 
 # OpenAI's 80 ImageNet prompt templates (Radford et al. 2021), as BioCLIP and pybioclip use them.
 OPENAI_TEMPLATES: tuple[str, ...] = (
@@ -101,8 +102,8 @@ class Taxon:
 
 
 def normalise_name(value: object) -> str:
-    """A species name as names are compared: whitespace runs as one space, case folded."""
-    return " ".join(str(value).split()).casefold()
+    """A species name as names are compared: case, underscores, runs of spaces and apostrophe styles do not matter."""
+    return " ".join(str(value).replace("_", " ").translate(APOSTROPHES).split()).casefold()
 
 
 def templates_for(name: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

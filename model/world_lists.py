@@ -1,6 +1,6 @@
 """The world's bird checklists as species tables, read in the layouts their publishers ship.
 
-Three layouts are recognised by their header row (the names as the files spell them):
+Four layouts are recognised by their header row (the names as the files spell them):
 
 ``ebird``     the eBird taxonomy CSV (``eBird_taxonomy_v2024.csv``): ``TAXON_ORDER, CATEGORY,
               SPECIES_CODE, [TAXON_CONCEPT_ID,] PRIMARY_COM_NAME, SCI_NAME, ORDER1 | ORDER, FAMILY,
@@ -19,6 +19,12 @@ Three layouts are recognised by their header row (the names as the files spell t
               block. It is a tree: one row per order, family, genus, species and subspecies, each
               filling only its own rank's column; a species row gives the epithet alone, its genus
               is the last genus row above it. Orders are in capitals.
+``ioc_multilingual``  the IOC World Bird List's multilingual version (``Multiling IOC 14.1_b.xlsx``),
+              its ``List`` sheet saved as CSV: ``seq, Order, Family, IOC_14.1, English, Catalan,
+              Chinese, Chinese (Traditional), Croatian, ..., Thai``: one row per species, the
+              scientific name in the column named after the list's version (``IOC_15.1`` a year
+              later), then its common name in each language, English first. Empty where a
+              language has no name yet. Orders are in capitals.
 
 Only species-rank rows become species. eBird and Clements families read
 "Struthionidae (Ostriches)": the gloss is dropped. The eBird species code is kept as the species'
@@ -31,7 +37,7 @@ import csv
 import io
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -51,19 +57,26 @@ IOC_COLUMNS = {
     "Subspecies",
     "Species (English)",
 }
+MULTILINGUAL_COLUMNS = {"Order", "Family", "English"}
+MULTILINGUAL_SCIENTIFIC = re.compile(r"IOC_\d+(\.\d+)?")  # "IOC_14.1": the version's scientific names
 
 
 @dataclass(frozen=True)
 class WorldList:
-    """A checklist's species: taxa in file order, each one's key (species code or ''), the layout."""
+    """A checklist's species: taxa in file order, each one's key (species code or ''), the layout.
+
+    ``languages`` maps a language as the list names it ("German") to each taxon's common name in
+    it ('' where it has none); only the IOC multilingual list has them.
+    """
 
     layout: str
     taxa: list[Taxon]
     keys: list[str]
+    languages: dict[str, list[str]] = field(default_factory=dict)
 
 
 def detect_layout(header: list[str]) -> str | None:
-    """``ebird``, ``clements`` or ``ioc`` from a header row; None for any other table."""
+    """``ebird``, ``clements``, ``ioc`` or ``ioc_multilingual`` from a header row; None for any other table."""
     names = {h.strip() for h in header}
     if names >= EBIRD_COLUMNS and ({"ORDER1", "ORDER"} & names):
         return "ebird"
@@ -71,6 +84,8 @@ def detect_layout(header: list[str]) -> str | None:
         return "clements"
     if names >= IOC_COLUMNS:
         return "ioc"
+    if names >= MULTILINGUAL_COLUMNS and any(MULTILINGUAL_SCIENTIFIC.fullmatch(n) for n in names):
+        return "ioc_multilingual"
     return None
 
 
@@ -94,12 +109,16 @@ def read_world_list(path: str | Path) -> WorldList | None:
     for at, header in enumerate(rows[:HEADER_SEARCH_ROWS]):
         layout = detect_layout(header)
         if layout is not None:
-            records = [dict(zip([h.strip() for h in header], row, strict=False)) for row in rows[at + 1 :]]
-            taxa, keys = PARSERS[layout](records, at + 2, str(path))
-            if not taxa:
+            columns = [h.strip() for h in header]
+            records = [dict(zip(columns, row, strict=False)) for row in rows[at + 1 :]]
+            if layout == "ioc_multilingual":
+                world = parse_multilingual(columns, records, at + 2, str(path))
+            else:
+                world = WorldList(layout, *PARSERS[layout](records, at + 2, str(path)))
+            if not world.taxa:
                 raise ConfigError(f"{path}: a {layout} checklist with no species-rank rows")
-            log.info("%s: %s checklist, %d species", path, layout, len(taxa))
-            return WorldList(layout, taxa, keys)
+            log.info("%s: %s checklist, %d species", path, layout, len(world.taxa))
+            return world
     return None
 
 
@@ -181,6 +200,27 @@ def parse_ioc(records: list[dict[str, str]], first_line: int, source: str) -> tu
         )
         keys.append("")
     return taxa, keys
+
+
+def parse_multilingual(
+    header: list[str], records: list[dict[str, str]], first_line: int, source: str
+) -> WorldList:
+    """One species a row: its scientific name (the ``IOC_<version>`` column), lineage and names by language."""
+    scientific_column = next(h for h in header if MULTILINGUAL_SCIENTIFIC.fullmatch(h))
+    languages = header[header.index("English") + 1 :]  # the languages follow English
+    taxa: list[Taxon] = []
+    names: dict[str, list[str]] = {language: [] for language in languages}
+    seen: set[str] = set()
+    for line, r in enumerate(records, start=first_line):
+        scientific = clean(r.get(scientific_column))
+        if len(scientific.split()) != 2 or scientific in seen:  # blank rows, and any row above species rank
+            continue
+        seen.add(scientific)
+        order, family = clean(r.get("Order")).capitalize(), clean(r.get("Family"))
+        taxa.append(make_taxon(scientific, clean(r.get("English")), order, family, f"{source} line {line}"))
+        for language in languages:
+            names[language].append(clean(r.get(language)))
+    return WorldList("ioc_multilingual", taxa, [""] * len(taxa), names)
 
 
 PARSERS = {

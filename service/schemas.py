@@ -30,6 +30,9 @@ class SpeciesInfo(BaseModel):
     family: str = Field(examples=["Turdidae"])
     order: str = Field(examples=["Passeriformes"])
     images: int = Field(examples=[87])
+    species_code: str = Field(
+        "", description="eBird species code, where the index has it", examples=["amerob"]
+    )
 
 
 class SpeciesList(BaseModel):

@@ -20,7 +20,7 @@ async def species(runtime: RuntimeDep) -> SpeciesList:
         species=[
             SpeciesInfo(
                 species=r.scientific, common_name=r.common, genus=r.genus, family=r.family,
-                order=r.order, images=r.image_count,
+                order=r.order, images=r.image_count, species_code=r.code,
             )
             for r in served.species
         ],

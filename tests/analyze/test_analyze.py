@@ -145,7 +145,9 @@ def test_every_format_is_written_per_recording_and_combined(first_run, field_car
         for fmt in formats.FORMATS:
             assert (out / f"{name}{formats.SUFFIXES[fmt]}").is_file(), (name, fmt)
     for fmt in formats.COMBINED:
-        assert (out / f"combined{formats.SUFFIXES[fmt]}").is_file()
+        assert (out / f"combined{formats.SUFFIXES[fmt]}").is_file() == (
+            fmt in formats.FORMATS
+        )  # the defaults
     files = (out / "combined.birdsearch.files.txt").read_text().splitlines()
     assert len(files) == summary.analysed and all(Path(f).is_file() for f in files)
     run = json.loads((out / "run.json").read_text())
@@ -167,12 +169,15 @@ def test_the_combined_raven_table_reads_back_by_column_name(first_run, engine):
     species = {s.scientific: s for s in engine.served.species}
     for row, record in zip(rows, jsonl, strict=True):
         assert row["View"] == "Spectrogram 1" and row["Channel"] == "1"
-        assert row["Species Code"] in species and row["Common Name"] == species[row["Species Code"]].common
+        assert row["Species Code"] == ""  # the toy world's species have no eBird codes
+        assert (
+            row["Scientific Name"] in species and row["Common Name"] == species[row["Scientific Name"]].common
+        )
         assert float(row["Confidence"]) == pytest.approx(record["confidence"], abs=5e-5)
         assert float(row["File Offset (s)"]) == pytest.approx(record["start_s"], abs=1e-3)
         assert row["Begin Path"] == record["file"]
         photo = engine.served.version.images([int(row["Photo Id"])])[0]
-        assert photo.species == row["Species Code"]  # the photo shows the detected species
+        assert photo.species == row["Scientific Name"]  # the photo shows the detected species
         # Its own score: the species' pooled score never exceeds its best photo's.
         assert float(row["Photo Score"]) >= float(row["Confidence"]) - 1e-4
         assert row["Photo Attribution"] == " ".join(photo.attribution.split())
@@ -186,9 +191,14 @@ def test_min_conf_minus_one_keeps_species_k_per_window(first_run, field_card):
     soundscape = next((field_card / "night").glob("soundscape_*.flac"))
     rows = read_table(config.out / f"site1/night/{soundscape.name}.birdsearch.csv", ",")
     duration = sf.info(soundscape).duration
-    windows = len({r["Start (s)"] for r in rows})
-    assert windows == int(np.ceil(duration / 10.0))  # 10 s windows, the last aligned to the end
+    starts = sorted({float(r["Start (s)"]) for r in rows})
+    # 10 s windows every 10 s; the last holds the rest of the recording, dropped under 1 s (BirdNET's rule)
+    whole, rest = divmod(duration, 10.0)
+    assert starts == [10.0 * i for i in range(int(whole) + (rest >= 1.0))]
+    windows = len(starts)
     assert len(rows) == 2 * windows  # species_k=2, and min_conf=-1 keeps every species scored
+    ends = sorted({float(r["End (s)"]) for r in rows})
+    assert ends[-1] <= round(duration, 3) and all(b - a == 10.0 for a, b in zip(starts, ends, strict=True))
     labels = (config.out / f"site1/night/{soundscape.name}.birdsearch.labels.txt").read_text().splitlines()
     assert len(labels) == len(rows) and all(len(line.split("\t")) == 3 for line in labels)
 
@@ -222,12 +232,20 @@ def test_a_species_list_keeps_only_its_species(engine_config, engine, field_card
     assert {r["Scientific name"] for r in rows} == {chosen.scientific}
 
 
-def test_a_misspelt_species_list_stops_before_loading_models(engine_config, engine, tmp_path):
-    name = engine.served.species[0].scientific
+def test_a_misspelt_species_is_skipped_with_the_nearest_names_and_strict_stops_before_loading_models(
+    engine_config, engine, tmp_path, caplog
+):
+    name, other = engine.served.species[0].scientific, engine.served.species[1].scientific
     species_list = tmp_path / "list.txt"
-    species_list.write_text(name[:-1] + "x\n")
-    with pytest.raises(ConfigError, match=f"nearest: {name}"):
-        load_engine(engine_config(tmp_path / "out", ["x"], species_list=species_list))
+    species_list.write_text(f"{name[:-1]}x\n{other}\n")
+    with caplog.at_level("WARNING"):
+        loaded = load_engine(engine_config(tmp_path / "out", ["x"], species_list=species_list))
+    assert loaded.species_names == [other]
+    assert f"nearest: {name}" in caplog.text and "skipped" in caplog.text
+    with pytest.raises(ConfigError, match=f"nearest: {name}.*leave out --strict"):
+        load_engine(
+            engine_config(tmp_path / "out", ["x"], species_list=species_list, strict_species_list=True)
+        )
 
 
 @pytest.mark.parametrize("mode", ["distilled", "cascade"])
@@ -312,3 +330,72 @@ def test_windows_and_hops_are_bounded(tmp_path):
         resolve_window(config(hop_s=0.1), 10.0)
     with pytest.raises(ConfigError, match="species_k=0"):
         config(species_k=0)
+
+
+def test_a_band_pass_gives_the_same_detections_through_analyze_and_the_api(
+    engine_config, engine, helpers, api, toy_index, field_card, tmp_path
+):
+    recording = next((field_card / "night").glob("soundscape_*.flac"))
+    banded = analyze(engine_config(tmp_path / "band", [recording], fmin_hz=1000.0, fmax_hz=8000.0), engine)
+    assert banded.analysed == 1
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "band" / "combined.birdsearch.jsonl").read_text().splitlines()
+    ]
+    raven = read_table(tmp_path / "band" / "combined.birdsearch.selection.table.txt", "\t")
+    assert {(r["Low Freq (Hz)"], r["High Freq (Hz)"]) for r in raven} == {("1000", "8000")}
+
+    async def ask(**band):
+        async with api(index_root=toy_index) as (_, client):
+            response = await client.post("/query", files={"audio": (recording.name, recording.read_bytes())},
+                                         data={"species_k": "2", **band})  # fmt: skip
+            return response
+
+    answer = helpers.run(ask(fmin_hz="1000", fmax_hz="8000"))
+    assert answer.status_code == 200, answer.text
+    served = [
+        (w["start_s"], s["species"], s["score"]) for w in answer.json()["timeline"] for s in w["species"]
+    ]
+    ours = [(r["start_s"], r["scientific"], r["confidence"]) for r in rows]
+    assert [(a, b) for a, b, _ in ours] == [(a, b) for a, b, _ in served]
+    assert [c for *_, c in ours] == pytest.approx([c for *_, c in served], abs=1e-5)
+    unbanded = helpers.run(ask()).json()["timeline"]
+    assert [s["score"] for w in unbanded for s in w["species"]] != [
+        c for *_, c in served
+    ]  # the band mattered
+    refused = helpers.run(ask(fmin_hz="9000", fmax_hz="8000"))
+    assert refused.status_code == 422 and "fmin_hz/fmax_hz" in refused.text
+
+
+def test_a_long_recording_streamed_in_parts_gets_the_detections_of_a_whole_file_decode(
+    engine, field_card, tmp_path
+):
+    """More windows than a recording holds back (HELD_WINDOWS), in parts of 4: the same detections as
+    the whole recording decoded at once, cut by ``audio.split`` and embedded in one go."""
+    from birdsearch.engine.batch import HELD_WINDOWS, BatchOptions, BatchRun
+    from birdsearch.engine.detections import confident
+    from birdsearch.engine.inputs import Recording
+    from birdsearch.model import audio
+
+    soundscape = next((field_card / "night").glob("soundscape_*.flac"))
+    samples, rate = sf.read(soundscape, dtype="float32")
+    long = tmp_path / "long.flac"
+    sf.write(long, np.tile(samples, 8)[: int(6.5 * len(samples))], rate)  # ~200 s: 20 windows and a tail
+    options = BatchOptions(min_conf=-1.0, species_k=2, batch_size=4, workers=1)
+    [(_, streamed)] = list(BatchRun(engine, options, "cpu").run([Recording(long, "long.flac")]))
+    assert not isinstance(streamed, BaseException), streamed
+
+    whole = audio.load(long)
+    windows = audio.split(whole.samples, whole.sample_rate)
+    assert len(windows.starts_s) > HELD_WINDOWS
+    vectors = engine.vectors(engine.embedder(windows.samples))
+    expected = confident(engine.detect(vectors, windows.starts_s, 10.0, whole.duration_s, species_k=2, min_conf=-1.0,
+                                       candidates_per_window=options.candidates_per_window,
+                                       species_rule=options.species_rule), -1.0)  # fmt: skip
+    assert streamed.duration_s == pytest.approx(whole.duration_s, abs=1e-3)
+    assert [(d.start_s, d.end_s, d.scientific, d.photo_id) for d in streamed.detections] == [
+        (d.start_s, d.end_s, d.scientific, d.photo_id) for d in expected
+    ]
+    assert [d.confidence for d in streamed.detections] == pytest.approx(
+        [d.confidence for d in expected], abs=1e-5
+    )

@@ -15,8 +15,9 @@ def detection(
     start: float, species: str, confidence: float, photo: int, attribution: str = "A. Photographer"
 ) -> Detection:
     common = {"Turdus migratorius": "American Robin", "Junco hyemalis": "Dark-eyed Junco"}[species]
+    code = {"Turdus migratorius": "amerob", "Junco hyemalis": ""}[species]  # an index may lack a code
     return Detection(start, start + 10.0, species, common, confidence, photo, confidence, "CC BY 4.0",
-                     attribution, f"hash{photo}")  # fmt: skip
+                     attribution, f"hash{photo}", species_code=code)  # fmt: skip
 
 
 @pytest.fixture
@@ -49,7 +50,10 @@ def test_raven_table_has_ravens_columns_and_reads_back_by_name(results):
     assert float(robin["Begin Time (s)"]) == 0.0 and float(robin["End Time (s)"]) == 10.0
     assert float(robin["Low Freq (Hz)"]) == 0.0
     assert float(robin["High Freq (Hz)"]) == 14_000.0  # the model's band, below the 16 kHz Nyquist
-    assert robin["Common Name"] == "American Robin" and robin["Species Code"] == "Turdus migratorius"
+    assert (
+        robin["Common Name"] == "American Robin" and robin["Species Code"] == "amerob"
+    )  # eBird's, as BirdNET
+    assert rows[1]["Species Code"] == "" and rows[1]["Scientific Name"] == "Junco hyemalis"  # none: empty
     assert robin["Confidence"] == "0.8123" and robin["Begin Path"] == "site1/dawn.flac"
     assert robin["Photo Id"] == "7" and robin["Photo Attribution"] == "A. Photographer"
     assert rows[1]["Selection"] == "2" and float(rows[1]["File Offset (s)"]) == 10.0
@@ -104,7 +108,7 @@ def test_jsonl_has_every_field(results):
         "file": "site1/dawn.flac", "start_s": 0.0, "end_s": 10.0, "scientific": "Turdus migratorius",
         "common": "American Robin", "confidence": 0.81234, "photo_id": 7, "photo_score": 0.81234,
         "photo_license": "CC BY 4.0", "photo_attribution": "A. Photographer", "photo_hash": "hash7",
-        "score": None,
+        "score": None, "species_code": "amerob",
     }  # fmt: skip
 
 
@@ -114,7 +118,12 @@ def test_results_round_trip_through_dicts(results):
 
 def test_format_lists_are_checked():
     assert formats.parse_formats("raven, CSV,raven") == ["raven", "csv"]
-    with pytest.raises(ConfigError, match="'xls'.*csv, raven, audacity, jsonl"):
+    assert formats.parse_formats("table kaleidoscope csv") == [
+        "raven",
+        "kaleidoscope",
+        "csv",
+    ]  # BirdNET's --rtype
+    with pytest.raises(ConfigError, match="'xls'.*csv, raven, audacity, jsonl, kaleidoscope"):
         formats.parse_formats("csv,xls")
 
 
@@ -134,6 +143,7 @@ def test_tables_follow_the_umask_so_that_colleagues_can_read_them(tmp_path, umas
 
 def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_path, results):
     import os
+    from dataclasses import replace
 
     from birdsearch.analyze.writer import Outputs
     from birdsearch.engine.inputs import Recording
@@ -144,14 +154,43 @@ def test_a_recording_is_done_only_with_the_same_settings_files_and_source(tmp_pa
     outputs = Outputs(tmp_path / "out", ["csv", "raven"], "hash1")
     assert outputs.done(recording) is None
     outputs.write(recording, results[0])
-    assert outputs.done(recording) == results[0]
+    assert outputs.done(recording) == replace(results[0], path=str(source))  # the path as given this time
     assert Outputs(tmp_path / "out", ["csv", "raven"], "hash2").done(recording) is None  # other settings
-    assert (
-        Outputs(tmp_path / "out", ["csv", "jsonl"], "hash1").done(recording) is None
-    )  # a format not written
+    # a format not written yet, or a deleted output: written again from the state, without the model
+    assert Outputs(tmp_path / "out", ["csv", "jsonl"], "hash1").done(recording) is not None
+    assert (tmp_path / "out" / "site1" / "dawn.flac.birdsearch.jsonl").is_file()
     (tmp_path / "out" / "site1" / "dawn.flac.birdsearch.csv").unlink()
-    assert outputs.done(recording) is None  # a deleted output
-    outputs.write(recording, results[0])
+    assert (
+        outputs.done(recording) is not None
+        and (tmp_path / "out" / "site1" / "dawn.flac.birdsearch.csv").is_file()
+    )
     stat = source.stat()
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert outputs.done(recording) is None  # the recording changed since
+
+
+def test_kaleidoscope_has_birdnets_columns_with_folders_split_as_birdnet_splits_them(results):
+    text = formats.render_kaleidoscope(results, formats.Table(overlap_s=2.5))
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert text.splitlines()[0] == (
+        "INDIR,FOLDER,IN FILE,OFFSET,DURATION,scientific_name,common_name,confidence,lat,lon,week,overlap,sensitivity"
+    )  # BirdNET-Analyzer 2.4's KALEIDOSCOPE_HEADER
+    robin = rows[0]
+    assert (robin["INDIR"], robin["FOLDER"], robin["IN FILE"]) == ("", "site1", "dawn.flac")
+    assert float(robin["OFFSET"]) == 0.0 and float(robin["DURATION"]) == 10.0
+    assert (robin["scientific_name"], robin["common_name"], robin["confidence"]) == (
+        "Turdus migratorius", "American Robin", "0.8123",
+    )  # fmt: skip
+    assert (robin["lat"], robin["lon"], robin["week"]) == (
+        "-1.0000",
+        "-1.0000",
+        "-1",
+    )  # BirdNET's "not given"
+    assert (robin["overlap"], robin["sensitivity"]) == ("2.5", "1")
+    assert [r["IN FILE"] for r in rows] == ["dawn.flac", "dawn.flac", "noon.m4a"]
+
+
+def test_additional_columns_follow_birdnets_csv_columns(results):
+    table = formats.Table((("min_conf", "0.25"), ("overlap", "0")))
+    rows = list(csv.DictReader(io.StringIO(formats.render_csv(results, table))))
+    assert list(rows[0])[-2:] == ["min_conf", "overlap"] and {r["min_conf"] for r in rows} == {"0.25"}

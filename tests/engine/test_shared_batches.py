@@ -58,3 +58,25 @@ def test_short_windows_are_repeat_padded_to_the_models_length():
     np.testing.assert_array_equal(done["short"][:, 1], [6])  # padded to the model's 6 samples
     with pytest.raises(ValueError, match="longer than the model"):
         batches.add("long", [windows(0, 2, width=8)])
+
+
+def test_a_long_recording_comes_in_parts_and_completes_after_its_last():
+    model = Recorder()
+    batches = SharedBatches(model, batch_size=3, window=4)
+    assert batches.add("long", [windows(0, 2)], last=False) == []
+    done = dict(batches.add("short", [windows(50, 1)]))  # a full batch: long's two windows and short's one
+    assert list(done) == ["short"]
+    done.update(batches.add("long", [windows(2, 4)], last=False))
+    assert "long" not in done and model.sizes == [3, 3]  # every window so far went through; more to come
+    done.update(batches.add("long", [], last=True) + batches.flush())
+    np.testing.assert_array_equal(done["long"][:, 0], [0, 1, 2, 3, 4, 5])
+    assert sum(model.sizes) == 7
+
+
+def test_a_recording_that_fails_while_read_is_discarded_and_the_others_go_on():
+    model = Recorder()
+    batches = SharedBatches(model, batch_size=4, window=4)
+    batches.add("broken", [windows(0, 2)], last=False)
+    batches.discard("broken")
+    done = dict(batches.add("next", [windows(10, 2)]) + batches.flush())
+    assert list(done) == ["next"] and model.sizes == [2]  # the broken recording's windows never ran

@@ -1,4 +1,4 @@
-"""Species lists: both spellings, comments, resolution against an index's species, helpful errors."""
+"""Species lists: both spellings, comments, folders, resolution against an index's species, nearest names."""
 
 from types import SimpleNamespace
 
@@ -55,26 +55,45 @@ def test_a_renamed_species_is_found_by_its_common_name():
     assert resolve_species_list(entries, INDEX_SPECIES) == ["Turdus merula"]
 
 
-def test_unknown_names_are_an_error_that_suggests_the_nearest_ones():
+def test_unknown_names_are_skipped_with_one_warning_that_lists_the_nearest_names(caplog):
+    # BirdNET-Analyzer's default: a regional list names many species a gallery lacks
     entries = parse_species_list(
         "Turdus migratorious\nPasser domesticus\nZosterops japonicus_Warbling White-eye\n"
     )
+    with caplog.at_level("WARNING"):
+        assert resolve_species_list(entries, INDEX_SPECIES, index="index v0003") == ["Passer domesticus"]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "2 of 3 species are not in index v0003 and are skipped" in warning
+    assert "line 1: 'Turdus migratorious' (nearest: Turdus migratorius" in warning  # a typo shows
+    assert "line 3: 'Zosterops japonicus' (nothing close)" in warning
+
+
+def test_strict_refuses_a_list_with_unknown_names_and_says_what_to_do():
+    entries = parse_species_list("Turdus migratorious\nPasser domesticus\n")
     with pytest.raises(UnknownSpeciesError) as info:
-        resolve_species_list(entries, INDEX_SPECIES, index="index v0003")
+        resolve_species_list(
+            entries, INDEX_SPECIES, strict=True, index="index v0003", hint="leave out --strict"
+        )
     message = str(info.value)
-    assert "2 species of the list are not in index v0003" in message
+    assert "1 of 2 species of the list are not in index v0003" in message
     assert "line 1: 'Turdus migratorious' (nearest: Turdus migratorius" in message
-    assert "line 3: 'Zosterops japonicus' (nothing close)" in message
-    assert "--skip-unknown-species" in message
+    assert message.endswith("leave out --strict")
     assert isinstance(info.value, ConfigError)
 
 
-def test_unknown_names_can_be_skipped_but_not_all_of_them(caplog):
-    entries = parse_species_list("Zosterops japonicus\nJunco hyemalis\n")
-    assert resolve_species_list(entries, INDEX_SPECIES, allow_unknown=True) == ["Junco hyemalis"]
-    assert "Zosterops japonicus" in caplog.text
-    with pytest.raises(UnknownSpeciesError, match="no species of the list"):
-        resolve_species_list(parse_species_list("Zosterops japonicus\n"), INDEX_SPECIES, allow_unknown=True)
+def test_a_list_that_leaves_no_species_is_refused_even_when_skipping():
+    # an empty filter would let every species through: the opposite of what a list asks for
+    with pytest.raises(UnknownSpeciesError, match="no species of the list.*holds 4 species.*Zosterops"):
+        resolve_species_list(parse_species_list("Zosterops japonicus\n"), INDEX_SPECIES)
+
+
+def test_a_folder_stands_for_its_species_list_txt_as_in_birdnet(tmp_path):
+    (tmp_path / "site07").mkdir()
+    (tmp_path / "site07" / "species_list.txt").write_text("Junco hyemalis_Dark-eyed Junco\n")
+    assert [e.scientific for e in read_species_list(tmp_path / "site07")] == ["Junco hyemalis"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="empty holds no species_list.txt"):
+        read_species_list(tmp_path / "empty")
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,9 @@ def test_reindex_remembers_the_species_tables(tmp_path, tiny_teacher_spec, synth
     )
     assert first.returncode == 0, first.stderr
     assert common_names(out) == {"Struthio molybdophanes": "Somali Ostrich"}
+    assert [s.code for s in IndexRoot(out).open_current().species()] == [
+        "ostric3"
+    ]  # the checklist's eBird code
 
     synthetic_photos(gallery / "Struthio_molybdophanes", 3, seed=2)  # one new photo, two changed
     second = cli("reindex", *common)

@@ -182,3 +182,24 @@ def test_gpu_search_returns_cpu_faiss_neighbours(small_index):
     for k, subset in ((10, None), (5, version.ids_for(genus="Junco"))):
         expected = version.search(queries, k, ids=subset)
         assert_same_neighbours(on_gpu.search(queries, k, ids=subset), expected, vectors, queries)
+
+
+def test_species_codes_are_stored_and_an_index_written_before_them_reads_as_unknown(
+    tmp_path, write_simple_index
+):
+    import sqlite3
+
+    from birdsearch.indexer.store import METADATA_FILE
+
+    vectors = unit(np.random.default_rng(2), 4, 8)
+    version = write_simple_index(tmp_path / "idx", vectors, SPECIES)
+    conn = sqlite3.connect(version.path / METADATA_FILE)
+    conn.execute("UPDATE species SET code = 'amerob' WHERE scientific = 'Turdus migratorius'")
+    conn.commit()
+    assert {s.scientific: s.code for s in IndexVersion(version.path).species()}[
+        "Turdus migratorius"
+    ] == "amerob"
+    conn.execute("ALTER TABLE species DROP COLUMN code")  # the schema before species codes
+    conn.commit()
+    conn.close()
+    assert {s.code for s in IndexVersion(version.path).species()} == {""}

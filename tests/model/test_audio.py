@@ -130,16 +130,23 @@ def test_nan_samples_are_corrupt():
         audio.load(buffer.getvalue())
 
 
-def test_long_recordings_split_into_hopped_windows_with_the_tail_covered():
+def test_long_recordings_split_into_hopped_windows_the_last_padded_or_dropped_as_birdnet_does():
     rate = 1000
-    samples = np.arange(25 * rate, dtype=np.float32)
+    samples = np.arange(1, 25 * rate + 1, dtype=np.float32)
     windows = audio.split(samples, rate, window_s=10, hop_s=5)
     assert windows.samples.shape == (4, 10 * rate)
-    np.testing.assert_allclose(windows.starts_s, [0, 5, 10, 15])
+    np.testing.assert_allclose(windows.starts_s, [0, 5, 10, 15])  # the last one ends with the recording
     windows = audio.split(samples, rate, window_s=10, hop_s=7)
-    np.testing.assert_allclose(windows.starts_s, [0, 7, 14, 15])  # the last one is aligned to the end
-    assert windows.samples[-1, -1] == samples[-1]
+    np.testing.assert_allclose(
+        windows.starts_s, [0, 7, 14, 21]
+    )  # no window aligned to the end: 21 s holds 4 s
+    np.testing.assert_array_equal(windows.samples[-1], audio.repeat_pad(samples[21 * rate :], 10 * rate))
     assert not windows.padded
+    tail = audio.split(samples[: int(20.5 * rate)], rate, window_s=10)
+    np.testing.assert_allclose(tail.starts_s, [0, 10])  # 0.5 s after the second window: under 1 s, dropped
+    tail = audio.split(samples[: int(21.5 * rate)], rate, window_s=10)
+    np.testing.assert_allclose(tail.starts_s, [0, 10, 20])  # 1.5 s: kept, padded
+    assert audio.window_starts(300, window=1000, hop=1000, min_tail=1000) == [0]  # an only window stays
 
 
 def test_short_recordings_are_repeat_padded_like_clap():

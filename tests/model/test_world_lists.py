@@ -30,6 +30,7 @@ def rows(world):
         ("ebird_taxonomy_v2022.csv", "ebird", OSTRICHES, ["ostric2", "ostric3"]),
         ("clements_v2024.csv", "clements", [*OSTRICHES, MALLARD], ["ostric2", "ostric3", "mallar3"]),
         ("ioc_master_v14.1.csv", "ioc", [*OSTRICHES, MALLARD], ["", "", ""]),
+        ("ioc_multilingual_v14.1.csv", "ioc_multilingual", [*OSTRICHES, MALLARD, ROBIN], ["", "", "", ""]),
     ],
 )  # fmt: skip
 def test_each_layout_keeps_species_rank_rows_with_their_lineage(name, layout, species, keys):
@@ -39,6 +40,18 @@ def test_each_layout_keeps_species_rank_rows_with_their_lineage(name, layout, sp
     assert world.layout == layout
     assert rows(world) == species
     assert world.keys == keys
+
+
+def test_the_multilingual_list_keeps_each_language_in_its_own_column():
+    world = read_world_list(LISTS / "ioc_multilingual_v14.1.csv")
+    assert list(world.languages)[:3] == [
+        "Catalan",
+        "Chinese",
+        "Chinese (Traditional)",
+    ]  # English is the taxa's
+    assert len(world.languages) == 43 and world.languages["Thai"] == ["", "", "", ""]
+    assert world.languages["German"] == ["Strauß", "Somalistrauß", "Stockente", "Wanderdrossel"]
+    assert world.languages["Swedish"][1] == ""  # a name the excerpt leaves out: the lookup falls back
 
 
 def test_the_species_table_loader_reads_world_lists_and_their_codes():
@@ -74,6 +87,8 @@ def test_index_resolves_labels_through_given_lists_and_warns_once_naming_what_is
         "Somali Ostrich", "Struthionidae", "Struthioniformes", "table",
     )  # fmt: skip
     assert resolver.resolve("ostric2").scientific == "Struthio camelus"  # by species code
+    assert (somali.code, resolver.resolve("ostric2").code) == ("ostric3", "ostric2")  # BirdNET's Species Code
+    assert resolver.resolve("Turdus migratorius").code == ""  # the bundled table has no codes
     assert resolver.resolve("Turdus migratorius").common == "American Robin"  # the bundled table still counts
     with caplog.at_level("WARNING"):
         resolver.resolve("Xenoglaux loweryi")
@@ -81,6 +96,17 @@ def test_index_resolves_labels_through_given_lists_and_warns_once_naming_what_is
     warnings = [r.getMessage() for r in caplog.records if "Xenoglaux" in r.getMessage()]
     assert len(warnings) == 1
     assert "common name, family, order" in warnings[0] and "clements_v2024.csv" in warnings[0]
+
+
+def test_a_species_takes_its_code_from_whichever_table_has_one():
+    # the IOC list comes first and wins the names and lineage, but has no codes; eBird's fills them
+    resolver = TaxonomyResolver([LISTS / "ioc_master_v14.1.csv", LISTS / "ebird_taxonomy_v2024.csv"])
+    mallard = resolver.resolve("Anas platyrhynchos")
+    assert (mallard.common, mallard.code) == ("Mallard", "mallar3")
+    assert (
+        resolver.resolve("Anas platyrhynchos", {"species_code": "mymallard"}).code == "mymallard"
+    )  # manifest wins
+    assert TaxonomyResolver([LISTS / "ioc_master_v14.1.csv"]).resolve("Anas platyrhynchos").code == ""
 
 
 def test_index_refuses_a_taxa_file_in_no_published_layout(tmp_path):

@@ -74,6 +74,7 @@ def test_query_resolves_its_list_against_the_servers_species(monkeypatch, tmp_pa
     listed.write_text("Junco hyemalis_Dark-eyed Junco\nturdus migratorius\n")
     assert client.resolve_list(listed, "http://server:8000/") == "Junco hyemalis\nTurdus migratorius"
     assert seen == ["http://server:8000/species"]
-    listed.write_text("Junco hiemalis\n")
+    listed.write_text("Junco hiemalis\nTurdus migratorius\n")  # a typo: skipped, only known names are sent
+    assert client.resolve_list(listed, "http://server:8000") == "Turdus migratorius"
     with pytest.raises(UnknownSpeciesError, match="nearest: Junco hyemalis"):
-        client.resolve_list(listed, "http://server:8000")
+        client.resolve_list(listed, "http://server:8000", strict=True)

@@ -33,9 +33,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.errors import ConfigError

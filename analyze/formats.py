@@ -24,8 +24,9 @@ The columns follow BirdNET-Analyzer, whose outputs these tools' users already re
 - **JSON Lines**: one object per detection with every field.
 
 Each row is one of the engine's detections (``birdsearch.engine.detections.Detection``) of one
-recording (``RecordingResult``). Renderers are pure (detections in, text out); ``write_atomic`` puts
-a file in place in one step, so that an interrupted run never leaves half a table behind.
+recording (``RecordingResult``). Renderers are pure (detections in, text out); the writer puts each
+file in place in one step (``birdsearch.files.write_atomic``), so that an interrupted run never leaves
+half a table behind.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from dataclasses import asdict, dataclass
 
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.errors import ConfigError
-from birdsearch.files import write_atomic as write_atomic  # the runner writes through formats
 
 FORMATS = ("csv", "raven", "audacity", "jsonl")  # the default set
 KNOWN = (*FORMATS, "kaleidoscope")

@@ -19,6 +19,7 @@ from birdsearch.analyze import formats
 from birdsearch.analyze.present import Presentation
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.engine.inputs import Recording
+from birdsearch.files import write_atomic
 
 STATE_DIR = ".birdsearch"  # per-recording state files, below the output folder
 RUN_FILE = "run.json"
@@ -75,32 +76,32 @@ class Outputs:
         shown = self.shown(result)
         for fmt in self.formats:
             text = formats.render(fmt, [shown], table=self.shown.table)
-            formats.write_atomic(self.path(recording.name, fmt), text)
+            write_atomic(self.path(recording.name, fmt), text)
         state = {
             "settings": self.digest,
             "shown": self.shown.digest(),
             "source": self.fingerprint(recording.path),
             "result": result.to_dict(),
         }
-        formats.write_atomic(self.state_path(recording.name), json.dumps(state))
+        write_atomic(self.state_path(recording.name), json.dumps(state))
 
     def write_combined(self, results: Sequence[RecordingResult]) -> None:
         shown = [self.shown(r) for r in results]
         for fmt in self.formats:
             if fmt in formats.COMBINED:
                 text = formats.render(fmt, shown, combined=True, table=self.shown.table)
-                formats.write_atomic(self.out / f"{COMBINED_NAME}{formats.SUFFIXES[fmt]}", text)
+                write_atomic(self.out / f"{COMBINED_NAME}{formats.SUFFIXES[fmt]}", text)
         if "raven" in self.formats:
             files = "".join(f"{r.path}\n" for r in shown)
-            formats.write_atomic(self.out / f"{COMBINED_NAME}{FILE_LIST_SUFFIX}", files)
+            write_atomic(self.out / f"{COMBINED_NAME}{FILE_LIST_SUFFIX}", files)
 
     def write_failures(self, failures: Sequence[tuple[str, str, str]]) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(("file", "code", "reason"))
         writer.writerows(failures)
-        formats.write_atomic(self.out / FAILURES_FILE, buffer.getvalue())
+        write_atomic(self.out / FAILURES_FILE, buffer.getvalue())
 
     def write_run(self, run: dict) -> None:
         """``run.json``: the settings, the runner's facts and the summary of this run."""
-        formats.write_atomic(self.out / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")
+        write_atomic(self.out / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")

@@ -9,6 +9,7 @@ import pytest
 from birdsearch.analyze import formats
 from birdsearch.engine.detections import Detection, RecordingResult
 from birdsearch.errors import ConfigError
+from birdsearch.files import write_atomic
 
 
 def detection(
@@ -129,15 +130,15 @@ def test_format_lists_are_checked():
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "out" / "a.txt"
-    formats.write_atomic(target, "one\n")
-    formats.write_atomic(target, "two\n")
+    write_atomic(target, "one\n")
+    write_atomic(target, "two\n")
     assert target.read_text() == "two\n"
     assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
 
 
 def test_tables_follow_the_umask_so_that_colleagues_can_read_them(tmp_path, umask):
     umask(0o002)  # a shared group's folder
-    formats.write_atomic(tmp_path / "detections.csv", "file,start_s\n")
+    write_atomic(tmp_path / "detections.csv", "file,start_s\n")
     assert (tmp_path / "detections.csv").stat().st_mode & 0o777 == 0o664
 
 

@@ -1,7 +1,7 @@
 """Choosing and building the FAISS index under a memory budget, and measuring its recall against exact search.
 
 The rule (``index_plans``), for N vectors of dimension D and a memory budget that holds the index
-*and* its build (the training sample and one block of vectors being added, ``build_overhead``):
+*and* its build (the training sample, or the index with one block of vectors being added: ``build_peak``):
 
 1. ``Flat`` (exact inner product) while N <= ``exact_max`` (default 250,000);
 2. ``IVF{nlist}`` over the most precise codes that fit: float32 (``Flat``), float16 (``SQfp16``),
@@ -114,7 +114,7 @@ class IndexPlan:
     storage: str  # codes of flat/hnsw/ivf; the re-rank store of ivfpq
     factory: str  # FAISS factory string, e.g. "Flat", "HNSW32", "IVF4096,SQ8", "IVF4096,PQ64"
     index_bytes: int  # what the built index holds in memory
-    build_bytes: int  # what building it holds besides: the training sample and the blocks being added
+    peak_bytes: int  # what building it holds at most (see ``build_peak``): what must fit the budget
 
     @property
     def exact(self) -> bool:
@@ -160,7 +160,7 @@ class BuiltIndex:
                 "kind": self.plan.kind,
                 "storage": self.plan.storage,
                 "index_bytes": self.plan.index_bytes,
-                "build_bytes": self.plan.build_bytes,
+                "peak_bytes": self.plan.peak_bytes,
                 "memory_budget_bytes": budget,
                 "tried": self.tried,
             },
@@ -211,14 +211,17 @@ def plan(kind: str, storage: str, n: int, dim: int) -> IndexPlan:
         m, bits = pq_bytes(dim), pq_bits(n)
         factory = f"IVF{nlist},PQ{m}" + ("" if bits == 8 else f"x{bits}")
         index_bytes = n * (math.ceil(m * bits / 8) + ID_BYTES) + centroids + 2**bits * dim * 4
-    return IndexPlan(kind, storage, factory, index_bytes, build_overhead(kind, storage, n, dim))
+    return IndexPlan(kind, storage, factory, index_bytes, build_peak(kind, storage, n, dim, index_bytes))
 
 
-def build_overhead(kind: str, storage: str, n: int, dim: int) -> int:
-    """Memory a build holds besides the index: the training sample (for whatever trains: k-means,
-    scalar-quantiser ranges) and a block of vectors with its working copies (residuals, codes)."""
+def build_peak(kind: str, storage: str, n: int, dim: int, index_bytes: int) -> int:
+    """The most a build holds at once: while training, the sample (twice for IVF-PQ, whose
+    sub-quantizers train on the sample's residuals); while adding, the index and a block of vectors
+    with its working copies (residuals, codes). The sample is released before adding."""
     trains = kind in ("ivf", "ivfpq") or storage == "sq8"  # float16 needs no training
-    return (training_rows(n) if trains else 0) * dim * 4 + BUILD_BLOCK_COPIES * min(n, BLOCK_ROWS) * dim * 4
+    training = (training_rows(n) if trains else 0) * dim * 4 * (2 if kind == "ivfpq" else 1)
+    adding = index_bytes + BUILD_BLOCK_COPIES * min(n, BLOCK_ROWS) * dim * 4
+    return max(training, adding)
 
 
 def index_plans(n: int, dim: int, options: IndexOptions) -> list[IndexPlan]:
@@ -240,14 +243,14 @@ def index_plans(n: int, dim: int, options: IndexOptions) -> list[IndexPlan]:
     if not within:
         log.warning(
             "%s needs %.1f GiB with its build, over the memory budget of %.1f GiB",
-            candidates[-1].factory, (candidates[-1].index_bytes + candidates[-1].build_bytes) / 2**30,
+            candidates[-1].factory, candidates[-1].peak_bytes / 2**30,
             options.memory_budget_bytes / 2**30,
         )  # fmt: skip
     return within[:1] or candidates[-1:]
 
 
 def fits(planned: IndexPlan, options: IndexOptions) -> bool:
-    return planned.index_bytes + planned.build_bytes <= options.memory_budget_bytes
+    return planned.peak_bytes <= options.memory_budget_bytes
 
 
 def choose_index_type(n: int, dim: int, options: IndexOptions) -> str:
@@ -319,27 +322,31 @@ def build_planned(
     index = faiss.index_factory(rows.dim, planned.factory, faiss.METRIC_INNER_PRODUCT)
     if planned.kind == "hnsw":
         faiss.downcast_index(index).hnsw.efConstruction = 80
-    sample = None
-    if not index.is_trained or planned.kind == "ivfpq":
-        sample = rows.take(sample_ids(len(rows), training_rows(len(rows)), options.seed))
+    store_range = None
     if not index.is_trained:
+        sample = rows.take(sample_ids(len(rows), training_rows(len(rows)), options.seed))
         faiss.ParameterSpace().set_index_parameter(index, "verbose", 0)
         if planned.kind == "ivfpq":
             ivfpq = faiss.downcast_index(index)
             ivfpq.pq.cp.max_points_per_centroid = TRAIN_PER_LIST
             ivfpq.pq.cp.niter = 10  # as FAISS's IVF k-means; the re-ranking corrects what coarser codes miss
             ivfpq.do_polysemous_training = False  # Hamming filtering we never use: most of the training time
+            store_range = sq8_range(sample) if planned.storage == "sq8" else None
         index.train(sample)
-    if planned.kind != "ivfpq":
-        for _, block in rows.blocks():
-            index.add(block)
-        return BuiltIndex(index, planned)
-    assert sample is not None
-    return add_with_rerank_store(index, planned, rows, sample, directory)
+        del sample  # released before the index fills (see build_peak)
+    if planned.kind == "ivfpq":
+        return add_with_rerank_store(index, planned, rows, store_range, directory)
+    for _, block in rows.blocks():
+        index.add(block)
+    return BuiltIndex(index, planned)
 
 
 def add_with_rerank_store(
-    index: Any, planned: IndexPlan, rows: VectorRows, sample: np.ndarray, directory: Path | None
+    index: Any,
+    planned: IndexPlan,
+    rows: VectorRows,
+    store_range: tuple[np.ndarray, np.ndarray] | None,
+    directory: Path | None,
 ) -> BuiltIndex:
     """Add every block to the index and write its re-rank store from the same pass over the vectors."""
     if planned.storage == "float32":  # the vectors themselves: nothing more to write
@@ -348,7 +355,7 @@ def add_with_rerank_store(
         return BuiltIndex(index, planned, RerankStore(rows))
     if directory is None:
         raise ConfigError("an IVF-PQ index writes its re-rank store beside it: give build_index a directory")
-    low, step = sq8_range(sample) if planned.storage == "sq8" else (None, None)
+    low, step = store_range or (None, None)
 
     def added_and_encoded() -> Any:
         for _, block in rows.blocks():
@@ -377,9 +384,10 @@ def query_sets(
     """The tuned query kinds (a sample of each) followed by the self-queries, which are only recorded."""
     tuned = {}
     for name, q in queries.items():
-        if len(q):
-            q = np.ascontiguousarray(q, dtype=np.float32)
-            tuned[name] = q[sample_ids(len(q), options.recall_queries, options.seed + 2)]
+        if len(q):  # sampled before it is copied: q may be a memory map of many rows
+            tuned[name] = np.ascontiguousarray(
+                np.asarray(q)[sample_ids(len(q), options.recall_queries, options.seed + 2)], dtype=np.float32
+            )
     if not tuned:
         raise ConfigError(
             "an approximate index is tuned on the queries the service asks (the species' text embeddings, "

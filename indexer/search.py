@@ -176,7 +176,10 @@ def encode_rows(
     """Rows in a re-rank store's encoding (``low`` and ``step`` from ``sq8_range`` for sq8)."""
     if encoding == "sq8":
         assert low is not None and step is not None
-        return np.clip(np.rint((block - low) / step), 0, 255).astype(np.uint8)
+        scaled = block - low  # one temporary, worked in place: this runs on blocks of the whole gallery
+        scaled /= step
+        np.rint(scaled, out=scaled)
+        return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
     return np.asarray(block, dtype=STORE_ENCODINGS[encoding])
 
 

@@ -75,7 +75,7 @@ def test_storage_options_pick_the_faiss_encoding_and_measure_its_recall():
     assert plan("ivf", "sq8", 10_000, 768).factory == "IVF256,SQ8"
     # Smaller codes let a larger gallery stay exact within the same memory budget.
     budget = plan("flat", "float16", 100_000, 768)
-    budget = IndexOptions(memory_budget_bytes=budget.index_bytes + budget.build_bytes, storage="float32")
+    budget = IndexOptions(memory_budget_bytes=budget.peak_bytes, storage="float32")
     assert choose_index_type(100_000, 768, budget) == "ivfpq"
     assert (
         choose_index_type(100_000, 768, IndexOptions(memory_budget_bytes=budget.memory_budget_bytes))
@@ -96,8 +96,8 @@ def test_auto_keeps_to_a_tiny_budget_and_reaches_the_target(tmp_path, write_simp
     ivf = [plan("ivf", s, n, dim) for s in ("float32", "float16", "sq8")]
     # A gallery past exact search, and a budget that holds the compact index and its build but not
     # IVF's codes, 8-bit ones included.
-    smallest_ivf = min(p.index_bytes + p.build_bytes for p in ivf)
-    budget = (compact.index_bytes + compact.build_bytes + smallest_ivf) // 2
+    smallest_ivf = min(p.peak_bytes for p in ivf)
+    budget = (compact.peak_bytes + smallest_ivf) // 2
     options = IndexOptions(memory_budget_bytes=budget, exact_max=10_000, recall_queries=200)
     plans = index_plans(n, dim, options)
     assert [(p.kind, p.storage) for p in plans] == [
@@ -110,7 +110,7 @@ def test_auto_keeps_to_a_tiny_budget_and_reaches_the_target(tmp_path, write_simp
 
     chosen = version.manifest["index_plan"]
     assert (chosen["kind"], chosen["storage"], chosen["memory_budget_bytes"]) == ("ivfpq", "sq8", budget)
-    assert chosen["index_bytes"] + chosen["build_bytes"] <= budget and chosen["tried"] == []
+    assert chosen["peak_bytes"] <= budget and chosen["tried"] == []
     assert (version.path / "index.faiss").stat().st_size <= chosen["index_bytes"]  # what a reader loads
     assert version.manifest["recall_at_10"] >= 0.95 and version.manifest["search_params"]["k_factor"] >= 1
     # The service's search re-ranks from the 8-bit store and reaches the target on queries it was not tuned on.
@@ -192,7 +192,17 @@ def test_the_scale_bench_smoke_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
     factories = {(r["n"], r["factory"]) for r in result["rows"]}
-    assert {(800, "Flat"), (800, "SQ8"), (1600, "HNSW32"), (1600, "IVF41,Flat")} <= factories
+    assert {
+        (800, "Flat"),
+        (800, "SQ8"),
+        (1600, "HNSW32"),
+        (1600, "IVF41,Flat"),
+        (1600, "IVF41,PQ2"),
+    } <= factories
+    compact = next(r for r in result["rows"] if r["n"] == 1600 and r["type"] == "ivfpq")
+    assert (
+        compact["store_bytes"] > 1600 * 32 and compact["search_params"]["k_factor"] >= 1
+    )  # 8-bit codes, re-ranked
     for row in result["rows"]:
         assert row["peak_rss_bytes"] > row["disk_bytes"] > 0 and row["build_s"] >= 0
         assert all(0.0 <= v <= 1.0 for v in row["recall_at_10"].values())

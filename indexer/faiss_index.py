@@ -10,19 +10,20 @@ The rule (``index_plans``), for N vectors of dimension D and a memory budget tha
    shortlist of ``k * k_factor`` candidates is re-ranked from a store on disk (8-bit codes of the
    vectors by default, read by row: see ``birdsearch.indexer.search.RerankStore``).
 
-The first that fits is built and tuned; should it not reach the target recall, the next that fits
-is built. HNSW is not among auto's picks: on the cross-modal queries the service asks it needed
-efSearch 1024 at 1M vectors and ran 5x slower than IVF at the same recall (BENCHMARKS.md, "Index at
-scale"), the known weakness of graph indexes for queries from another distribution; it is built
-when asked for (``index_type='hnsw'``).
+The first that fits is built and tuned; should it not reach the target recall, the next is built
+(IVF-PQ comes last whatever the budget, with an 8-bit re-rank store, then float16, then the
+vectors themselves). HNSW is not among auto's picks: on the cross-modal queries the service asks
+it needed efSearch 1024 at 1M vectors and was 4.8x slower than IVF, both past the target
+(BENCHMARKS.md, "Index at scale"), the known weakness of graph indexes for queries from another
+distribution; it is built when asked for (``index_type='hnsw'``).
 
 ``storage`` pins the encoding: the codes of Flat, HNSW and IVF, or IVF-PQ's re-rank store (where
 float32 re-ranks from the version's own vectors.npy, with no second file). ``auto`` takes the most
-precise codes that fit, and an 8-bit re-rank store.
+precise codes that fit: at equal nprobe they need no re-ranking and searched faster (BENCHMARKS.md).
 
 k-means trains on a sample of ``TRAIN_PER_LIST`` (64) points a list, and the PQ's sub-quantizers
 on 64 a centroid (FAISS asks 39 to 256), so a 10M build clusters 262,144 points, not millions.
-Vectors are added block by block from a ``VectorRows`` (a .npy read with ``pread``), so the
+Vectors are added block by block from a ``VectorRows`` (a .npy read with plain reads), so the
 gallery is never in memory at once.
 
 The query-time knob (efSearch or nprobe; for IVF-PQ then k_factor) is raised until recall@10
@@ -76,6 +77,9 @@ NLIST_MAX = (
     4096  # assigning N vectors costs N * nlist * D multiply-adds: 10M x 4,096 x 768 is ~10 min on 2 cores
 )
 BUILD_BLOCK_COPIES = 3  # a block read, and its residuals and codes while it is added
+# FAISS grows an index's arrays (each IVF list's codes and ids) by doubling as blocks are added, so a
+# build holds up to twice the codes; 1.44x and 1.48x were measured for IVF over 1M vectors.
+GROWTH = 1.5
 TRAIN_PER_LIST = 64  # k-means training points per list (and per PQ centroid); FAISS asks 39 to 256
 PQ_DIMS_PER_BYTE = 12  # components per one-byte PQ sub-quantizer: 64 bytes for 768-d
 K_FACTORS = (1, 2, 4, 8, 16, 32, 64)  # shortlist multipliers tried for a re-ranked index
@@ -215,12 +219,14 @@ def plan(kind: str, storage: str, n: int, dim: int) -> IndexPlan:
 
 
 def build_peak(kind: str, storage: str, n: int, dim: int, index_bytes: int) -> int:
-    """The most a build holds at once: while training, the sample (twice for IVF-PQ, whose
-    sub-quantizers train on the sample's residuals); while adding, the index and a block of vectors
-    with its working copies (residuals, codes). The sample is released before adding."""
+    """The most a build holds at once: while training, the sample (twice where IVF trains its codes
+    on the sample's residuals: PQ, scalar quantisers); while adding, the growing index (its arrays
+    grow by doubling: GROWTH) and a block of vectors with its working copies (residuals, codes).
+    The sample is released before adding."""
     trains = kind in ("ivf", "ivfpq") or storage == "sq8"  # float16 needs no training
-    training = (training_rows(n) if trains else 0) * dim * 4 * (2 if kind == "ivfpq" else 1)
-    adding = index_bytes + BUILD_BLOCK_COPIES * min(n, BLOCK_ROWS) * dim * 4
+    residuals = kind == "ivfpq" or (kind == "ivf" and storage != "float32")
+    training = (training_rows(n) if trains else 0) * dim * 4 * (2 if residuals else 1)
+    adding = int(GROWTH * index_bytes) + BUILD_BLOCK_COPIES * min(n, BLOCK_ROWS) * dim * 4
     return max(training, adding)
 
 

@@ -638,11 +638,12 @@ def read_faiss(file: Path) -> Any:
 
 
 class VectorRows:
-    """(N, D) vectors read block by block: an array in memory, or a .npy file read with ``pread``.
+    """(N, D) vectors read by blocks or by row ids: an array in memory, or a .npy file on disk.
 
-    A file is read with plain reads, not through a memory map: a pass over a 30 GB file through a
-    map would leave every page it touched in the process's resident set, so a build that streams
-    the gallery's vectors holds one block of them, never the file.
+    A file's blocks are read with plain reads (``pread``), not through a memory map: a pass over a
+    30 GB file through a map would leave every page it touched in the process's resident set, so a
+    build that streams the gallery's vectors holds one block of them, never the file. Scattered rows
+    (``take``) go through short-lived maps, closed before they return.
     """
 
     def __init__(self, source: np.ndarray | str | Path):

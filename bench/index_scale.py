@@ -114,7 +114,8 @@ def make_gallery(n: int, dim: int, folder: Path, seed: int = 0, held_out: int = 
     def cross_modal(rows: np.ndarray) -> np.ndarray:
         return unit(centre[rows] + gap + normal(rng, len(rows), dim, QUERY_NOISE))
 
-    np.save(folder / "species_text.npy", cross_modal(np.arange(species)))
+    texts = (cross_modal(np.arange(a, min(a + BLOCK_ROWS, species))) for a in range(0, species, BLOCK_ROWS))
+    write_npy(folder / "species_text.npy", (species, dim), np.float32, texts)  # 250,000 of them at 10M
     audio = cross_modal(rng.integers(0, species, held_out))
     vectors = VectorRows(folder / "vectors.npy")
     self_queries = vectors.take(np.sort(rng.choice(n, min(n, held_out), replace=False)))

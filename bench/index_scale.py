@@ -6,21 +6,28 @@ scattered around their species' centroid. The queries the service really asks ar
 embeddings in the teacher's *text* space, a different distribution: modelled as the species'
 centroids offset by one shared modality-gap vector, plus noise. Each index version holds the
 teacher's text embedding of every species (one such query per species, drawn once); the indexer
-tunes efSearch / nprobe on those, and this bench measures recall on *held-out* cross-modal
-queries (fresh noise), on self-queries (gallery vectors) and against exact search.
+tunes nprobe / efSearch / k_factor on those, and this bench measures recall on *held-out*
+cross-modal queries (fresh noise), on self-queries (gallery vectors) and against exact search.
 
-Every index build runs in its own process, so its peak RSS (``VmHWM``) is its own; the
-gallery's vectors are generated once per size into a temporary .npy that the builds map.
+The gallery's vectors are generated once per size and streamed to a .npy on disk (10M x 768
+float32 is 30.7 GB, more than a 24 GB machine's memory), with the exact neighbours of the held-out
+queries computed once from it, block by block. Every index build then runs in its own process,
+reading the file block by block (``VectorRows``) under ``--memory-budget-gb``, so its peak RSS
+(``VmHWM``) is its own: the index, its training sample and the blocks being added. Searches go
+through the searcher the service uses (``FaissSearcher``, with the re-rank store of an IVF-PQ index).
 
     python bench/index_scale.py --smoke                              # seconds; the test suite runs it
     python bench/index_scale.py --sizes 100000 1000000 --out bench/results/index_scale
     python bench/index_scale.py --sizes 100000 --reload-size 1000000 # + the hot-reload memory rows
-    python bench/index_scale.py --sizes 10000000 --types auto flat ivf --storage float32 float16 \\
-        --storage-types flat ivf                                     # on a machine with ~100 GB
+    python bench/index_scale.py --sizes 100000 1000000 10000000 --types auto ivfpq ivf hnsw \
+        --storage sq8 --storage-types ivf --limit hnsw=1000000 --memory-budget-gb 8 \
+        --queries 500 --work /data --out bench/results/index_scale_10m  # ~2 h, 40 GB of disk
 
-Writes ``OUT.json`` (every row, the fitted cost slopes) and ``OUT.md`` (the tables BENCHMARKS.md
-quotes). The cost slopes are fitted on log(N) against log(build seconds) and log(peak RSS) for
-each index type measured at two sizes or more in the run.
+``auto`` builds what the indexer's ``auto`` builds under the budget; a forced type whose build
+``auto`` would repeat at a size is not built twice. Writes ``OUT.json`` (every row, the fitted
+cost slopes) and ``OUT.md`` (the tables BENCHMARKS.md quotes). The slopes are fitted on log(N)
+against log(build seconds) and log(peak RSS) for each index kind and storage measured at two sizes
+or more in the run.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ HELD_OUT = 1000  # held-out cross-modal queries (and self-queries) measured per 
 LATENCY_SINGLE = 200  # queries timed one at a time (at most; see LATENCY_BUDGET_S)
 LATENCY_BATCHES = 10  # batches of 64 timed (at most)
 LATENCY_BUDGET_S = 20.0  # seconds each latency loop may take; it stops early, after 5 calls at least
-BUILD_ORDER = ["flat", "ivf", "ivfpq", "hnsw"]
+BUILD_ORDER = ["auto", "flat", "ivf", "ivfpq", "hnsw"]
+CENTROID_BLOCK = 1 << 16  # species centroids made at a time (a 10M gallery has 250,000)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -71,31 +79,58 @@ def centroids(species: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     genus = unit(rng.standard_normal((genera, dim), dtype=np.float32))
     genus_family = rng.integers(0, families, genera)
     species_genus = rng.integers(0, genera, species)
-    own = unit(rng.standard_normal((species, dim), dtype=np.float32))
-    return unit(family[genus_family[species_genus]] + 0.8 * genus[species_genus] + 0.6 * own)
+    out = np.empty((species, dim), dtype=np.float32)
+    for start in range(0, species, CENTROID_BLOCK):  # in blocks: no (species, dim) temporaries
+        of = species_genus[start : start + CENTROID_BLOCK]
+        own = unit(rng.standard_normal((len(of), dim), dtype=np.float32))
+        out[start : start + len(of)] = unit(family[genus_family[of]] + 0.8 * genus[of] + 0.6 * own)
+    return out
 
 
 def make_gallery(n: int, dim: int, folder: Path, seed: int = 0, held_out: int = HELD_OUT) -> dict[str, Any]:
-    """Write vectors.npy (photos), species_text.npy (one per species), audio.npy and self.npy (held out)."""
+    """Write vectors.npy (photos), species_text.npy (one per species), audio.npy and self.npy (held out),
+    and truth.npy: the exact top 10 of the audio queries then the self-queries.
+
+    The photos are written block by block with plain writes, never held whole nor mapped.
+    """
+    from birdsearch.indexer.faiss_index import exact_neighbours
+    from birdsearch.indexer.store import BLOCK_ROWS, VectorRows, write_npy
+
     rng = np.random.default_rng(seed)
     species = max(2, n // PER_SPECIES)
     centre = centroids(species, dim, rng)
     labels = rng.integers(0, species, n)
-    vectors = np.lib.format.open_memmap(folder / "vectors.npy", "w+", np.float32, (n, dim))
-    for start in range(0, n, 100_000):  # in blocks: a 10M gallery never sits in RAM twice
-        rows = labels[start : start + 100_000]
-        vectors[start : start + len(rows)] = unit(centre[rows] + normal(rng, len(rows), dim, SPREAD))
-    vectors.flush()
+
+    def photos() -> Any:
+        for start in range(0, n, BLOCK_ROWS):
+            rows = labels[start : start + BLOCK_ROWS]
+            yield unit(centre[rows] + normal(rng, len(rows), dim, SPREAD))
+
+    started = time.perf_counter()
+    write_npy(folder / "vectors.npy", (n, dim), np.float32, photos())
+    written_s = time.perf_counter() - started
     gap = unit(rng.standard_normal((1, dim), dtype=np.float32)) * np.float32(GAP)
 
     def cross_modal(rows: np.ndarray) -> np.ndarray:
         return unit(centre[rows] + gap + normal(rng, len(rows), dim, QUERY_NOISE))
 
-    np.save(folder / "species_text.npy", cross_modal(np.arange(species)))
-    np.save(folder / "audio.npy", cross_modal(rng.integers(0, species, held_out)))
-    np.save(folder / "self.npy", np.asarray(vectors[np.sort(rng.choice(n, min(n, held_out), replace=False))]))
-    del vectors
-    return {"n": n, "dim": dim, "species": species}
+    texts = (cross_modal(np.arange(a, min(a + BLOCK_ROWS, species))) for a in range(0, species, BLOCK_ROWS))
+    write_npy(folder / "species_text.npy", (species, dim), np.float32, texts)  # 250,000 of them at 10M
+    audio = cross_modal(rng.integers(0, species, held_out))
+    vectors = VectorRows(folder / "vectors.npy")
+    self_queries = vectors.take(np.sort(rng.choice(n, min(n, held_out), replace=False)))
+    np.save(folder / "audio.npy", audio)
+    np.save(folder / "self.npy", self_queries)
+    started = time.perf_counter()
+    np.save(folder / "truth.npy", exact_neighbours(np.concatenate([audio, self_queries]), vectors))
+    return {
+        "n": n,
+        "dim": dim,
+        "species": species,
+        "write_s": round(written_s, 1),
+        "truth_s": round(time.perf_counter() - started, 1),
+        "vectors_bytes": (folder / "vectors.npy").stat().st_size,
+    }
 
 
 # -- one build, in its own process ---------------------------------------------------------------
@@ -122,23 +157,23 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(ms, 50)), 3), "p99": round(float(np.percentile(ms, 99)), 3)}
 
 
-def timed_calls(index: Any, batches: list[np.ndarray]) -> list[float]:
-    """Seconds of each ``index.search`` call, until the batches or LATENCY_BUDGET_S run out."""
+def timed_calls(searcher: Any, batches: list[np.ndarray]) -> list[float]:
+    """Seconds of each ``searcher.search`` call, until the batches or LATENCY_BUDGET_S run out."""
     seconds: list[float] = []
     for batch in batches:
         start = time.perf_counter()
-        index.search(batch, 10)
+        searcher.search(batch, 10)
         seconds.append(time.perf_counter() - start)
         if len(seconds) >= 5 and sum(seconds) > LATENCY_BUDGET_S:
             break
     return seconds
 
 
-def latency(index: Any, queries: np.ndarray) -> dict[str, Any]:
+def latency(searcher: Any, queries: np.ndarray) -> dict[str, Any]:
     """Search latency at batch 1 and at batch 64 (each figure is one whole call), and how many calls."""
     tiled = np.resize(queries, (64 * LATENCY_BATCHES, queries.shape[1]))
-    single = timed_calls(index, [q[None, :] for q in queries[:LATENCY_SINGLE]])
-    batched = timed_calls(index, [np.ascontiguousarray(b) for b in np.split(tiled, LATENCY_BATCHES)])
+    single = timed_calls(searcher, [q[None, :] for q in queries[:LATENCY_SINGLE]])
+    batched = timed_calls(searcher, [np.ascontiguousarray(b) for b in np.split(tiled, LATENCY_BATCHES)])
     return {
         "batch1_ms": percentiles_ms(single),
         "batch64_ms": percentiles_ms(batched),
@@ -150,36 +185,49 @@ def build_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build one index over the gallery in ``spec['data']`` and measure it (runs in a child process)."""
     import faiss
 
-    from birdsearch.indexer.faiss_index import IndexOptions, build_index, exact_neighbours, recall_at_k
+    from birdsearch.indexer.faiss_index import IndexOptions, build_index, recall_at_k
+    from birdsearch.indexer.search import FaissSearcher
+    from birdsearch.indexer.store import VectorRows
 
     data = Path(spec["data"])
-    vectors = np.load(data / "vectors.npy", mmap_mode="r")
-    species_text = np.load(data / "species_text.npy")
+    vectors = VectorRows(data / "vectors.npy")
+    species_text = np.load(data / "species_text.npy", mmap_mode="r")  # one per species: sampled, not loaded
     audio, self_queries = np.load(data / "audio.npy"), np.load(data / "self.npy")
-    options = IndexOptions(index_type=spec["type"], storage=spec["storage"], recall_queries=len(audio))
+    truth = np.load(data / "truth.npy")
+    options = IndexOptions(
+        index_type=spec["type"], storage=spec["storage"], recall_queries=len(audio),
+        memory_budget_bytes=spec["budget"],
+    )  # fmt: skip
+    folder = data / f"build-{spec['type']}-{spec['storage']}"
+    folder.mkdir()
     rss_before = current_rss_bytes()
-    built = build_index(vectors, options, {"species_text": species_text})
-    path = data / f"index-{spec['type']}-{spec['storage']}.faiss"
-    faiss.write_index(built.index, str(path))
+    built = build_index(vectors, options, {"species_text": species_text}, folder)
+    faiss.write_index(built.index, str(folder / "index.faiss"))
+    searcher = FaissSearcher(built.index, None, built.search_params, built.rerank)
     recall = {
-        "self": recall_at_k(built.index.search(self_queries, 10)[1], exact_neighbours(self_queries, vectors)),
-        "cross_modal": recall_at_k(built.index.search(audio, 10)[1], exact_neighbours(audio, vectors)),
+        "self": recall_at_k(searcher.search(self_queries, 10)[1], truth[len(audio) :]),
+        "cross_modal": recall_at_k(searcher.search(audio, 10)[1], truth[: len(audio)]),
         "species_text": built.recall_by_query.get("species_text", {}).get("recall_at_10", 1.0),
     }
     row = {
-        "n": int(vectors.shape[0]),
-        "type": spec["type"],
-        "storage": spec["storage"],
+        "n": len(vectors),
+        "type": built.plan.kind,
+        "storage": built.plan.storage,
         "factory": built.factory,
+        "index": built.plan.description,
         "search_params": built.search_params,
         "build_s": round(built.build_seconds, 2),
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_before_build_bytes": rss_before,
-        "disk_bytes": path.stat().st_size,
+        "planned_bytes": built.plan.peak_bytes,
+        "budget_bytes": spec["budget"],
+        "disk_bytes": (folder / "index.faiss").stat().st_size,
+        "store_bytes": sum(f.stat().st_size for f in built.rerank_files),
+        "tried": built.tried,
         "recall_at_10": {k: round(float(v), 4) for k, v in recall.items()},
-        **latency(built.index, audio),
+        **latency(searcher, audio),
     }
-    path.unlink()
+    shutil.rmtree(folder)
     return row
 
 
@@ -202,18 +250,16 @@ def write_version(root: Path, vectors: np.ndarray, index_type: str) -> None:
     counts = np.bincount(label, minlength=len(names))
     species = [SpeciesRecord(name, image_count=int(c)) for name, c in zip(names, counts, strict=True)]
     text = unit(np.random.default_rng(1).standard_normal((len(names), dim), dtype=np.float32))
-    built = build_index(vectors, IndexOptions(index_type=index_type), {"species_text": text})
+    staging = new_staging_dir(root)
+    options = IndexOptions(index_type=index_type)
+    built = build_index(vectors, options, {"species_text": text}, staging)
     manifest = {
         "teacher": {"id": "synthetic", "dim": dim, "weights_sha256": "", "preprocess": {}},
-        "index_type": built.factory,
-        "search_params": built.search_params,
-        "recall_at_10": built.recall_at_10,
-        "recall_by_query": built.recall_by_query,
+        **built.manifest(options.memory_budget_bytes),
         "source_hash": f"{n}-{time.time_ns()}",
         "species_text": {"format": "taxon_com", "templates": "openai"},
     }
     content = VersionContent(vectors, rows, species, text, built.index, manifest)
-    staging = new_staging_dir(root)
     write_version_files(staging, content)
     publish(root, staging)
 
@@ -292,17 +338,29 @@ def run_child(mode: str, spec: dict[str, Any], timeout_s: float | None) -> dict[
 
 
 def build_specs(args: argparse.Namespace, n: int) -> list[dict[str, Any]]:
-    """The index types to build at size ``n``: auto's pick (as itself), the forced others, storage variants."""
-    from birdsearch.indexer.faiss_index import IndexOptions, choose_index_type
+    """The builds at size ``n``: auto's pick, then the forced types (with the --storage variants for
+    --storage-types, else the type's own default), less any that would build what auto builds."""
+    from birdsearch.indexer.faiss_index import IndexOptions, index_plans
 
-    picked = choose_index_type(n, args.dim, IndexOptions())
-    kinds = list(dict.fromkeys(picked if k == "auto" else k for k in args.types))
-    kinds = [k for k in kinds if n <= args.limit.get(k, n)]
-    specs = []
-    for kind in sorted(kinds, key=BUILD_ORDER.index):  # the slow HNSW builds last, so a time box cuts them
-        for storage in args.storage if kind in args.storage_types else ["float32"]:
-            specs.append({"type": kind, "storage": storage, "auto": kind == picked and storage == "float32"})
-    return specs
+    budget = int(args.memory_budget_gb * 2**30)
+
+    def first(kind: str, storage: str) -> tuple[str, str]:
+        planned = index_plans(
+            n, args.dim, IndexOptions(index_type=kind, storage=storage, memory_budget_bytes=budget)
+        )
+        return planned[0].kind, planned[0].storage
+
+    picked = first("auto", "auto")
+    specs = (
+        [{"type": "auto", "storage": "auto", "budget": budget, "auto": True}] if "auto" in args.types else []
+    )
+    for kind in sorted(
+        {k for k in args.types if k != "auto" and n <= args.limit.get(k, n)}, key=BUILD_ORDER.index
+    ):
+        for storage in args.storage if kind in args.storage_types else ["auto"]:
+            if not (specs and first(kind, storage) == picked):
+                specs.append({"type": kind, "storage": storage, "budget": budget, "auto": False})
+    return specs  # the slow HNSW builds last, so that a time box cuts them first
 
 
 def fit_slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -338,22 +396,28 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {result['machine']}. Dimension {result['dim']}, {PER_SPECIES} photos a species; "
         f"recall@10 against exact search on {result['queries']} held-out queries of each kind "
-        f"(species text: the tuning set, one per species, at most {result['queries']}).",
+        f"(species text: the tuning set, one per species, at most {result['queries']}); memory budget "
+        f"{result.get('memory_budget_gb', 16):g} GiB (what auto chooses under).",
         "",
-        "| N | index (storage) | auto | tuned | build s | peak RSS GiB | disk GiB | recall self | recall cross-modal "
-        "| recall species text | p50 / p99 ms, batch 1 | p50 / p99 ms, batch 64 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | index (storage) | auto | tuned | build s | peak RSS GiB | planned GiB | index GiB | store GiB "
+        "| recall self | recall cross-modal | recall species text | p50 / p99 ms, batch 1 | p50 / p99 ms, batch 64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         tuned = ", ".join(f"{k} {v}" for k, v in r["search_params"].items())
         tuned = tuned or ("exact" if r["factory"] == "Flat" else "no knob")
         rc = r["recall_at_10"]
         lines.append(
-            f"| {r['n']:,} | {r['factory']} ({r['storage']}) | {'yes' if r['auto'] and r['storage'] == 'float32' else ''} | {tuned} | {r['build_s']} "
-            f"| {gib(r['peak_rss_bytes'])} | {gib(r['disk_bytes'])} | {rc['self']:.3f} | {rc['cross_modal']:.3f} "
+            f"| {r['n']:,} | {r['factory']} ({r['storage']}) | {'yes' if r['auto'] else ''} | {tuned} "
+            f"| {r['build_s']} | {gib(r['peak_rss_bytes'])} | {gib(r.get('planned_bytes', 0))} "
+            f"| {gib(r['disk_bytes'])} | {gib(r.get('store_bytes', 0))} | {rc['self']:.3f} | {rc['cross_modal']:.3f} "
             f"| {rc['species_text']:.3f} | {ms(r['batch1_ms']['p50'])} / {ms(r['batch1_ms']['p99'])} "
             f"| {ms(r['batch64_ms']['p50'])} / {ms(r['batch64_ms']['p99'])} |"
         )
+    if result.get("galleries"):
+        lines += ["", "| N | gallery written s | exact neighbours s | vectors GiB |", "|---|---|---|---|"]
+        for g in result["galleries"]:
+            lines.append(f"| {g['n']:,} | {g['write_s']} | {g['truth_s']} | {gib(g['vectors_bytes'])} |")
     if result["slopes"]:
         lines += [
             "",
@@ -386,9 +450,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Several runs' results as one (the first run's machine and settings), with slopes refitted."""
-    merged = {**results[0], "rows": [], "reload": [], "reload_size": 0}
+    merged = {**results[0], "rows": [], "reload": [], "reload_size": 0, "galleries": []}
     for result in results:
         merged["rows"] += result["rows"]
+        merged["galleries"] += result.get("galleries", [])
         merged["reload"] += result["reload"]
         merged["reload_size"] = result.get("reload_size") or merged["reload_size"]
     merged["slopes"] = fit_slopes(merged["rows"])
@@ -438,11 +503,14 @@ def main(argv: list[str] | None = None) -> int:
         "--queries", type=int, default=HELD_OUT, help="held-out queries of each kind per build"
     )
     parser.add_argument("--dim", type=int, default=DIM)
-    parser.add_argument("--types", nargs="+", default=["auto", "flat", "hnsw", "ivf"],
+    parser.add_argument("--types", nargs="+", default=["auto", "ivfpq", "ivf", "hnsw"],
                         help="index types: auto (its pick at each size), flat, hnsw, ivf, ivfpq")  # fmt: skip
-    parser.add_argument("--storage", nargs="+", default=["float32", "float16", "sq8"])
-    parser.add_argument("--storage-types", nargs="+", default=["flat", "ivf"],
-                        help="index types also built with the --storage variants (the others: float32)")  # fmt: skip
+    parser.add_argument("--storage", nargs="+", default=["float32", "float16", "sq8"],
+                        help="codes (flat, hnsw, ivf) or re-rank store (ivfpq) of the --storage-types")  # fmt: skip
+    parser.add_argument("--storage-types", nargs="+", default=[],
+                        help="index types built with each --storage (the others: their own default)")  # fmt: skip
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0,
+                        help="the indexer's --memory-budget-gb: what auto chooses under (8)")  # fmt: skip
     parser.add_argument(
         "--reload-size", type=int, default=0, help="vectors per version of the hot-reload rows (0: none)"
     )
@@ -474,13 +542,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:
         args.sizes, args.dim, args.reload_size, args.queries = [800, 1_600], 32, 1_000, 200
-        args.types, args.storage, args.storage_types = ["auto", "hnsw", "ivf"], ["float32", "sq8"], ["flat"]
+        args.types, args.storage, args.storage_types = (
+            ["auto", "hnsw", "ivf", "ivfpq", "flat"],
+            ["sq8"],
+            ["flat"],
+        )
     work = Path(tempfile.mkdtemp(prefix="index-scale-", dir=args.work))
     result: dict[str, Any] = {
         "queries": args.queries,
         "machine": machine(),
         "dim": args.dim,
+        "memory_budget_gb": args.memory_budget_gb,
         "rows": [],
+        "galleries": [],
         "reload": [],
         "reload_size": args.reload_size,
     }
@@ -488,9 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             data = work / f"data-{n}"
             data.mkdir()
-            started = time.perf_counter()
-            make_gallery(n, args.dim, data, held_out=args.queries)
-            log.info("gallery of %d x %d written in %.1f s", n, args.dim, time.perf_counter() - started)
+            result["galleries"].append(make_gallery(n, args.dim, data, held_out=args.queries))
+            log.info("gallery %s", result["galleries"][-1])
             for spec in build_specs(args, n):
                 row = run_child("build-worker", {**spec, "data": str(data)}, args.timeout)
                 if row:

@@ -62,11 +62,12 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
         IndexConfig,
         Summary,
         collect_rows,
-        gather_vectors,
         species_records,
         tuning_queries,
         version_manifest,
+        write_gathered_vectors,
     )
+    from birdsearch.indexer.store import VECTORS_FILE
     from birdsearch.indexer.writer import VersionContent, new_staging_dir, publish, write_version_files
 
     config = IndexConfig(gallery=gallery, out=root, teacher=teacher, device="cpu", workers=0, progress=False)
@@ -82,8 +83,9 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
     collected = collect_rows(config, listed, hashed, None, vectors, {k: (1, 1) for k in vectors}, {})
     species = species_records(collected)
     text = rng.standard_normal((len(species), dim)).astype(np.float32)
-    matrix = gather_vectors(collected, None, vectors, dim)
-    built = build_index(matrix, config.index, tuning_queries(text, config))
+    staging = new_staging_dir(root)
+    matrix = write_gathered_vectors(staging / VECTORS_FILE, collected, None, vectors, dim)
+    built = build_index(matrix, config.index, tuning_queries(text, config), staging)
     manifest = version_manifest(
         config,
         listed,
@@ -94,7 +96,6 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
         Summary(root, None, False),
     )
     content = VersionContent(matrix, collected.rows, species, text, built.index, manifest, collected.failures)
-    staging = new_staging_dir(root)
     write_version_files(staging, content)
     return publish(root, staging), first_hash_s
 

@@ -113,11 +113,15 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     faiss.add_argument(
         "--exact-max", type=int, default=250_000, help="largest gallery searched exactly (250,000)"
     )
-    faiss.add_argument("--memory-budget-gb", type=float, default=16.0, help="RAM the index may use (16)")
+    faiss.add_argument(
+        "--memory-budget-gb", type=float, default=16.0,
+        help="RAM the index and its build may use (16); decides the index type under --index-type auto",
+    )  # fmt: skip
     faiss.add_argument("--target-recall", type=float, default=0.95, help="recall@10 to tune for (0.95)")
     faiss.add_argument(
-        "--storage", default="float32", choices=("float32", "float16", "sq8"),
-        help="how the index stores vectors: float32, float16 (half the memory) or sq8 (a quarter); see BENCHMARKS.md Scale",
+        "--storage", default="auto", choices=("auto", "float32", "float16", "sq8"),
+        help="how vectors are stored: the codes of a flat, HNSW or IVF index, or the re-rank store of an IVF-PQ "
+        "one; auto: the most precise codes that fit the budget, an 8-bit re-rank store (see docs/indexing.md)",
     )  # fmt: skip
     faiss.add_argument(
         "--tune-audio", type=Path, default=None, metavar="NPY",

@@ -36,7 +36,17 @@ from birdsearch.indexer.fetch import BLOBS_DIR, Hashed, PreviousRecord, hash_ite
 from birdsearch.indexer.gallery import Gallery, read_gallery
 from birdsearch.indexer.images import DEFAULT_MAX_PIXELS
 from birdsearch.indexer.lock import IndexLock
-from birdsearch.indexer.store import ImageRow, IndexRoot, IndexVersion, SpeciesRecord, referenced_files
+from birdsearch.indexer.store import (
+    BLOCK_ROWS,
+    VECTORS_FILE,
+    ImageRow,
+    IndexRoot,
+    IndexVersion,
+    SpeciesRecord,
+    VectorRows,
+    referenced_files,
+    write_npy,
+)
 from birdsearch.indexer.taxonomy import TaxonomyResolver
 from birdsearch.indexer.writer import (
     VersionContent,
@@ -169,11 +179,13 @@ def run_index(config: IndexConfig) -> Summary:
         )
         summary = Summary(root, IndexRoot(root).current_name(), published=False)
         vectors, sizes, hash_failures = embed_new(root, config, teacher, hashed, previous, summary)
-        content = assemble(config, gallery, hashed, previous, vectors, sizes, hash_failures, teacher, summary)
-        if content is None:
+        assembled = assemble(
+            config, gallery, hashed, previous, vectors, sizes, hash_failures, teacher, summary
+        )
+        if assembled is None:
             summary.seconds = time.perf_counter() - start
             return summary
-        staging = new_staging_dir(root)
+        staging, content = assembled
         write_version_files(staging, content)
         summary.version = publish(root, staging)
         summary.published = True
@@ -364,7 +376,7 @@ class Collected:
 
     rows: list[ImageRow] = field(default_factory=list)
     # Where row i's vector is: an int is its row in the previous version, a str the content hash
-    # of a vector embedded in this run. Gathered only when a version is written (gather_vectors).
+    # of a vector embedded in this run. Gathered only when a version is written (write_gathered_vectors).
     sources: list[int | str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     taxa: dict[str, SpeciesRecord] = field(default_factory=dict)  # lineage from the first image naming it
@@ -385,8 +397,13 @@ def assemble(
     embed_failures: dict[str, str],
     teacher: TeacherOnDemand,
     summary: Summary,
-) -> VersionContent | None:
-    """The new version's rows (sorted by key), vectors, species and index; None when nothing changed."""
+) -> tuple[Path, VersionContent] | None:
+    """The new version's rows (sorted by key), vectors, species and index; None when nothing changed.
+
+    The vectors are streamed to a new staging directory's vectors.npy and the index is built from
+    that file block by block (with IVF-PQ's re-rank store beside it), so a large gallery is never in
+    memory at once; returns that directory and what is left to write into it.
+    """
     collected = collect_rows(config, gallery, hashed, previous, new_vectors, sizes, embed_failures)
     summary.failed = collected.failures
     count_changes(summary, previous, hashed, {r.key for r in collected.rows})
@@ -400,13 +417,14 @@ def assemble(
         summary.index_type = previous.version.index_type
         summary.recall_at_10 = previous.version.manifest.get("recall_at_10")
         return None
-    vectors = gather_vectors(collected, previous, new_vectors, teacher.dim)
+    staging = new_staging_dir(Path(config.out).expanduser())
+    vectors = write_gathered_vectors(staging / VECTORS_FILE, collected, previous, new_vectors, teacher.dim)
     species = species_records(collected)
     species_vectors = species_embeddings(teacher, species, previous, config)
-    built = build_index(vectors, config.index, tuning_queries(species_vectors, config))
-    summary.index_type, summary.recall_at_10 = built.factory, built.recall_at_10
+    built = build_index(vectors, config.index, tuning_queries(species_vectors, config), staging)
+    summary.index_type, summary.recall_at_10 = built.plan.description, built.recall_at_10
     manifest = version_manifest(config, gallery, teacher.description, built, source_hash, previous, summary)
-    return VersionContent(
+    return staging, VersionContent(
         vectors, collected.rows, species, species_vectors, built.index, manifest, collected.failures
     )
 
@@ -470,21 +488,30 @@ def load_tuning_audio(path: Path, dim: int) -> np.ndarray:
     return queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
 
 
-def gather_vectors(
-    collected: Collected, previous: Previous | None, new_vectors: dict[str, np.ndarray], dim: int
-) -> np.ndarray:
-    """(N, dim) float32: reused rows read from the previous version in one sorted gather, new ones copied."""
-    vectors = np.empty((len(collected.sources), dim), dtype=np.float32)
-    reused = [(i, s) for i, s in enumerate(collected.sources) if isinstance(s, int)]
-    if reused:
-        assert previous is not None
-        at, rows = (np.asarray(column, dtype=np.int64) for column in zip(*reused, strict=True))
-        order = np.argsort(rows, kind="stable")  # ascending rows read the memory map front to back
-        vectors[at[order]] = previous.version.vectors()[rows[order]]
-    for i, source in enumerate(collected.sources):
-        if isinstance(source, str):
-            vectors[i] = new_vectors[source]
-    return vectors
+def write_gathered_vectors(
+    path: Path, collected: Collected, previous: Previous | None, new_vectors: dict[str, np.ndarray], dim: int
+) -> VectorRows:
+    """Write the new version's (N, dim) vectors.npy block by block: reused rows read from the previous
+    version's file (each run of consecutive rows in one read), new ones from this run's vectors."""
+    sources = collected.sources
+    old = VectorRows(previous.version.path / VECTORS_FILE) if previous is not None else None
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, len(sources), BLOCK_ROWS):
+            chunk = sources[start : start + BLOCK_ROWS]
+            block = np.empty((len(chunk), dim), dtype=np.float32)
+            reused = [(i, s) for i, s in enumerate(chunk) if isinstance(s, int)]
+            if reused:
+                assert old is not None
+                at, rows = (np.asarray(column, dtype=np.int64) for column in zip(*reused, strict=True))
+                block[at] = old.take(rows)
+            for i, source in enumerate(chunk):
+                if isinstance(source, str):
+                    block[i] = new_vectors[source]
+            yield block
+
+    write_npy(path, (len(sources), dim), np.float32, blocks())
+    return VectorRows(path)
 
 
 def unchanged_since(previous: Previous | None, source_hash: str, force: bool) -> bool:
@@ -509,11 +536,7 @@ def version_manifest(
     """The manifest's facts about this build (the writer adds counts, files and checksums)."""
     return {
         "teacher": teacher,
-        "index_type": built.factory,
-        "search_params": built.search_params,
-        "recall_at_10": built.recall_at_10,  # the lowest among the tuned query kinds
-        "recall_by_query": built.recall_by_query,  # species_text, audio (tuned on), self (recorded)
-        "recall_queries": built.recall_queries,
+        **built.manifest(config.index.memory_budget_bytes),  # index_type, search_params, recall, rerank, ...
         "source_hash": source_hash,
         "gallery": {
             "kind": gallery.kind,

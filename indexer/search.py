@@ -6,6 +6,11 @@ given ``ids``, a search restricted to that subset. The torch backend is an exact
 exact (``Flat``) index it returns what CPU FAISS returns; for an approximate index it returns the
 exact neighbours, which the approximate index finds with the recall stored in the manifest.
 
+A compressed index (IVF-PQ) answers a shortlist of ``k * k_factor`` candidates from its codes, and
+``RerankStore`` re-scores them from fuller vectors on disk (float32, float16 or 8-bit), memory-mapped
+so that a search reads only the rows it re-scores: the searcher the service uses does this, with the
+``k_factor`` the build tuned and recorded in the manifest's search parameters.
+
 All backends are safe for concurrent readers: nothing is mutated after construction.
 """
 
@@ -28,6 +33,12 @@ EXACT_SUBSET_MAX = 200_000
 TORCH_QUERY_CHUNK = 256
 # Database rows per torch matrix product, to bound memory on large galleries.
 TORCH_ROW_CHUNK = 1 << 20
+# The shortlist multiplier of a re-ranked search: a search parameter of ours, not FAISS's.
+RERANK_PARAM = "k_factor"
+# How a re-rank store holds each component (the numpy type its file holds).
+STORE_ENCODINGS: dict[str, Any] = {"float32": np.float32, "float16": np.float16, "sq8": np.uint8}
+# Candidate components gathered per re-ranking step (queries x shortlist x D), to bound its memory.
+RERANK_CHUNK = 1 << 23
 
 
 class Searcher(Protocol):
@@ -99,21 +110,108 @@ def exact_subset_search(
     return pad_results(scores, subset[cols], k)
 
 
-class FaissSearcher:
-    """Search with a FAISS index (CPU, or moved to a GPU when faiss-gpu is installed)."""
+class Rows(Protocol):
+    """(N, D) stored vectors read by row ids (``birdsearch.indexer.store.VectorRows``)."""
 
-    def __init__(self, index: Any, vectors: np.ndarray, search_params: dict[str, Any] | None = None):
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def take(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+class RerankStore:
+    """The vectors a compressed index's shortlist is re-scored from, row = image id.
+
+    ``rows`` hold (N, D) float32 (the version's own vectors), float16, or 8-bit codes (uint8) that
+    decode as ``low + code * step`` per component. They are read from disk by row (``pread``), so a
+    search reads the rows it re-scores and nothing else, and they count in no process's memory
+    (the kernel's page cache keeps what is read often).
+    """
+
+    def __init__(self, rows: Rows, low: np.ndarray | None = None, step: np.ndarray | None = None):
+        encodings = {np.dtype(t): name for name, t in STORE_ENCODINGS.items()}
+        if len(rows.shape) != 2 or rows.dtype not in encodings:
+            raise ConfigError(
+                f"a re-rank store holds (N, D) float32, float16 or uint8, not {rows.dtype} {rows.shape}"
+            )
+        self.encoding = encodings[rows.dtype]
+        if self.encoding == "sq8" and (low is None or step is None):
+            raise ConfigError("an 8-bit re-rank store needs the low end and step of each component")
+        self.rows, self.low, self.step = rows, low, step
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` decoded to float32, (len(ids), D)."""
+        rows = self.rows.take(ids)
+        return self.low + rows * self.step if self.encoding == "sq8" else rows
+
+    def rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of each query's (Q, S) candidate ids (-1: none) by inner product with the stored rows."""
+        q, s = candidates.shape
+        per_step = max(1, RERANK_CHUNK // max(1, s * self.rows.shape[1]))
+        best_scores, best_ids = [], []
+        for start in range(0, q, per_step):
+            cand = candidates[start : start + per_step]
+            valid = cand >= 0
+            rows = self.vectors(np.where(valid, cand, 0).ravel()).reshape(*cand.shape, -1)
+            scores = np.einsum("qsd,qd->qs", rows, queries[start : start + per_step])
+            scores[~valid] = -np.inf
+            top, cols = topk_numpy(scores, k)
+            best_scores.append(top)
+            best_ids.append(np.take_along_axis(cand, cols, axis=1))
+        if not best_scores:
+            return pad_results(np.empty((0, 0), np.float32), np.empty((0, 0), np.int64), k)
+        return pad_results(np.concatenate(best_scores), np.concatenate(best_ids), k)
+
+
+def sq8_range(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each component's low end and step for 8-bit codes, from a sample's range (values outside it clip)."""
+    low = sample.min(axis=0).astype(np.float32)
+    step = np.maximum((sample.max(axis=0) - low) / 255, 1e-12).astype(np.float32)
+    return low, step
+
+
+def encode_rows(
+    block: np.ndarray, encoding: str, low: np.ndarray | None = None, step: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows in a re-rank store's encoding (``low`` and ``step`` from ``sq8_range`` for sq8)."""
+    if encoding == "sq8":
+        assert low is not None and step is not None
+        scaled = block - low  # one temporary, worked in place: this runs on blocks of the whole gallery
+        scaled /= step
+        np.rint(scaled, out=scaled)
+        return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+    return np.asarray(block, dtype=STORE_ENCODINGS[encoding])
+
+
+class FaissSearcher:
+    """Search with a FAISS index (CPU, or moved to a GPU when faiss-gpu is installed).
+
+    With a ``rerank`` store, the index answers ``k * k_factor`` candidates (``k_factor`` from the
+    search parameters) and the store's vectors rank them.
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        vectors: np.ndarray | None,
+        search_params: dict[str, Any] | None = None,
+        rerank: RerankStore | None = None,
+    ):
         self.index = index
         self.vectors = vectors  # (N, D) memory map, for exact filtered search
-        self.params = dict(search_params or {})
+        self.params = {k: v for k, v in (search_params or {}).items() if k != RERANK_PARAM}
+        self.rerank = rerank
+        self.k_factor = int((search_params or {}).get(RERANK_PARAM, 1)) if rerank is not None else 1
         apply_search_params(index, self.params)
 
     def search(
         self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         if ids is not None and (ids.size <= EXACT_SUBSET_MAX or self.on_gpu):
+            if self.vectors is None:
+                raise ConfigError("this searcher has no vectors for a filtered search")
             return exact_subset_search(self.vectors, queries, k, ids)
-        kk = min(k, self.index.ntotal)
+        kk = min(k * self.k_factor, self.index.ntotal)
         if kk == 0:
             return pad_results(
                 np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64), k
@@ -122,6 +220,8 @@ class FaissSearcher:
         scores, found = (
             self.index.search(queries, kk, params=params) if params else self.index.search(queries, kk)
         )
+        if self.rerank is not None:
+            return self.rerank.rerank(queries, found, k)
         return pad_results(scores, found, k)
 
     @property
@@ -288,6 +388,7 @@ def make_searcher(
     search_params: dict[str, Any],
     backend: str = "auto",
     device: str = "cpu",
+    rerank: RerankStore | None = None,
 ) -> Searcher:
     """Pick a search backend.
 
@@ -298,6 +399,8 @@ def make_searcher(
         backend: 'auto' (CPU FAISS on the CPU; faiss-gpu if installed, else torch, on CUDA), 'faiss',
             'faiss-gpu' or 'torch'.
         device: 'cpu', 'cuda' or 'cuda:N'.
+        rerank: the store a compressed index's shortlist is re-scored from (FAISS backends; the
+            torch backend is exact and needs none).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown search backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -309,7 +412,7 @@ def make_searcher(
     index = index_loader()
     if backend == "faiss-gpu":
         index = index_to_gpu(index, device)
-    return FaissSearcher(index, vectors, search_params)
+    return FaissSearcher(index, vectors, search_params, rerank)
 
 
 def index_to_gpu(index: Any, device: str) -> Any:

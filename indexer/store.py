@@ -16,6 +16,9 @@ On disk::
       manifest.json           format version, teacher, dim, metric, count, index type, checksums, ...
       vectors.npy             (N, D) float32 unit vectors; row i is image id i
       index.faiss             the FAISS index over the same vectors (ids = rows)
+      rerank.npy              only beside a compressed (IVF-PQ) index: (N, D) float16 or 8-bit codes
+      rerank_range.npy        of the vectors, that re-rank its shortlist; for 8-bit codes, (2, D) float32:
+                              each component's low end and step
       metadata.sqlite         images, species (taxonomy, counts), failures
       species_embeddings.npy  (S, D) teacher text embeddings of the gallery's species
 
@@ -30,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass, field, fields
 from functools import cached_property
 from operator import attrgetter
@@ -53,7 +57,14 @@ VECTORS_FILE = "vectors.npy"
 FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"
 SPECIES_EMBEDDINGS_FILE = "species_embeddings.npy"
+RERANK_FILE = "rerank.npy"
+RERANK_RANGE_FILE = "rerank_range.npy"
 VERSION_FILES = (VECTORS_FILE, FAISS_FILE, METADATA_FILE, SPECIES_EMBEDDINGS_FILE)
+OPTIONAL_FILES = (RERANK_FILE, RERANK_RANGE_FILE)  # written by the index types that need them
+# Rows per block when vectors are streamed from or to disk: 96 MiB of 768-d float32.
+BLOCK_ROWS = 1 << 15
+# Scattered rows gathered through one short-lived memory map: at most ~64 MiB of pages mapped at once.
+GATHER_ROWS = 1 << 13
 VERSION_PREFIX = "v"
 METRIC = "inner_product"
 
@@ -342,7 +353,12 @@ class IndexVersion:
         from birdsearch.indexer.search import make_searcher
 
         self.searcher = make_searcher(
-            self.load_faiss, self._vectors, self.manifest.get("search_params") or {}, backend, device
+            self.load_faiss,
+            self._vectors,
+            self.manifest.get("search_params") or {},
+            backend,
+            device,
+            self.load_rerank_store(),
         )
 
     def __repr__(self) -> str:
@@ -403,6 +419,26 @@ class IndexVersion:
                 f"{self.count} of dim {self.dim}"
             )
         return index
+
+    def load_rerank_store(self) -> Any:
+        """The store a compressed index re-ranks its shortlist from (``manifest['rerank']``), or None."""
+        from birdsearch.indexer.search import STORE_ENCODINGS, RerankStore
+
+        encoding = (self.manifest.get("rerank") or {}).get("encoding")
+        if encoding is None:
+            return None
+        if encoding not in STORE_ENCODINGS:
+            raise IndexFormatError(f"{self.path / MANIFEST_FILE}: unknown re-rank encoding {encoding!r}")
+        rows = VectorRows(self.path / (VECTORS_FILE if encoding == "float32" else RERANK_FILE))
+        if rows.shape != (self.count, self.dim) or rows.dtype != np.dtype(STORE_ENCODINGS[encoding]):
+            raise IndexFormatError(
+                f"{rows.path} holds {rows.dtype} {rows.shape}; a {encoding} re-rank store of ({self.count}, {self.dim}) "
+                "was expected: the version is damaged, rebuild it with 'birdsearch reindex'"
+            )
+        if encoding != "sq8":
+            return RerankStore(rows)
+        low, step = np.load(self.path / RERANK_RANGE_FILE)
+        return RerankStore(rows, low, step)
 
     def check_metadata(self) -> None:
         rows = self.db().execute("SELECT COUNT(*), COALESCE(MAX(id), -1) FROM images").fetchone()
@@ -570,10 +606,15 @@ class IndexVersion:
                 if sha256_file(self.path / name) != facts["sha256"]:
                     raise IndexFormatError(f"{self.path / name} does not match its checksum in the manifest")
         if self.count:
+            # Each probe should find itself (or a duplicate as close) among its 10 best. An index
+            # whose ids do not match the rows fails nearly every probe; an approximate one (8-bit
+            # codes among near-duplicates) may miss one, so 3 in 4 must pass.
             probe = np.asarray(self._vectors[: min(8, self.count)], dtype=np.float32)
-            _, found = self.search(probe, 1)
-            scores = np.einsum("ij,ij->i", probe, np.asarray(self._vectors[found[:, 0]]))
-            if not np.all(scores >= np.einsum("ij,ij->i", probe, probe) - 1e-3):
+            _, found = self.search(probe, 10)
+            scores = np.einsum("ijd,id->ij", np.asarray(self._vectors[np.maximum(found, 0)]), probe)
+            own = np.einsum("ij,ij->i", probe, probe)
+            passed = ((scores >= own[:, None] - 1e-3) & (found >= 0)).any(axis=1)
+            if passed.mean() < 0.75:
                 raise IndexFormatError(f"index version {self.path} fails its self-search check")
 
 
@@ -598,6 +639,118 @@ def read_faiss(file: Path) -> Any:
         return faiss.read_index(str(file))
     except RuntimeError as e:
         raise IndexFormatError(f"cannot read FAISS index {file}: {e}") from e
+
+
+class VectorRows:
+    """(N, D) vectors read by blocks or by row ids: an array in memory, or a .npy file on disk.
+
+    A file's blocks are read with plain reads (``pread``), not through a memory map: a pass over a
+    30 GB file through a map would leave every page it touched in the process's resident set, so a
+    build that streams the gallery's vectors holds one block of them, never the file. Scattered rows
+    (``take``) go through short-lived maps, closed before they return.
+    """
+
+    def __init__(self, source: np.ndarray | str | Path):
+        self.path: Path | None = None
+        self.array: np.ndarray | None = None
+        if isinstance(source, np.ndarray):
+            if source.ndim != 2:
+                raise IndexFormatError(f"vectors must be (N, D), got shape {source.shape}")
+            self.array, self.shape, self.dtype = source, source.shape, source.dtype
+            return
+        self.path = Path(source)
+        try:
+            with self.path.open("rb") as f:
+                version = np.lib.format.read_magic(f)
+                readers = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }
+                if version not in readers:
+                    raise ValueError(f".npy format version {version} is not read here")
+                shape, fortran, dtype = readers[version](f)
+                self.offset = f.tell()
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"cannot read {self.path}: {e}") from e
+        if fortran or len(shape) != 2:
+            raise IndexFormatError(f"{self.path} holds an array of shape {shape}; expected (N, D) in C order")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        size = self.path.stat().st_size
+        if size < self.offset + int(np.prod(self.shape)) * self.dtype.itemsize:
+            raise IndexFormatError(f"{self.path} is truncated: {size} bytes for {self.dtype} {self.shape}")
+        self.fd = os.open(self.path, os.O_RDONLY)  # pread keeps no offset: safe for concurrent readers
+
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.shape[1])
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a C-contiguous float32 array of the process's own."""
+        stop = min(stop, len(self))
+        if self.array is not None:
+            return np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+        out = np.empty((max(0, stop - start), self.dim), dtype=self.dtype)
+        buffer = memoryview(out).cast("B")
+        at, done = self.offset + start * self.dim * self.dtype.itemsize, 0
+        while done < len(buffer):  # one read returns at most 2 GiB on Linux
+            got = os.preadv(self.fd, [buffer[done : done + (1 << 30)]], at + done)
+            if got == 0:
+                raise IndexFormatError(f"{self.path} was cut short while rows {start}..{stop} were read")
+            done += got
+        return out.astype(np.float32, copy=False)
+
+    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, block) over every row, in order."""
+        for start in range(0, len(self), rows):
+            yield start, self.block(start, start + rows)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (any order, repeats allowed) as float32.
+
+        From a file, through a memory map opened for each GATHER_ROWS ids and closed after: scattered
+        rows are gathered at the speed of page faults (a re-ranked search reads hundreds), and the
+        pages they touched leave the process's resident set with the map (the page cache keeps them).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.array is not None:
+            return np.asarray(self.array[ids], dtype=np.float32)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexFormatError(f"rows {ids.min()}..{ids.max()} are outside {self.path}'s {len(self)}")
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(ids), GATHER_ROWS):
+            rows = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)  # type: ignore[arg-type]
+            out[start : start + GATHER_ROWS] = rows[ids[start : start + GATHER_ROWS]]
+            del rows  # unmapped here
+        return out
+
+
+def write_npy(path: Path, shape: tuple[int, int], dtype: Any, blocks: Iterable[np.ndarray]) -> None:
+    """Write an (N, D) .npy file from row blocks with plain writes (no memory map), checking the count."""
+    dtype = np.dtype(dtype)
+    written = 0
+    with path.open("wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        np.lib.format.write_array_header_2_0(f, header)
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.ndim != 2 or block.shape[1] != shape[1]:
+                raise IndexFormatError(
+                    f"a block of shape {block.shape} does not fit {path}'s rows of {shape[1]}"
+                )
+            f.write(memoryview(block).cast("B"))
+            written += len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    if written != shape[0]:
+        raise IndexFormatError(f"{path}: {written} rows written for a shape of {shape}")
 
 
 def sha256_file(path: Path) -> str:

@@ -29,17 +29,21 @@ from birdsearch.indexer.store import (
     MANIFEST_FILE,
     METADATA_FILE,
     METRIC,
+    OPTIONAL_FILES,
     POINTER_FILE,
     SPECIES_EMBEDDINGS_FILE,
     VECTORS_FILE,
+    VERSION_FILES,
     ImageRow,
     IndexRoot,
     IndexVersion,
     SpeciesRecord,
+    VectorRows,
     sha256_file,
     version_name,
     version_number,
     write_metadata,
+    write_npy,
 )
 
 log = logging.getLogger(__name__)
@@ -51,12 +55,14 @@ STAGING_DIR = ".staging"
 class VersionContent:
     """Everything a version holds, ready to be written."""
 
-    vectors: np.ndarray  # (N, D) float32 unit vectors, row i = images[i]
+    # (N, D) float32 unit vectors, row i = images[i]: an array, or rows already streamed to the
+    # version's own vectors.npy (``store.write_npy``), which are then not copied.
+    vectors: np.ndarray | VectorRows
     images: list[ImageRow]
     species: list[SpeciesRecord]  # one per distinct ImageRow.species
     species_embeddings: np.ndarray  # (S, D) float32, row j = species[j]
-    index: Any  # a FAISS index over ``vectors`` (ids = rows)
-    manifest: dict[str, Any]  # teacher, index_type, search_params, recall_at_10, source_hash, ...
+    index: Any  # a FAISS index over ``vectors`` (ids = rows); a re-rank store it needs is already in the directory
+    manifest: dict[str, Any]  # teacher, index_type, search_params, recall_at_10, rerank, source_hash, ...
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
 
 
@@ -69,16 +75,19 @@ def write_version_files(directory: Path, content: VersionContent) -> dict[str, A
     """Write a version's files into ``directory`` (manifest last); returns the manifest written."""
     import faiss
 
-    check_content(content)
+    rows = content.vectors if isinstance(content.vectors, VectorRows) else VectorRows(content.vectors)
+    check_content(content, rows)
     directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / VECTORS_FILE, np.ascontiguousarray(content.vectors, dtype=np.float32))
+    if rows.path is None or rows.path.resolve() != (directory / VECTORS_FILE).resolve():
+        write_npy(directory / VECTORS_FILE, rows.shape, np.float32, (block for _, block in rows.blocks()))
     faults.point("write.vectors")
     faiss.write_index(content.index, str(directory / FAISS_FILE))
     write_metadata(directory / METADATA_FILE, content.images, content.species, content.failures)
     faults.point("write.metadata")
     np.save(directory / SPECIES_EMBEDDINGS_FILE, np.ascontiguousarray(content.species_embeddings, np.float32))
     files = {}
-    for name in (VECTORS_FILE, FAISS_FILE, METADATA_FILE, SPECIES_EMBEDDINGS_FILE):
+    present = [name for name in OPTIONAL_FILES if (directory / name).is_file()]
+    for name in (*VERSION_FILES, *present):
         fsync_file(directory / name)
         files[name] = {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
     manifest = {
@@ -86,7 +95,7 @@ def write_version_files(directory: Path, content: VersionContent) -> dict[str, A
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "metric": METRIC,
         "count": len(content.images),
-        "dim": int(content.vectors.shape[1]),
+        "dim": rows.dim,
         "species_count": len(content.species),
         "failed_count": len(content.failures),
         **content.manifest,
@@ -97,13 +106,13 @@ def write_version_files(directory: Path, content: VersionContent) -> dict[str, A
     return manifest
 
 
-def check_content(content: VersionContent) -> None:
+def check_content(content: VersionContent, rows: VectorRows) -> None:
     n = len(content.images)
-    if content.vectors.ndim != 2 or content.vectors.shape[0] != n:
-        raise IndexFormatError(f"vectors {content.vectors.shape} do not match {n} images")
+    if len(rows) != n:
+        raise IndexFormatError(f"vectors {rows.shape} do not match {n} images")
     if content.index.ntotal != n:
         raise IndexFormatError(f"FAISS index holds {content.index.ntotal} vectors for {n} images")
-    if content.species_embeddings.shape != (len(content.species), content.vectors.shape[1]):
+    if content.species_embeddings.shape != (len(content.species), rows.dim):
         raise IndexFormatError(
             f"species embeddings {content.species_embeddings.shape} do not match {len(content.species)} species"
         )

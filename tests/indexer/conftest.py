@@ -99,12 +99,13 @@ def publish_simple_index(
     teacher: dict | None = None,
     records: list[dict] | None = None,
     index_type: str = "flat",
+    options=None,
 ):
     """Write and publish an exact index from vectors and labels, without a gallery or a model.
 
     ``species[i]`` labels ``vectors[i]``; ``species_embeddings`` (S, D) is in sorted species order
     (random unit vectors when omitted; an approximate ``index_type`` is tuned on them); ``records[i]``
-    overrides ImageRow fields.
+    overrides ImageRow fields; ``options`` (IndexOptions) replace ``index_type``.
     """
     import hashlib
     import json
@@ -131,7 +132,9 @@ def publish_simple_index(
         species_embeddings = np.random.default_rng(0).standard_normal((len(names), vectors.shape[1]))
         species_embeddings /= np.linalg.norm(species_embeddings, axis=1, keepdims=True)
     tuning = {"species_text": np.asarray(species_embeddings, np.float32)}
-    built = build_index(vectors, IndexOptions(index_type=index_type, recall_queries=200), tuning)
+    staging = new_staging_dir(root)
+    options = options or IndexOptions(index_type=index_type, recall_queries=200)
+    built = build_index(vectors, options, tuning, staging)
     content = VersionContent(
         vectors=vectors,
         images=rows,
@@ -141,14 +144,10 @@ def publish_simple_index(
         manifest={
             "teacher": teacher
             or {"id": "test", "dim": vectors.shape[1], "weights_sha256": "", "preprocess": {}},
-            "index_type": built.factory,
-            "search_params": built.search_params,
-            "recall_at_10": built.recall_at_10,
-            "recall_by_query": built.recall_by_query,
+            **built.manifest(options.memory_budget_bytes),
             "source_hash": hashlib.sha256(json.dumps(list(species)).encode()).hexdigest(),
             "species_text": {"format": "taxon_com", "templates": "openai"},
         },
     )
-    staging = new_staging_dir(root)
     write_version_files(staging, content)
     return IndexRoot(root).open(publish(root, staging))

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from birdsearch.errors import ConfigError
-from birdsearch.indexer.faiss_index import IndexOptions, choose_index_type, ivf_lists, recall_at_k
+from birdsearch.indexer.faiss_index import (
+    IndexOptions,
+    index_plans,
+    ivf_lists,
+    pq_bits,
+    pq_bytes,
+    recall_at_k,
+)
 from birdsearch.indexer.gallery import read_gallery
 from birdsearch.indexer.taxonomy import TaxonomyResolver, parse_taxonomy_string
 
@@ -52,14 +59,28 @@ def test_gallery_errors_are_clear(tmp_path):
 
 
 def test_index_type_rule():
-    options = IndexOptions(exact_max=1000, memory_budget_bytes=10_000 * 768 * 4 + 10_000 * 256)
-    assert choose_index_type(1000, 768, options) == "flat"
-    assert choose_index_type(10_000, 768, options) == "hnsw"
-    assert choose_index_type(10_001, 768, options) == "ivf"  # vectors fit, the graph does not
-    assert choose_index_type(20_000, 768, options) == "ivfpq"
-    assert choose_index_type(5, 768, IndexOptions(index_type="ivf")) == "ivf"
+    def picked(n, gib, **options):
+        first = index_plans(n, 768, IndexOptions(memory_budget_bytes=int(gib * 2**30), **options))[0]
+        return first.factory, first.storage
+
+    # The picks docs/indexing.md quotes: exact while small, IVF over the most precise codes that fit
+    # with the build's sample and blocks, IVF-PQ re-ranked from 8-bit codes on disk past that.
+    assert picked(100_000, 8) == ("Flat", "float32")
+    assert picked(1_000_000, 8) == ("IVF4000,Flat", "float32")
+    assert picked(10_000_000, 16) == ("IVF4096,SQ8", "sq8")  # 7.2 GiB of codes, 11.1 GiB at the build's peak
+    assert picked(10_000_000, 8) == ("IVF4096,PQ64", "sq8")  # 0.7 GiB in memory, its 8-bit store on disk
+    assert picked(10_000_000, 16, storage="float32") == (
+        "IVF4096,PQ64",
+        "float32",
+    )  # re-ranks from vectors.npy
+    assert picked(1_000_000, 8, index_type="hnsw") == ("HNSW32", "float32")
+    assert picked(5, 8, index_type="ivf")[0] == "IVF1,Flat"
+    assert [p.kind for p in index_plans(1, 768, IndexOptions())] == ["flat"]  # nothing to train on
     with pytest.raises(ConfigError, match="unknown index type"):
-        choose_index_type(5, 8, IndexOptions(index_type="lsh"))
-    assert ivf_lists(1_000_000) == 4000 and ivf_lists(100) == 2 and ivf_lists(10) == 1
+        IndexOptions(index_type="lsh")
+    with pytest.raises(ConfigError, match="memory budget must be positive"):
+        IndexOptions(memory_budget_bytes=0)
+    assert ivf_lists(1_000_000) == 4000 and ivf_lists(10_000_000) == 4096 and ivf_lists(100) == 2
+    assert pq_bytes(768) == 64 and pq_bits(100) == 4 and pq_bits(10_000) == 8
     assert recall_at_k(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]), k=3) == pytest.approx(2 / 3)
     assert recall_at_k(np.array([[1, -1]]), np.array([[1, -1]]), k=2) == 1.0

@@ -54,7 +54,7 @@ def make_files(gallery: Path, count: int) -> None:
 
 def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, float]:
     """Publish a version holding every gallery file (random vectors), through the pipeline's functions."""
-    from birdsearch.indexer.embed import ImageEmbedder
+    from birdsearch.indexer.embed import EmbeddingCache, ImageEmbedder
     from birdsearch.indexer.faiss_index import build_index
     from birdsearch.indexer.fetch import hash_items
     from birdsearch.indexer.gallery import read_gallery
@@ -78,9 +78,15 @@ def publish_as_indexed(gallery: Path, root: Path, teacher: str) -> tuple[Any, fl
     first_hash_s = time.perf_counter() - started
     rng = np.random.default_rng(0)
     dim = embedder.teacher.dim
-    vectors = {h.content_hash: rng.standard_normal(dim).astype(np.float32) for h in hashed}
-    vectors = {k: v / np.linalg.norm(v) for k, v in vectors.items()}
-    collected = collect_rows(config, listed, hashed, None, vectors, {k: (1, 1) for k in vectors}, {})
+    hashes = list(dict.fromkeys(h.content_hash for h in hashed))
+    random = rng.standard_normal((len(hashes), dim)).astype(np.float32)
+    cache = EmbeddingCache(
+        root / ".bench-vectors", dim, checkpoint_every=len(hashes)
+    )  # as an embedding run saves them
+    cache.add(hashes, random / np.linalg.norm(random, axis=1, keepdims=True), [(1, 1)] * len(hashes))
+    cache.flush()
+    vectors, sizes = cache.load()
+    collected = collect_rows(config, listed, hashed, None, vectors, sizes, {})
     species = species_records(collected)
     text = rng.standard_normal((len(species), dim)).astype(np.float32)
     staging = new_staging_dir(root)

@@ -359,10 +359,67 @@ def torch_threads_restored() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def write_file(target: Path, write: Callable[[Any], None]) -> None:
+    """Write ``target`` through ``write(file)`` under a temporary name, synced, then renamed into place."""
+    tmp = target.with_name(f".tmp-{target.name}")
+    with tmp.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+class StoredVectors:
+    """The vectors embedding runs saved, by content hash, left in their shards on disk.
+
+    ``gather`` reads the rows it is asked for from the shards' memory-mapped files (a few dozen kept
+    open at a time), so a first index of a large gallery never holds its vectors in memory at once.
+    """
+
+    OPEN_SHARDS = 64  # memory maps kept open by gather: the blocks it reads walk the shards in order
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.sources: list[Path | np.ndarray] = []  # a shard's vectors file, or its vectors (older shards)
+        self.where: dict[str, tuple[int, int]] = {}  # content hash -> (shard, row)
+        self.open_shard = functools.lru_cache(maxsize=self.OPEN_SHARDS)(self.read_shard)
+
+    def __contains__(self, content_hash: object) -> bool:
+        return content_hash in self.where
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def add_shard(self, hashes: list[str], source: Path | np.ndarray) -> None:
+        shard = len(self.sources)
+        self.sources.append(source)
+        self.where.update((h, (shard, row)) for row, h in enumerate(hashes))
+
+    def read_shard(self, shard: int) -> np.ndarray:
+        source = self.sources[shard]
+        return source if isinstance(source, np.ndarray) else np.load(source, mmap_mode="r")
+
+    def gather(self, hashes: Sequence[str]) -> np.ndarray:
+        """(len(hashes), dim) float32: the saved vector of each content hash, in that order."""
+        out = np.empty((len(hashes), self.dim), dtype=np.float32)
+        by_shard: dict[int, tuple[list[int], list[int]]] = {}
+        for i, content_hash in enumerate(hashes):
+            shard, row = self.where[content_hash]
+            at, rows = by_shard.setdefault(shard, ([], []))
+            at.append(i)
+            rows.append(row)
+        for shard, (at, rows) in by_shard.items():
+            out[at] = self.open_shard(shard)[rows]
+        return out
+
+
 class EmbeddingCache:
     """Vectors by content hash, saved in shards as they are computed, so that a killed run resumes.
 
-    Each shard is written to a temporary name and renamed, so a shard is either whole or absent.
+    A shard is two files: ``shard-N-PID.vectors.npy`` (its (n, dim) float32 vectors, memory-mappable)
+    and ``shard-N-PID.npz`` (their content hashes and image sizes). Each is written to a temporary name
+    and renamed, the vectors first, so a shard whose ``.npz`` exists is whole. Shards written before the
+    vectors had a file of their own hold them in the ``.npz``; they are still read.
     """
 
     def __init__(self, directory: Path, dim: int, checkpoint_every: int = 2048):
@@ -374,23 +431,36 @@ class EmbeddingCache:
         self.pending_sizes: list[tuple[int, int]] = []
         self.shards = len(list(directory.glob("shard-*.npz"))) if directory.is_dir() else 0
 
-    def load(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
-        """Everything saved by earlier (possibly killed) runs: vectors and sizes by hash."""
-        vectors: dict[str, np.ndarray] = {}
+    def load(self) -> tuple[StoredVectors, dict[str, tuple[int, int]]]:
+        """Everything saved by earlier (possibly killed) runs: where each vector is, and sizes by hash."""
+        stored = StoredVectors(self.dim)
         sizes: dict[str, tuple[int, int]] = {}
         if not self.directory.is_dir():
-            return vectors, sizes
+            return stored, sizes
         for shard in sorted(self.directory.glob("shard-*.npz")):
             try:
-                with np.load(shard) as data:
-                    if data["vectors"].shape[1:] != (self.dim,):
-                        continue
-                    for h, v, s in zip(data["hashes"].tolist(), data["vectors"], data["sizes"], strict=True):
-                        vectors[h] = v
-                        sizes[h] = (int(s[0]), int(s[1]))
+                source, hashes, shard_sizes = self.read_index(shard)
             except (OSError, ValueError, KeyError) as e:
                 log.warning("ignoring unreadable embedding shard %s: %s", shard, e)
-        return vectors, sizes
+                continue
+            if source is None:
+                continue  # another model's width
+            stored.add_shard(hashes, source)
+            sizes.update((h, (int(w), int(ht))) for h, (w, ht) in zip(hashes, shard_sizes, strict=True))
+        return stored, sizes
+
+    def read_index(self, shard: Path) -> tuple[Path | np.ndarray | None, list[str], np.ndarray]:
+        """A shard's vectors (its file, or the array an older shard holds), hashes and sizes."""
+        with np.load(shard) as data:
+            hashes, sizes = data["hashes"].tolist(), data["sizes"]
+            if "vectors" in data.files:
+                vectors = data["vectors"]
+                return (vectors if vectors.shape[1:] == (self.dim,) else None), hashes, sizes
+        path = shard.with_suffix(".vectors.npy")
+        shape = np.load(path, mmap_mode="r").shape
+        if shape[0] != len(hashes):
+            raise ValueError(f"{path.name} holds {shape[0]} vectors for {len(hashes)} hashes")
+        return (path if shape[1:] == (self.dim,) else None), hashes, sizes
 
     def add(self, hashes: list[str], vectors: np.ndarray, sizes: list[tuple[int, int]]) -> None:
         self.pending_hashes += hashes
@@ -404,17 +474,16 @@ class EmbeddingCache:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.directory / f"shard-{self.shards:06d}-{os.getpid()}.npz"
-        tmp = self.directory / f".tmp-{target.name}"
-        with tmp.open("wb") as f:
-            np.savez(
+        vectors = np.concatenate(self.pending_vectors).astype(np.float32)
+        write_file(target.with_suffix(".vectors.npy"), lambda f: np.save(f, vectors))
+        write_file(
+            target,
+            lambda f: np.savez(
                 f,
                 hashes=np.array(self.pending_hashes),
-                vectors=np.concatenate(self.pending_vectors).astype(np.float32),
                 sizes=np.array(self.pending_sizes, dtype=np.int64).reshape(-1, 2),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+            ),
+        )
         self.shards += 1
         self.pending_hashes, self.pending_vectors, self.pending_sizes = [], [], []
         faults.point("embed.shard")

@@ -28,6 +28,7 @@ from birdsearch.indexer.embed import (
     EmbeddingCache,
     EmbedTask,
     ImageEmbedder,
+    StoredVectors,
     embed_local,
     thumbnail_relpath,
 )
@@ -319,8 +320,12 @@ def embed_new(
     hashed: list[Hashed],
     previous: Previous | None,
     summary: Summary,
-) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]], dict[str, str]]:
-    """Embed every distinct photo that neither the previous version nor an interrupted run holds."""
+) -> tuple[StoredVectors, dict[str, tuple[int, int]], dict[str, str]]:
+    """Embed every distinct photo that neither the previous version nor an interrupted run holds.
+
+    Returns where the embedded vectors are saved (this run's and an interrupted run's, on disk), the
+    photos' sizes, and the photos that failed, with the reason.
+    """
     from tqdm.auto import tqdm
 
     cache = EmbeddingCache(cache_dir(root, teacher.description), teacher.dim, config.checkpoint_every)
@@ -340,9 +345,6 @@ def embed_new(
     bar = tqdm(total=len(tasks), desc="embedding", unit="img", disable=not config.progress)
 
     def on_batch(hashes: list[str], batch: np.ndarray, batch_sizes: list, batch_failures: list) -> None:
-        for content_hash, vector, size in zip(hashes, batch, batch_sizes, strict=True):
-            vectors[content_hash] = vector
-            sizes[content_hash] = size
         failures.update(batch_failures)
         cache.add(hashes, batch, batch_sizes)
         summary.embedded += len(hashes)
@@ -367,6 +369,7 @@ def embed_new(
     cache.flush()
     bar.close()
     summary.embed_seconds = time.perf_counter() - started
+    vectors, sizes = cache.load()  # now with this run's shards
     return vectors, sizes, failures
 
 
@@ -392,7 +395,7 @@ def assemble(
     gallery: Gallery,
     hashed: list[Hashed],
     previous: Previous | None,
-    new_vectors: dict[str, np.ndarray],
+    new_vectors: StoredVectors,
     sizes: dict[str, tuple[int, int]],
     embed_failures: dict[str, str],
     teacher: TeacherOnDemand,
@@ -434,7 +437,7 @@ def collect_rows(
     gallery: Gallery,
     hashed: list[Hashed],
     previous: Previous | None,
-    new_vectors: dict[str, np.ndarray],
+    new_vectors: StoredVectors,
     sizes: dict[str, tuple[int, int]],
     embed_failures: dict[str, str],
 ) -> Collected:
@@ -489,10 +492,10 @@ def load_tuning_audio(path: Path, dim: int) -> np.ndarray:
 
 
 def write_gathered_vectors(
-    path: Path, collected: Collected, previous: Previous | None, new_vectors: dict[str, np.ndarray], dim: int
+    path: Path, collected: Collected, previous: Previous | None, new_vectors: StoredVectors, dim: int
 ) -> VectorRows:
     """Write the new version's (N, dim) vectors.npy block by block: reused rows read from the previous
-    version's file (each run of consecutive rows in one read), new ones from this run's vectors."""
+    version's file (each run of consecutive rows in one read), new ones from this run's shards."""
     sources = collected.sources
     old = VectorRows(previous.version.path / VECTORS_FILE) if previous is not None else None
 
@@ -505,9 +508,10 @@ def write_gathered_vectors(
                 assert old is not None
                 at, rows = (np.asarray(column, dtype=np.int64) for column in zip(*reused, strict=True))
                 block[at] = old.take(rows)
-            for i, source in enumerate(chunk):
-                if isinstance(source, str):
-                    block[i] = new_vectors[source]
+            new = [(i, s) for i, s in enumerate(chunk) if isinstance(s, str)]
+            if new:
+                at, hashes = zip(*new, strict=True)
+                block[list(at)] = new_vectors.gather(hashes)
             yield block
 
     write_npy(path, (len(sources), dim), np.float32, blocks())

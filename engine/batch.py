@@ -19,11 +19,12 @@ with its error and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,19 @@ def recording_result(detector: Detector, options: BatchOptions, path: Path | str
                            low, high)  # fmt: skip
 
 
+def timed(items: Iterator[Any], add_seconds: Callable[[float], None]) -> Iterator[Any]:
+    """``items`` as they come, the time spent waiting for each passed to ``add_seconds``."""
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            add_seconds(time.perf_counter() - started)
+        yield item
+
+
 class BatchRun:
     """reader → mapper → detector without files: recordings in, each one's result (or error) out."""
 
@@ -203,16 +217,7 @@ class BatchRun:
         fe = self.detector.front_end
         items = read_windows(recording.path, fe.sample_rate, self.window_s, self.hop_s, fe.window_samples,
                              self.limits, self.band, per_part=self.batch_size)  # fmt: skip
-        while True:
-            started = time.perf_counter()
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-            finally:
-                with self.lock:  # several reader threads add here
-                    self.seconds["decode"] += time.perf_counter() - started
-            yield item
+        yield from timed(items, self.add_seconds("decode", self.lock))  # several reader threads add here
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
@@ -245,9 +250,8 @@ class BatchRun:
                             done = self.batches.add(recording.name, held, last=False)
                         held = []
                         yield from (self.finish(reading.pop(name), out) for name, out in done)
-                except (
-                    Exception
-                ) as e:  # BirdsearchError from the decoders; anything else fails only this file
+                # BirdsearchError from the decoders; anything else fails only this file
+                except Exception as e:
                     if not isinstance(e, BirdsearchError):
                         log.exception("reading %s failed unexpectedly", recording.path)
                     self.batches.discard(recording.name)
@@ -258,15 +262,16 @@ class BatchRun:
 
     def waited(self, items: Iterator[Any]) -> Iterator[Any]:
         """``items``, the time spent waiting for each counted as the model's thread waiting for decoding."""
-        while True:
-            started = time.perf_counter()
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-            finally:
-                self.seconds["waiting"] += time.perf_counter() - started
-            yield item
+        yield from timed(items, self.add_seconds("waiting"))
+
+    def add_seconds(self, stage: str, lock: Any = None) -> Callable[[float], None]:
+        """A callback adding seconds to ``stage``'s total, under ``lock`` when several threads add."""
+
+        def add(seconds: float) -> None:
+            with lock or contextlib.nullcontext():
+                self.seconds[stage] += seconds
+
+        return add
 
     def finish(self, state: Reading, model_out: np.ndarray) -> tuple[Recording, RecordingResult]:
         started = time.perf_counter()

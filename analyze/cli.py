@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from birdsearch.cli_args import add_model_args
+from birdsearch.cli_args import QUERY_MODES, add_model_args
 
 
 def register(subparsers: Any) -> None:
@@ -29,8 +29,8 @@ def register(subparsers: Any) -> None:
                         help="index root (default: BIRDSEARCH_INDEX_ROOT or the cache's)")  # fmt: skip
     parser.add_argument("--checkpoint", default=os.environ.get("BIRDSEARCH_CHECKPOINT", ""),
                         help="distilled encoder folder (default: BIRDSEARCH_CHECKPOINT; none: the cascade)")  # fmt: skip
-    parser.add_argument("--mode", choices=("auto", "distilled", "cascade"), default="auto",
-                        help="auto: distilled when a checkpoint is given, else the cascade")  # fmt: skip
+    parser.add_argument("--mode", choices=("auto", *QUERY_MODES), default="auto",
+                        help="auto: the checkpoint's recorded default (the mode its validation chose), else the cascade")  # fmt: skip
     add_model_args(parser, teacher=False)  # --student (the cascade's) and --device
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--format", default="csv,raven,audacity,jsonl",
@@ -54,10 +54,11 @@ def register(subparsers: Any) -> None:
     outputs.add_argument("--absolute-paths", action="store_true",
                          help="write recordings' paths absolute (default: as given, so tables move with the data)")  # fmt: skip
     detections = parser.add_argument_group("detections")
-    detections.add_argument("--min-conf", "--min_conf", type=float, default=0.1,
+    detections.add_argument("--min-conf", "--min_conf", type=float,
                             help="keep species whose calibrated confidence in a window is at least this (0..1; "
-                            "default: %(default)s; not BirdNET's scale); without a calibration for the mode, the "
-                            "raw pooled cosine score")  # fmt: skip
+                            "default: the threshold chosen with the mode's open-set gate, else 0.1; not BirdNET's "
+                            "scale); without a calibration for the mode, the raw pooled cosine score. A window the "
+                            "gate calls novel gives no detection")  # fmt: skip
     detections.add_argument("--calibration", default=os.environ.get("BIRDSEARCH_CALIBRATION", ""),
                             help="calibration file (default: BIRDSEARCH_CALIBRATION, else calibration.json beside "
                             "the encoder or in the index root)")  # fmt: skip

@@ -89,12 +89,9 @@ class WindowEmbedder:
     """Ray actor: (B, window) samples to (B, D) model outputs with the mode's model, built in the worker."""
 
     def __init__(self, mode: str, checkpoint: str, student: str, device: str):
-        from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder
+        from birdsearch.engine.embedders import load_mode_embedder
 
-        if mode == "distilled":
-            self.embedder: Any = DistilledEmbedder.load(checkpoint, device)
-        else:
-            self.embedder = StudentEmbedder.load(student, device)
+        self.embedder: Any = load_mode_embedder(mode, checkpoint, student, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray(batch["ok"], dtype=bool)
@@ -102,7 +99,7 @@ class WindowEmbedder:
         vectors = (
             self.embedder(np.ascontiguousarray(batch["samples"][ok], dtype=np.float32)) if ok.any() else None
         )
-        dim = vectors.shape[1] if vectors is not None else self.embedder.facts.dim
+        dim = vectors.shape[1] if vectors is not None else self.embedder.facts.dim + self.embedder.tower_dim
         out["vector"] = np.zeros((len(ok), dim), np.float32)
         if vectors is not None:
             out["vector"][ok] = vectors

@@ -10,6 +10,9 @@ mode, window and hop, species_k, the species rule and the species list (resolved
 ``min_conf`` is applied here, to each window species' confidence (its raw score when the server has
 no calibration for the mode), exactly as the in-process run does: sent to the server it would be
 refused by a server without a calibration, where analyze's rule is to fall back to the raw score.
+So every window's species are asked for (``include_abstained``); a window the server's gate calls
+novel gives no detection, and without ``--min-conf`` the server's default (``min_conf`` in its
+answer, chosen with its gate) applies, else ``DEFAULT_MIN_CONF``.
 The server's own limits (upload size, duration, windows) and its ``candidates_per_window`` apply.
 """
 
@@ -22,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from birdsearch.engine.batch import DEFAULT_MIN_CONF
 from birdsearch.engine.detections import RecordingResult, confident, from_timeline
 from birdsearch.engine.inputs import Recording
 from birdsearch.engine.ranking import parse_rule
@@ -59,6 +63,7 @@ class RemoteAnalyser:
             "mode": self.mode, "window_s": config.window_s, "hop_s": hop_s, "species_k": config.species_k,
             "k": 1, "species_rule": config.species_rule, "species_list": self.species_list,
             "fmin_hz": config.fmin_hz or None, "fmax_hz": config.fmax_hz,
+            "include_abstained": True,  # every window's species: min_conf is applied here, novel windows dropped
         }  # fmt: skip
         self.settings = {
             "runner": "url",
@@ -115,12 +120,15 @@ class RemoteAnalyser:
         if index != self.settings["index"]:
             log.warning("%s was answered by index %s, the run started with %s", recording.path, index,
                         self.settings["index"])  # fmt: skip
-        detections = confident(from_timeline(answer["timeline"]), self.config.min_conf)
+        min_conf = self.config.min_conf if self.config.min_conf is not None else answer.get("min_conf")
+        min_conf = DEFAULT_MIN_CONF if min_conf is None else min_conf
+        heard = [window for window in answer["timeline"] if window.get("reason") != "novel"]
+        detections = confident(from_timeline(heard), min_conf)
         if not self.uncalibrated_warned and any(s.get("confidence") is None for w in answer["timeline"]
                                                 for s in w["species"]):  # fmt: skip
             self.uncalibrated_warned = True
             log.warning("the server has no calibration for mode %s: --min-conf %g applies to the raw pooled "
-                        "cosine score", self.mode, self.config.min_conf)  # fmt: skip
+                        "cosine score", self.mode, min_conf)  # fmt: skip
         front_end = FrontEndConfig()  # the model's band is not in the answer: the front end's default
         low = max(front_end.f_min, self.config.fmin_hz)
         high = min(front_end.f_max, self.config.fmax_hz or front_end.f_max)

@@ -20,6 +20,8 @@ from birdsearch.analyze import formats
 from birdsearch.analyze.config import AnalyzeConfig, Summary
 from birdsearch.analyze.present import Presentation
 from birdsearch.analyze.writer import Outputs
+from birdsearch.engine.batch import min_conf_of
+from birdsearch.engine.config import ENCODER_MODES
 from birdsearch.engine.detections import RecordingResult
 from birdsearch.engine.detector import Detector
 from birdsearch.engine.inputs import Recording, find_recordings
@@ -120,14 +122,14 @@ def load_engine(config: AnalyzeConfig) -> Detector:
     )
     if engine.calibration is None:
         log.warning("no calibration for mode %s: --min-conf %g applies to the raw pooled cosine score",
-                    engine.mode, config.min_conf)  # fmt: skip
+                    engine.mode, min_conf_of(config, engine))  # fmt: skip
     return engine
 
 
 def settings_of(config: AnalyzeConfig, engine: Detector, window_s: float, hop_s: float) -> dict[str, Any]:
     """The settings of an in-process (or Ray) run that decide its detections."""
     facts = engine.embedder.facts
-    model = config.checkpoint if facts.mode == "distilled" else config.student
+    model = config.checkpoint if facts.mode in ENCODER_MODES else config.student
     return {
         "mode": facts.mode,
         # The spec as given, and its folder when it is one: ids in answers may leave paths out.
@@ -137,8 +139,9 @@ def settings_of(config: AnalyzeConfig, engine: Detector, window_s: float, hop_s:
         "index": engine.served.name,
         "window_s": window_s,
         "hop_s": hop_s,
-        "min_conf": config.min_conf,
+        "min_conf": min_conf_of(config, engine),
         "calibration": describe_calibration(engine.calibration) if engine.calibration is not None else None,
+        "open_set": engine.gate.describe() if engine.gate is not None else None,
         "species_k": config.species_k,
         "candidates_per_window": config.candidates_per_window,
         "species_rule": str(parse_rule(config.species_rule)),
@@ -189,8 +192,9 @@ def presentation(config: AnalyzeConfig, settings: dict[str, Any], names: Any) ->
         settings.get("window_s") or FrontEndConfig().window_s
     )  # a server's default window is the model's
     overlap_s = window_s - (settings.get("hop_s") or window_s)
+    min_conf = settings.get("min_conf", config.min_conf)  # None: each answer's default (--url)
     values = {
-        "overlap": f"{overlap_s:g}", "min_conf": f"{config.min_conf:g}",
+        "overlap": f"{overlap_s:g}", "min_conf": f"{min_conf:g}" if min_conf is not None else "",
         "species_list": str(config.species_list or ""), "model": str(settings.get("model", "")),
         "window_s": f"{window_s:g}", "hop_s": f"{window_s - overlap_s:g}", "species_k": str(config.species_k),
         "species_rule": str(settings.get("species_rule", "")), "mode": str(settings.get("mode", "")),

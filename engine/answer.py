@@ -73,15 +73,22 @@ def search_and_rank(
     candidates_per_window: int,
     species_rule: str = ranking.DEFAULT_SPECIES_RULE,
     calibration: Any = None,
+    gate: Any = None,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[SpeciesHit], list[ImageHit], list[TimelineWindow], Aggregation]:
     """(W, D) query vectors to the species ranking, image hits, timeline and aggregation facts.
 
     ``species_rule`` (the server's setting) pools a species' photos; the question's own rule wins.
     ``calibration`` (a ``birdsearch.model.calibration.Platt``) adds each species' confidence.
+    ``gate`` (the mode's ``birdsearch.engine.gate.Gate``) measures the windows' ``features`` (the model's
+    embeddings and tower features, ``embedders.split_outputs``): a novel window abstains, and a species'
+    confidence in the ranking is its best in the windows that are not novel.
     The timeline lists each window's detections (``detections.window_detections``).
     """
     rule = request_rule(question.species_rule or species_rule)
-    scored = score_windows(served, vectors, allowed, candidates_per_window, rule, calibration, k=question.k)
+    embeddings, tower = features if features is not None else (None, None)
+    scored = score_windows(served, vectors, allowed, candidates_per_window, rule, calibration, k=question.k,
+                           gate=gate, embeddings=embeddings, tower=tower)  # fmt: skip
     scores, ids = scored.scores, scored.ids
     top_rows = ranking.top_species(scored.species.recording, question.species_k)
     images = ranking.best_images(scores, ids, question.k)
@@ -92,12 +99,13 @@ def search_and_rank(
     windows = window_detections(
         served, scored, plan.starts_s, plan.window_s, plan.duration_s, question.species_k
     )
+    confidence = scored.confidence
+    if confidence is not None and scored.novel is not None:  # novel windows name no species
+        confidence = np.where(scored.novel[:, None], 0.0, confidence)
     return (
-        species_hits(served, scored.species, top_rows, species_images, records, scored.confidence),
+        species_hits(served, scored.species, top_rows, species_images, records, confidence),
         image_hits(images, records),
-        as_timeline(
-            windows, plan.starts_s, plan.window_s, plan.duration_s, calibrated=calibration is not None
-        ),
+        as_timeline(windows, plan.starts_s, plan.window_s, plan.duration_s, calibration is not None, scored),
         Aggregation(
             **{**ranking.AGGREGATION, "window_species_score": ranking.describe(rule)},
             candidates_per_window=scored.candidates,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from birdsearch.cpus import available_cpus
-from birdsearch.engine.config import EngineConfig
+from birdsearch.engine.config import MODES, EngineConfig
 from birdsearch.engine.detections import RecordingResult, confident
 from birdsearch.engine.detector import Detector
 from birdsearch.engine.inputs import Recording
@@ -48,15 +48,17 @@ GPU_BATCH, CPU_BATCH = 64, 8  # windows per forward pass when none is given
 # A recording's first windows wait for its end up to this many (160 s of 10 s windows), so that a short
 # recording found silent or cut off at its end costs no forward pass; a longer one streams past it.
 HELD_WINDOWS = 16
+DEFAULT_MIN_CONF = 0.1  # a mode without a gate (as BirdNET's default)
 
 
 @dataclass(frozen=True, kw_only=True)
 class BatchOptions:
     """What a batch of recordings is asked: the mode, the windows, the detections kept, the batching."""
 
-    mode: str = "auto"  # "distilled", "cascade" or "auto" (distilled when a checkpoint is given)
-    # detections need a calibrated confidence at least this (the raw score without a calibration)
-    min_conf: float = 0.1
+    mode: str = "auto"  # one of MODES, or "auto" (the checkpoint's recorded default, else the cascade)
+    # detections need a calibrated confidence at least this (the raw score without a calibration);
+    # None: the threshold chosen with the mode's open-set gate on validation, else DEFAULT_MIN_CONF
+    min_conf: float | None = None
     species_k: int = 5  # at most this many species per window
     window_s: float | None = None  # default: the model's window
     hop_s: float | None = None  # default: the window (no overlap)
@@ -77,8 +79,8 @@ class BatchOptions:
     def __post_init__(self) -> None:
         if self.species_k < 1:
             raise ConfigError(f"species_k={self.species_k} must be at least 1")
-        if self.mode not in ("auto", "distilled", "cascade"):
-            raise ConfigError(f"mode {self.mode!r}: use auto, distilled or cascade")
+        if self.mode not in ("auto", *MODES):
+            raise ConfigError(f"mode {self.mode!r}: use auto, {', '.join(MODES)}")
         if self.batch_size < 0 or self.workers < 0:
             raise ConfigError("batch_size and workers must be 0 (automatic) or positive")
         if self.max_duration_s <= 0:
@@ -152,16 +154,26 @@ def read_all(path: Path | str, sample_rate: int, window_s: float, hop_s: float, 
     return np.concatenate([p.samples for p in parts]), np.concatenate([p.starts_s for p in parts]), heard
 
 
+def min_conf_of(options: BatchOptions, detector: Detector) -> float:
+    """The threshold a batch applies: the options', else the one chosen with the mode's gate, else the default."""
+    if options.min_conf is not None:
+        return options.min_conf
+    chosen = detector.default_min_conf if detector.calibration is not None else None
+    return chosen if chosen is not None else DEFAULT_MIN_CONF
+
+
 def recording_result(detector: Detector, options: BatchOptions, path: Path | str, model_out: np.ndarray,
                      starts_s: np.ndarray, window_s: float, duration_s: float, source_rate: int,
                      band: tuple[float, float | None] = (0.0, None)) -> RecordingResult:  # fmt: skip
-    """One recording's result from its windows' model outputs: the detections that reach ``min_conf``.
+    """One recording's result from its windows' model outputs: the detections that reach ``min_conf``,
+    none in a window the mode's gate calls novel.
 
     Its frequency box is the band the model heard: the front end's, narrowed by the band-pass.
     """
+    min_conf = min_conf_of(options, detector)
     windows = detector.detect(
-        detector.vectors(model_out), starts_s, window_s, duration_s, species_k=options.species_k,
-        min_conf=options.min_conf, candidates_per_window=options.candidates_per_window,
+        model_out, starts_s, window_s, duration_s, species_k=options.species_k,
+        min_conf=min_conf, candidates_per_window=options.candidates_per_window,
         species_rule=options.species_rule,
     )  # fmt: skip
     fe = detector.front_end
@@ -169,7 +181,7 @@ def recording_result(detector: Detector, options: BatchOptions, path: Path | str
         max(float(fe.f_min), band[0]),
         min(float(fe.f_max), band[1] if band[1] is not None else np.inf),
     )
-    return RecordingResult(str(path), round(duration_s, 3), source_rate, confident(windows, options.min_conf),
+    return RecordingResult(str(path), round(duration_s, 3), source_rate, confident(windows, min_conf),
                            low, high)  # fmt: skip
 
 

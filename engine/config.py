@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -37,7 +38,11 @@ from birdsearch.paths import cache_root
 
 CONFIG_ENV = "BIRDSEARCH_CONFIG"
 ENV_PREFIX = "BIRDSEARCH_"
-Mode = Literal["distilled", "cascade"]
+Mode = Literal["distilled", "cascade", "classifier", "hybrid"]
+MODES: tuple[str, ...] = ("distilled", "cascade", "classifier", "hybrid")
+# The modes whose species step runs per index version (the student, or the encoder's classifier, classifies).
+CLASSIFYING_MODES = ("cascade", "classifier", "hybrid")
+ENCODER_MODES = ("distilled", "classifier", "hybrid")  # the modes of a distilled encoder directory
 
 
 def default_index_root() -> Path:
@@ -90,8 +95,9 @@ class EngineConfig:
 
     @property
     def default_mode(self) -> Mode:
-        """What mode=auto means here: the distilled encoder when one is configured."""
-        return "distilled" if self.checkpoint else "cascade"
+        """What mode=auto means here: with a distilled encoder, the mode its card records as its default
+        (the one its validation chose, ``birdsearch.model.species_head``); without one, the cascade."""
+        return recorded_default(self.checkpoint) if self.checkpoint else "cascade"  # type: ignore[return-value]
 
     @property
     def batch_size(self) -> int:
@@ -112,6 +118,20 @@ class EngineConfig:
     @property
     def decode_thread_count(self) -> int:
         return self.decode_threads or self.core_count
+
+
+@functools.lru_cache(maxsize=8)
+def recorded_default(checkpoint: str) -> str:
+    """The default query mode an encoder's card records; "distilled" when it cannot be read (the model's
+    own loading then says what is wrong)."""
+    from birdsearch.errors import CheckpointError
+    from birdsearch.model.encoder import read_card
+    from birdsearch.model.species_head import default_mode
+
+    try:
+        return default_mode(read_card(checkpoint))
+    except CheckpointError:
+        return "distilled"
 
 
 def refused_as_invalid(read: Callable[[str], Any], value: str) -> Any:

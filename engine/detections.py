@@ -80,6 +80,7 @@ def window_detections(
     duration_s: float,
     species_k: int,
     min_conf: float | None = None,
+    skip_novel: bool = False,
 ) -> list[list[Detection]]:
     """Each window's detections: its ``species_k`` best species (best first) that reach ``min_conf``.
 
@@ -92,10 +93,14 @@ def window_detections(
         species_k: species per window at most.
         min_conf: keep species whose confidence (raw score without a calibration) is at least this;
             None keeps them all.
+        skip_novel: no detection in a window the mode's gate calls novel (``scored.novel``).
     """
     chosen: list[list[tuple[int, float, int, float]]] = []  # per window: (row, level, photo id, photo score)
     for w in range(len(starts_s)):
         kept = []
+        if skip_novel and scored.is_novel(w):
+            chosen.append(kept)
+            continue
         for row in ranking.top_species(scored.species.per_window[w], species_k):
             level = round(scored.level(w, int(row)), DIGITS)
             if min_conf is not None and level < min_conf:
@@ -136,14 +141,20 @@ def as_window_species(d: Detection, calibrated: bool) -> WindowSpecies:
 
 
 def as_timeline(windows: list[list[Detection]], starts_s: np.ndarray, window_s: float, duration_s: float,
-                calibrated: bool) -> list[TimelineWindow]:  # fmt: skip
-    """Each window's time span and its detections, as the answer's timeline."""
+                calibrated: bool, scored: WindowScores | None = None) -> list[TimelineWindow]:  # fmt: skip
+    """Each window's time span and its detections, as the answer's timeline; a window the gate calls novel
+    (``scored.novel``) abstains with that reason, its species kept for ``confidence.apply_min_conf``."""
     timeline = []
     for w, detections in enumerate(windows):
         start = float(starts_s[w])
+        novel = scored is not None and scored.is_novel(w)
+        novelty = (
+            None if scored is None or scored.novelty is None else round(float(scored.novelty[w]), DIGITS)
+        )
         timeline.append(TimelineWindow(
             index=w, start_s=round(start, TIME_DIGITS), end_s=round(min(start + window_s, duration_s), TIME_DIGITS),
-            species=[as_window_species(d, calibrated) for d in detections],
+            species=[as_window_species(d, calibrated) for d in detections], novelty=novelty,
+            abstained=novel, reason="novel" if novel else None,
         ))  # fmt: skip
     return timeline
 

@@ -1,10 +1,20 @@
 """The models behind a query: windows in, vectors out, one batch at a time on the batcher's thread.
 
+A model's outputs for B windows are (B, dim + tower_dim) rows: the window's embedding (``dim``:
+what the search or the cascade's species head takes) followed by its audio tower's pooled features
+(what the novelty gate measures in, ``birdsearch.model.novelty``); ``split_outputs`` parts them.
+
 - ``DistilledEmbedder``: the distilled encoder, straight into the teacher's space.
 - ``StudentEmbedder``: the student's audio tower, the first half of the zero-shot cascade. The second
   half (classify against the index's species, mix the teacher's species embeddings) depends on the
-  index version, so it runs per request in ``CascadeHead``: a batch can then mix requests that
+  index version, so it runs per request in ``ModeHead``: a batch can then mix requests that
   started on different index versions during a hot reload.
+- ``ClassifierEmbedder`` / ``HybridEmbedder``: the modes ``classifier`` and ``hybrid`` of an encoder
+  that carries a species classifier (``birdsearch.model.species_head``): the student's audio tower
+  (and, for hybrid, the distilled encoder's embedding beside it); their species step, too, runs per
+  index version in ``ModeHead``. Both run the distilled encoder for its tower features, so that every
+  mode of an encoder measures novelty in one space, against the one reference ``distill`` wrote
+  beside it.
 
 Both time their stages into ``birdsearch_stage_seconds`` (features, encode).
 """
@@ -20,6 +30,7 @@ import torch
 
 from birdsearch.engine.metrics import stage_timer
 from birdsearch.engine.redact import model_name
+from birdsearch.errors import CheckpointError
 from birdsearch.model.mel import FrontEndConfig
 
 log = logging.getLogger(__name__)
@@ -29,9 +40,9 @@ log = logging.getLogger(__name__)
 class ModelFacts:
     """What a query response and /version say about a model."""
 
-    mode: str  # "distilled" or "cascade"
+    mode: str  # "distilled", "cascade", "classifier" or "hybrid"
     id: str  # the spec the model was given, without server paths (``redact.model_name``)
-    dim: int  # output dimension of the batch function
+    dim: int  # the embedding's dimension (the batch function adds the tower's features after it)
     teacher: dict[str, Any] = field(default_factory=dict)  # the teacher space it targets (distilled only)
     details: dict[str, Any] = field(default_factory=dict)  # card facts: base student, training hash, metrics
 
@@ -52,6 +63,11 @@ class PinnedStaging:
         if self._buffer is None or self._buffer.numel() < numel:
             self._buffer = torch.empty(numel, dtype=torch.float32, pin_memory=True)
         return self._buffer[:numel].numpy().view(dtype).reshape(shape)
+
+
+def split_outputs(outputs: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model's (B, dim + tower_dim) outputs as (embeddings (B, dim), tower features (B, tower_dim))."""
+    return outputs[:, :dim], outputs[:, dim:]
 
 
 def staging_for(device: torch.device) -> PinnedStaging | None:
@@ -97,11 +113,15 @@ class DistilledEmbedder:
         """Compile the encoder with torch.compile (shapes vary with the batch: dynamic)."""
         self.encoder.model = torch.compile(self.encoder.model, dynamic=True)
 
+    @property
+    def tower_dim(self) -> int:
+        return int(self.encoder.tower_dim)
+
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         with stage_timer("features"):
             features = self.encoder.mel(torch.from_numpy(windows))  # pinned on CUDA: an async copy
         with stage_timer("encode"):
-            return self.encoder.embed_features(features).numpy()
+            return torch.cat(self.encoder.embed_with_tower(features), dim=1).numpy()
 
 
 class StudentEmbedder:
@@ -129,26 +149,121 @@ class StudentEmbedder:
         """Compile the student's audio tower with torch.compile (dynamic batch size)."""
         self.student.model.audio_model = torch.compile(self.student.model.audio_model, dynamic=True)
 
+    @property
+    def tower_dim(self) -> int:
+        return int(self.student.tower_dim)
+
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         with stage_timer("features"):
             features = self.student.mel(torch.from_numpy(windows))
         with stage_timer("encode"):
-            return self.student.embed_features(features).numpy()
+            return torch.cat(self.student.embed_with_tower(features), dim=1).numpy()
 
-    def species_head(self, captions: list[str], teacher_species: np.ndarray) -> CascadeHead:
-        """The cascade's second half for one index version: its species as student captions."""
+
+class ClassifierEmbedder:
+    """Windows to the student's audio embeddings, classified per index version by the encoder's classifier."""
+
+    mode = "classifier"
+
+    def __init__(self, student: StudentEmbedder, distilled: DistilledEmbedder):
+        from birdsearch.model.species_head import recorded_modes
+
+        head = distilled.encoder.species_head
+        if head is None:
+            raise CheckpointError(
+                f"{model_name(str(distilled.encoder.path))} has no species classifier: mode {self.mode!r} needs "
+                "an encoder distilled by this version of 'birdsearch distill'"
+            )
+        check_student(head.student, student)
+        self.student, self.distilled, self.head = student, distilled, head
+        self.front_end: FrontEndConfig = student.front_end
+        self.staging = student.staging
+        details = {"student": student.facts.details["student"], "classifier": head.facts,
+                   "modes": recorded_modes(distilled.encoder.card)}  # fmt: skip
+        self.facts = ModelFacts(self.mode, distilled.facts.id, self.dim, teacher=distilled.facts.teacher,
+                                details=details)  # fmt: skip
+
+    @property
+    def dim(self) -> int:
+        return self.student.facts.dim
+
+    @property
+    def tower_dim(self) -> int:
+        return self.distilled.tower_dim
+
+    def compile(self) -> None:
+        """Nothing of its own: the models it runs are compiled where they are loaded (``Models.load``)."""
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """The student's embeddings, then the distilled encoder's tower features (what the gate measures)."""
+        student = self.student(windows)[:, : self.student.facts.dim]
+        distilled = self.distilled(windows)
+        return np.concatenate([student, distilled[:, self.distilled.facts.dim :]], axis=1)
+
+
+class HybridEmbedder(ClassifierEmbedder):
+    """Windows to the student's audio embeddings and the distilled encoder's, side by side (mode hybrid)."""
+
+    mode = "hybrid"
+
+    @property
+    def dim(self) -> int:
+        return self.student.facts.dim + self.distilled.facts.dim
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """The student's embeddings, the distilled encoder's, then its tower features."""
+        student = self.student(windows)[:, : self.student.facts.dim]
+        return np.concatenate([student, self.distilled(windows)], axis=1)
+
+
+def check_student(recorded: dict[str, str], student: StudentEmbedder) -> None:
+    """Refuse a student other than the one whose audio the encoder's classifier was fitted on."""
+    from birdsearch.model.hub import weights_sha256
+
+    ours = weights_sha256(student.student.resolved.weights_file)
+    if recorded.get("weights_sha256") and recorded["weights_sha256"] != ours:
+        raise CheckpointError(
+            f"the encoder's species classifier was fitted on the audio of student {recorded.get('id')} "
+            f"(weights {recorded['weights_sha256'][:12]}), this server's student {student.facts.id} has "
+            f"weights {ours[:12]}: set BIRDSEARCH_STUDENT to the encoder's student"
+        )
+
+
+def mode_embedder(mode: str, distilled: DistilledEmbedder | None, student: StudentEmbedder | None) -> Any:
+    """The embedder a mode runs its windows through, from the loaded models (which must be there)."""
+    if mode == "distilled" and distilled is not None:
+        return distilled
+    if mode == "cascade" and student is not None:
+        return student
+    if mode in ("classifier", "hybrid") and distilled is not None and student is not None:
+        return (ClassifierEmbedder if mode == "classifier" else HybridEmbedder)(student, distilled)
+    raise ValueError(f"mode {mode!r} needs models that are not loaded")
+
+
+def load_mode_embedder(mode: str, checkpoint: str, student: str, device: str) -> Any:
+    """Load the models of one mode and return its embedder (bulk work: ``Detector``, ``analyze`` on Ray)."""
+    distilled = DistilledEmbedder.load(checkpoint, device) if mode != "cascade" else None
+    needs_student = mode != "distilled"
+    return mode_embedder(mode, distilled, StudentEmbedder.load(student, device) if needs_student else None)
+
+
+class ModeHead:
+    """A mode's species step for one index version: model outputs to teacher-space query vectors.
+
+    ``query`` is a ``CascadeQuery`` (the cascade: ``from_audio``) or a ``HybridQuery`` (classifier and
+    hybrid: ``from_outputs``, the outputs split at ``split`` into the student's and the encoder's).
+    """
+
+    def __init__(self, query: Any, split: int | None = None):
+        self.query = query
+        self.split = split
+
+    def __call__(self, outputs: np.ndarray) -> np.ndarray:
         from birdsearch.model.query import CascadeQuery
 
-        student_species = self.student.embed_texts(captions)
-        query = CascadeQuery(self.student, student_species, torch.from_numpy(np.asarray(teacher_species)))
-        return CascadeHead(query)
-
-
-class CascadeHead:
-    """Student audio embeddings to teacher-space queries through one index version's species."""
-
-    def __init__(self, query: Any):
-        self.query = query  # birdsearch.model.query.CascadeQuery (soft)
-
-    def __call__(self, audio_embeddings: np.ndarray) -> np.ndarray:
-        return self.query.from_audio(torch.from_numpy(audio_embeddings)).numpy()
+        audio = torch.from_numpy(np.ascontiguousarray(outputs))
+        if isinstance(self.query, CascadeQuery):
+            return self.query.from_audio(audio).numpy()
+        if self.split is None:  # classifier: the student's embedding on both sides
+            return self.query.from_outputs(audio, audio).numpy()
+        return self.query.from_outputs(audio[:, : self.split], audio[:, self.split :]).numpy()

@@ -2,7 +2,7 @@
 
 ``IndexHolder`` polls the index root's ``CURRENT`` pointer (one small file read) every
 ``reload_interval_s``. When it names a new version, the version is opened and prepared on a worker
-thread (FAISS index, species table, the cascade's species captions) while the old one keeps
+thread (FAISS index, species table, the species steps of the modes that classify) while the old one keeps
 answering; then one reference assignment swaps them. A request reads ``holder.current`` once, at
 its start, and uses that ``ServedIndex`` to the end, so requests in flight finish on the version
 they began with and none fails; the old version is freed when the last of them lets go.
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from birdsearch.engine.embedders import CascadeHead, DistilledEmbedder, StudentEmbedder
+from birdsearch.engine.embedders import DistilledEmbedder, ModeHead, StudentEmbedder
 from birdsearch.engine.metrics import INDEX_IMAGES, INDEX_RELOADS
 from birdsearch.engine.redact import model_name
 from birdsearch.errors import BirdsearchError, IndexFormatError
@@ -41,7 +41,7 @@ class ServedIndex:
     species: list[Any]  # SpeciesRecord, sorted by scientific name
     species_row: dict[str, int]  # scientific name -> row in ``species``
     image_species: np.ndarray  # (N,) int32: row in ``species`` of each image id
-    cascade: CascadeHead | None  # the cascade's index-dependent half, when the cascade is loaded
+    heads: dict[str, ModeHead]  # each mode's index-dependent species step (cascade, classifier, hybrid)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -94,14 +94,37 @@ def prepare(
     image_species = np.full(int(version.count), -1, dtype=np.int32)
     for row, record in enumerate(species):
         image_species[version.ids_for(species=record.scientific)] = row
-    cascade = None
-    if student is not None and species:
-        names, teacher_species = version.species_embeddings()
-        common = {record.scientific: record.common for record in species}
-        # The student hears common names ("Sound of a American Robin"), as Student.embed_species(.., "com").
-        captions = [PROMPT.format(common.get(name) or name) for name in names]
-        cascade = student.species_head(captions, teacher_species)
-    return ServedIndex(version, species, species_row, image_species, cascade)
+    heads = species_steps(version, species, distilled, student) if student is not None and species else {}
+    return ServedIndex(version, species, species_row, image_species, heads)
+
+
+def species_steps(
+    version: Any, species: list[Any], distilled: DistilledEmbedder | None, student: StudentEmbedder
+) -> dict[str, ModeHead]:
+    """The species step of each mode that classifies, over this version's species.
+
+    The cascade classifies against the student's captions of them; with an encoder that carries a
+    species classifier, ``classifier`` and ``hybrid`` too (``birdsearch.model.species_head``).
+    """
+    import torch
+
+    from birdsearch.model.query import CascadeQuery
+    from birdsearch.model.species_head import mode_queries
+
+    names, teacher_species = version.species_embeddings()
+    common = {record.scientific: record.common for record in species}
+    # The student hears common names ("Sound of a American Robin"), as Student.embed_species(.., "com").
+    captions = student.student.embed_texts([PROMPT.format(common.get(name) or name) for name in names])
+    teacher = torch.from_numpy(np.asarray(teacher_species))
+    heads = {"cascade": ModeHead(CascadeQuery(student.student, captions, teacher))}
+    head = getattr(getattr(distilled, "encoder", None), "species_head", None)
+    if head is not None:
+        scale = float(student.student.model.logit_scale_a.exp())
+        distilled_scale = 1.0 / float(distilled.encoder.card.training.get("final_temperature") or 0.07)
+        queries = mode_queries(head, list(names), captions, teacher, scale, distilled_scale)
+        heads["classifier"] = ModeHead(queries["classifier"])
+        heads["hybrid"] = ModeHead(queries["hybrid"], split=student.facts.dim)
+    return heads
 
 
 class IndexHolder:

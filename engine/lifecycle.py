@@ -19,7 +19,7 @@ from birdsearch import __version__
 from birdsearch.engine.batcher import MicroBatcher
 from birdsearch.engine.config import EngineConfig
 from birdsearch.engine.cpu_share import ComputeThread
-from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder
+from birdsearch.engine.embedders import DistilledEmbedder, StudentEmbedder, mode_embedder
 from birdsearch.engine.errors import NotReadyError
 from birdsearch.engine.index_state import IndexHolder, ServedIndex, prepare
 from birdsearch.engine.metrics import BATCH_REQUESTS, BATCH_ROWS
@@ -36,21 +36,45 @@ class Models:
 
     distilled: DistilledEmbedder | None = None
     student: StudentEmbedder | None = None
+    cascade: bool = True  # whether the student also serves the zero-shot cascade
 
     @classmethod
     def load(cls, config: EngineConfig) -> Models:
-        """Load what the config asks for (raises CheckpointError/ModelUnavailableError with the fix)."""
+        """Load what the config asks for (raises CheckpointError/ModelUnavailableError with the fix).
+
+        The student loads for the cascade, and for the modes ``classifier`` and ``hybrid`` of an
+        encoder that carries a species classifier.
+        """
         distilled = DistilledEmbedder.load(config.checkpoint, config.device) if config.checkpoint else None
-        student = StudentEmbedder.load(config.student, config.device) if config.cascade_enabled else None
+        classifies = distilled is not None and distilled.encoder.species_head is not None
+        wanted = config.cascade_enabled or classifies
+        student = StudentEmbedder.load(config.student, config.device) if wanted else None
+        models = cls(distilled, student, config.cascade_enabled)
         if config.compile:
             for embedder in (distilled, student):
                 if embedder is not None:
                     embedder.compile()
-                    warm_up(embedder)
-        return cls(distilled, student)
+            for embedder in models.by_mode().values():
+                warm_up(embedder)
+        return models
 
     def by_mode(self) -> dict[str, Any]:
-        return {m.mode: m for m in (self.distilled, self.student) if m is not None}
+        """The embedder each servable mode runs its windows through (built once)."""
+        if "_modes" not in self.__dict__:
+            self.__dict__["_modes"] = self._modes()
+        return self.__dict__["_modes"]
+
+    def _modes(self) -> dict[str, Any]:
+        modes: dict[str, Any] = {}
+        if self.distilled is not None:
+            modes["distilled"] = self.distilled
+        if self.student is not None and self.cascade:
+            modes["cascade"] = self.student
+        encoder = getattr(self.distilled, "encoder", None)
+        if self.student is not None and encoder is not None and encoder.species_head is not None:
+            for mode in ("classifier", "hybrid"):
+                modes[mode] = mode_embedder(mode, self.distilled, self.student)
+        return modes
 
 
 def warm_up(embedder: Any) -> None:
@@ -77,6 +101,7 @@ class Lifecycle:
         self.compute = compute
         self.models = models  # preloaded (tests share them between apps), else loaded by ``start``
         self.batchers: dict[str, MicroBatcher] = {}
+        self.gates: dict[str, Any] = {}  # each mode's open-set gate (engine.gate.Gate), when it has one
         self.holder: IndexHolder | None = None
         self.decode_pool: ThreadPoolExecutor | None = None
 
@@ -84,6 +109,7 @@ class Lifecycle:
         self.compute.start()
         if self.models is None:
             self.models = await self.compute.run(Models.load, self.config)
+        self.gates = await self.compute.run(self._load_gates)
         self.decode_pool = ThreadPoolExecutor(
             self.config.decode_thread_count, thread_name_prefix="birdsearch-decode"
         )
@@ -91,6 +117,15 @@ class Lifecycle:
             self.batchers[mode] = self._batcher(mode, embedder)
             self.batchers[mode].start()
         await self._serve_index()
+
+    def _load_gates(self) -> dict[str, Any]:
+        from birdsearch.engine.gate import gate_for
+
+        assert self.models is not None
+        c = self.config
+        found = {mode: gate_for(mode, c.calibration, c.checkpoint, c.index_root, embedder)
+                 for mode, embedder in self.models.by_mode().items()}  # fmt: skip
+        return {mode: gate for mode, gate in found.items() if gate is not None}
 
     async def stop(self) -> None:
         if self.holder is not None:
@@ -137,6 +172,13 @@ class Lifecycle:
 
     # -- what is loaded ------------------------------------------------------------------------
 
+    def default_mode_reason(self) -> str | None:
+        """Why mode=auto is what it is: the encoder card's record of its validation choice."""
+        from birdsearch.model.species_head import recorded_modes
+
+        encoder = getattr(self.models.distilled if self.models else None, "encoder", None)
+        return recorded_modes(encoder.card).get("why") if encoder is not None else None
+
     @property
     def modes(self) -> list[str]:
         return list(self.batchers)
@@ -165,6 +207,9 @@ class Lifecycle:
             "birdsearch": __version__,
             "api": 1,
             "default_mode": self.config.default_mode,
+            "default_mode_reason": self.default_mode_reason(),
+            "modes": self.modes,
             "models": {mode: vars(m.facts) for mode, m in self.models.by_mode().items()},
+            "open_set": {mode: gate.describe() for mode, gate in self.gates.items()},
             "index": IndexInfo(**current.describe()) if current else None,
         }

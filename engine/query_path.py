@@ -16,8 +16,9 @@ import numpy as np
 
 from birdsearch.engine import answer, recording
 from birdsearch.engine.confidence import apply_min_conf, calibration_for, no_calibration
-from birdsearch.engine.config import EngineConfig
+from birdsearch.engine.config import CLASSIFYING_MODES, MODES, EngineConfig
 from birdsearch.engine.cpu_share import ComputeThread
+from birdsearch.engine.embedders import split_outputs
 from birdsearch.engine.errors import BadParameterError, ModeUnavailableError, NotReadyError
 from birdsearch.engine.index_state import ServedIndex
 from birdsearch.engine.lifecycle import Lifecycle
@@ -111,7 +112,7 @@ class QueryPath:
         # Each mode's calibration of window species scores (None: raw scores only; min_conf refused).
         self.calibrations = {
             mode: calibration_for(mode, config.calibration, config.checkpoint, config.index_root)
-            for mode in ("distilled", "cascade")
+            for mode in MODES
         }
         self.species_filter = SpeciesFilter(config.species_list)
 
@@ -119,12 +120,9 @@ class QueryPath:
         """'auto' to the configured default; a mode without a loaded model is a 422 saying how to get it."""
         chosen = self.config.default_mode if mode == "auto" else mode
         if chosen not in self.loaded.batchers:
-            fix = (
-                "set BIRDSEARCH_CHECKPOINT to a distilled encoder directory"
-                if chosen == "distilled"
-                else "set BIRDSEARCH_CASCADE=always (and BIRDSEARCH_STUDENT)"
+            raise ModeUnavailableError(
+                f"mode {chosen!r} is not available on this server: {how_to_load(chosen)}"
             )
-            raise ModeUnavailableError(f"mode {chosen!r} is not available on this server: {fix}")
         return chosen
 
     async def query(self, upload: BinaryIO, question: Question) -> QueryResponse:
@@ -136,12 +134,21 @@ class QueryPath:
             ranked = await self._search(request, vectors, plan)
             facts = query_facts(request, rec, plan)
         species, images, timeline, aggregation = ranked
-        species, images, timeline, abstained = apply_min_conf(species, images, timeline, question.min_conf)
+        min_conf = self.min_conf(request)
+        species, images, timeline, reason, message = apply_min_conf(
+            species, images, timeline, min_conf, question.include_abstained
+        )
         return QueryResponse(
             species=species, images=images, timeline=timeline, aggregation=aggregation, query=facts,
-            min_conf=question.min_conf, abstained=abstained,
-            message=f"no species reached the confidence threshold of {question.min_conf:g}" if abstained else None,
+            min_conf=min_conf, abstained=reason is not None, reason=reason, message=message,
         )  # fmt: skip
+
+    def min_conf(self, request: Request) -> float | None:
+        """The question's threshold, else the one chosen with the mode's gate on validation, else none."""
+        if request.question.min_conf is not None:
+            return request.question.min_conf
+        gate = self.loaded.gates.get(request.mode)
+        return gate.min_conf if gate is not None and self.calibrations.get(request.mode) is not None else None
 
     async def _begin(self, question: Question) -> Request:
         """Checks that need no audio: a served index, a loaded mode, the question's limits and filters."""
@@ -171,7 +178,7 @@ class QueryPath:
     async def _decode_and_embed(
         self, upload: BinaryIO, request: Request
     ) -> tuple[audio.Recording, recording.WindowPlan, np.ndarray]:
-        """The upload decoded, cut into windows and embedded: (recording, plan, (W, dim) vectors)."""
+        """The upload decoded, cut into windows and embedded: (recording, plan, (W, dim + tower) model outputs)."""
         front_end = request.embedder.front_end
         request.watch.skip()  # the header and the wait for the budget are not decoding
         rec = await asyncio.get_running_loop().run_in_executor(
@@ -191,16 +198,22 @@ class QueryPath:
         return rec, plan, vectors
 
     async def _search(self, request: Request, vectors: np.ndarray, plan: recording.WindowPlan) -> Any:
-        """The cascade's species step (cascade mode), then search and rank on the compute thread."""
+        """The mode's species step (the modes that classify), then search and rank on the compute thread."""
         served = request.served
-        if request.mode == "cascade" and served.cascade is None:
-            raise NotReadyError(f"index {served.name} has no species for the cascade to classify against")
+        head = served.heads.get(request.mode)
+        if request.mode in CLASSIFYING_MODES and head is None:
+            raise NotReadyError(
+                f"index {served.name} has no species for mode {request.mode!r} to classify against"
+            )
+        features = split_outputs(vectors, request.embedder.facts.dim)  # (embeddings, tower features)
+        vectors = features[0]
         with self.compute.waiting():
-            if request.mode == "cascade":
-                vectors = await self.compute.run(served.cascade, vectors)
+            if head is not None:
+                vectors = await self.compute.run(head, vectors)
             ranked = await self.compute.run(
                 answer.search_and_rank, served, vectors, plan, request.question, request.allowed,
                 self.config.candidates_per_window, self.config.species_rule, self.calibrations.get(request.mode),
+                self.loaded.gates.get(request.mode), features,
             )  # fmt: skip
         request.watch.lap("search")
         return ranked
@@ -242,3 +255,13 @@ def query_facts(request: Request, rec: audio.Recording, plan: recording.WindowPl
         index=IndexInfo(**request.served.describe()),
         timings_ms=request.watch.timings(),
     )
+
+
+def how_to_load(mode: str) -> str:
+    """What a server needs for ``mode``."""
+    if mode == "distilled":
+        return "set BIRDSEARCH_CHECKPOINT to a distilled encoder directory"
+    if mode == "cascade":
+        return "set BIRDSEARCH_CASCADE=always (and BIRDSEARCH_STUDENT)"
+    return ("set BIRDSEARCH_CHECKPOINT to an encoder distilled with its species classifier (this version of "
+            "'birdsearch distill') and BIRDSEARCH_STUDENT to its student")  # fmt: skip

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-QueryMode = Literal["auto", "distilled", "cascade"]
+QueryMode = Literal["auto", "distilled", "cascade", "classifier", "hybrid"]
+AbstainReason = Literal["novel", "below_min_conf"]
 
 
 class Question(BaseModel):
@@ -68,7 +69,8 @@ class Question(BaseModel):
         ge=0,
         le=1,
         description="keep only species whose calibrated confidence reaches this (0..1), in the ranking and in "
-        "each window; nothing left says so (abstained). Needs a calibration for the mode (GET /version shows it)",
+        "each window; nothing left says so (abstained). Default: the threshold chosen with the mode's open-set "
+        "gate on validation recordings, else none. Needs a calibration for the mode (GET /version shows both)",
         examples=[0.5],
     )
     fmin_hz: float = Field(
@@ -85,10 +87,18 @@ class Question(BaseModel):
         "null: no low-pass",
         examples=[8000.0],
     )
+    include_abstained: bool = Field(
+        False,
+        description="also list the species of windows that abstained (novel audio, or none above min_conf) and "
+        "of the recording when it abstains, each marked detected: false: the nearest species, not detections",
+    )
     mode: QueryMode = Field(
         "auto",
         description="'distilled' (the distilled encoder), 'cascade' (zero-shot: the student classifies, the "
-        "teacher's species embeddings query the images) or 'auto' (distilled when a checkpoint is configured)",
+        "teacher's species embeddings query the images), 'classifier' (the encoder's species classifier on the "
+        "student's audio, zero-shot for species it has no labelled audio of), 'hybrid' (the classifier for "
+        "species with labelled audio, the distilled encoder for the others) or 'auto' (the encoder's recorded "
+        "default, the mode its validation chose; the cascade without an encoder). GET /version lists the modes",
     )
 
 
@@ -122,6 +132,11 @@ class SpeciesHit(BaseModel):
         "calibration for the mode",
         examples=[0.87],
     )
+    detected: bool = Field(
+        True,
+        description="false: listed only because include_abstained asked for it (below min_conf, or only in windows "
+        "whose audio is unlike the recordings the model knows)",
+    )
     windows: int = Field(description="windows in which this species ranks first", examples=[3])
     best_window: int = Field(description="the window of the best score", examples=[0])
     image_id: int = Field(description="its best-scoring photo", examples=[42])
@@ -141,6 +156,7 @@ class WindowSpecies(BaseModel):
                             examples=["5c1f0a9d2e7b4c3a"])  # fmt: skip
     species_code: str = Field("", description="the species' eBird code, where the index has it ('' otherwise)",
                               examples=["amerob"])  # fmt: skip
+    detected: bool = Field(True, description="false: listed only because include_abstained asked for it")
 
 
 class TimelineWindow(BaseModel):
@@ -150,7 +166,21 @@ class TimelineWindow(BaseModel):
     start_s: float = Field(examples=[0.0])
     end_s: float = Field(examples=[10.0])
     species: list[WindowSpecies]
-    abstained: bool = Field(False, description="no species reached min_conf in this window", examples=[False])
+    abstained: bool = Field(
+        False, description="this window names no species (its reason says why)", examples=[False]
+    )
+    reason: AbstainReason | None = Field(
+        None,
+        description="why it abstained: 'novel' (its audio is unlike the recordings the model knows: not in this "
+        "gallery) or 'below_min_conf' (no species reached min_conf)",
+        examples=[None],
+    )
+    novelty: float | None = Field(
+        None,
+        description="how unlike the recordings the model knows the window is (the mode's open-set signal; "
+        "above the gate's threshold it is novel); null without a gate",
+        examples=[0.12],
+    )
 
 
 class Aggregation(BaseModel):
@@ -170,7 +200,7 @@ class Aggregation(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    mode: Literal["distilled", "cascade"]
+    mode: Literal["distilled", "cascade", "classifier", "hybrid"]
     id: str = Field(
         description="the model's spec as given (hf-hub:org/repo, toy), or its directory's base name",
         examples=["distilled-ssw60", "hf-hub:davidrrobinson/BioLingual"],
@@ -225,6 +255,14 @@ class QueryResponse(BaseModel):
     query: QueryFacts
     min_conf: float | None = Field(None, description="the threshold applied (null: none)", examples=[0.5])
     abstained: bool = Field(
-        False, description="no species reached min_conf anywhere: the recording names none", examples=[False]
+        False,
+        description="no window names a species: the recording names none (reason says why)",
+        examples=[False],
+    )
+    reason: AbstainReason | None = Field(
+        None,
+        description="why the recording abstained: 'novel' when every window is unlike the recordings the model "
+        "knows (not in this gallery), else 'below_min_conf'",
+        examples=[None],
     )
     message: str | None = Field(None, examples=["no species reached the confidence threshold of 0.5"])

@@ -1,8 +1,9 @@
-"""A recording's window vectors searched and scored: candidates, species scores, confidences.
+"""A recording's window vectors searched and scored: candidates, species scores, confidences, novelty.
 
 Each window is searched on its own for its nearest photos (its candidates); a species' score in a
 window pools its photos among them by the species rule (``ranking``); a calibration turns the window
-scores into confidences. Everything the engine answers starts here: the API's ranking and timeline
+scores into confidences; the mode's gate (``gate``) says which windows are novel, unlike the
+recordings the model knows. Everything the engine answers starts here: the API's ranking and timeline
 (``answer``), the detections of ``analyze`` and of the Python API (``detections``), and the scores a
 calibration is fitted on (``calibrate``). Runs on a worker thread (FAISS and SQLite work).
 """
@@ -30,6 +31,11 @@ class WindowScores:
     candidates: int  # C: photos searched per window
     species: ranking.SpeciesScores  # per window (W, S) and for the recording (S,)
     confidence: np.ndarray | None  # (W, S) calibrated confidences; None without a calibration
+    novelty: np.ndarray | None = None  # (W,) the gate's novelty of each window; None without a gate
+    novel: np.ndarray | None = None  # (W,) bool: the windows the gate calls novel; None without a gate
+
+    def is_novel(self, window: int) -> bool:
+        return bool(self.novel is not None and self.novel[window])
 
     def level(self, window: int, row: int) -> float:
         """What a threshold compares: the confidence, or the raw score without a calibration."""
@@ -60,6 +66,9 @@ def score_windows(
     rule: ranking.SpeciesRule | str,
     calibration: Any = None,
     k: int = 1,
+    gate: Any = None,
+    embeddings: np.ndarray | None = None,
+    tower: np.ndarray | None = None,
 ) -> WindowScores:
     """Search (W, D) window vectors and score each species in each window.
 
@@ -71,11 +80,17 @@ def score_windows(
         rule: how a species' photos among a window's candidates pool into its score.
         calibration: a ``birdsearch.model.calibration.Platt`` (None: no confidences).
         k: photos the answer lists (the search takes at least this many candidates).
+        gate: the mode's ``birdsearch.engine.gate.Gate`` (None: no window is novel).
+        embeddings, tower: (W, ...) the model's embeddings and tower features of the windows
+            (``embedders.split_outputs``), which the gate measures.
     """
     scores, ids, candidates = search(served, vectors, k, allowed, candidates_per_window)
     species = ranking.species_scores(scores, ids, served.image_species, len(served.species), rule)
     confidence = calibration(species.per_window) if calibration is not None else None
-    return WindowScores(scores, ids, candidates, species, confidence)
+    if gate is None:
+        return WindowScores(scores, ids, candidates, species, confidence)
+    novelty = gate.novelty(tower, embeddings, confidence, served)
+    return WindowScores(scores, ids, candidates, species, confidence, novelty, gate.open_set.novel(novelty))
 
 
 def image_records(served: ServedIndex, image_ids: list[int]) -> dict[int, Any]:

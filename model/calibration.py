@@ -131,7 +131,9 @@ def fit_platt(x: np.ndarray, labels: np.ndarray, features: tuple[str, ...] = ("s
         if np.abs(step).max() < 1e-10:
             break
     weights = tuple(float(v) for v in theta[:-1])
-    return Platt(weights, float(theta[-1]), tuple(features), {"examples": int(y.size), "positives": positives})
+    return Platt(
+        weights, float(theta[-1]), tuple(features), {"examples": int(y.size), "positives": positives}
+    )
 
 
 def log_loss(confidences: np.ndarray, labels: np.ndarray) -> float:
@@ -190,7 +192,9 @@ def expected_calibration_error(confidences: np.ndarray, labels: np.ndarray, bins
     if c.size == 0:
         return 0.0
     which = np.clip(np.ceil(c * bins).astype(int) - 1, 0, bins - 1)
-    gap = np.abs(np.bincount(which, weights=y, minlength=bins) - np.bincount(which, weights=c, minlength=bins))
+    gap = np.abs(
+        np.bincount(which, weights=y, minlength=bins) - np.bincount(which, weights=c, minlength=bins)
+    )
     return float(gap.sum() / c.size)
 
 
@@ -203,7 +207,9 @@ def window_examples(per_window: np.ndarray, present: list[set[int]]) -> tuple[np
     return per_window[rows, cols].astype(np.float64), labels
 
 
-def labelled_positions(per_window: np.ndarray, present: list[set[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def labelled_positions(
+    per_window: np.ndarray, present: list[set[int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(window rows, species columns, labels) of the finite scores of (W, S) ``per_window``."""
     if len(present) != per_window.shape[0]:
         raise ConfigError(f"calibration: {per_window.shape[0]} windows but {len(present)} label sets")
@@ -241,7 +247,9 @@ def load_calibration(path: str | Path) -> dict[str, Platt]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a calibration file (format should be {FORMAT!r})")
     if data.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: calibration format version {data.get('format_version')} is not {FORMAT_VERSION}")
+        raise ConfigError(
+            f"{path}: calibration format version {data.get('format_version')} is not {FORMAT_VERSION}"
+        )
     return {mode: read_entry(path, mode, entry) for mode, entry in (data.get("modes") or {}).items()}
 
 
@@ -252,10 +260,14 @@ def read_entry(path: Path, mode: str, entry: Any) -> Platt:
         weights = tuple(float(w) for w in entry["weights"])
         bias = float(entry["bias"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{path}: mode {mode!r} needs 'features', numbers 'weights' and a number 'bias'") from None
+        raise ConfigError(
+            f"{path}: mode {mode!r} needs 'features', numbers 'weights' and a number 'bias'"
+        ) from None
     unknown = [f for f in features if f not in FEATURES]
     if entry.get("method", "platt") != "platt" or unknown or len(features) != len(weights) or not features:
-        raise ConfigError(f"{path}: mode {mode!r} is not a Platt fit over features {FEATURES} (got {features})")
+        raise ConfigError(
+            f"{path}: mode {mode!r} is not a Platt fit over features {FEATURES} (got {features})"
+        )
     if not all(math.isfinite(v) for v in (*weights, bias)):
         raise ConfigError(f"{path}: mode {mode!r} has a weight or bias that is not finite")
     return Platt(weights, bias, features, dict(entry.get("facts") or {}))

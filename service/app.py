@@ -20,7 +20,7 @@ from birdsearch import __version__
 from birdsearch.engine.runtime import Models, Runtime
 from birdsearch.service.errors import install_error_handlers
 from birdsearch.service.metrics import MetricsMiddleware
-from birdsearch.service.routes import admin, health, images, query, species, web
+from birdsearch.service.routes import admin, evaluation, health, images, query, species, web
 from birdsearch.service.settings import Settings, get_settings
 from birdsearch.service.thumbnails import ThumbnailCache
 from birdsearch.service.upload import BodyLimitMiddleware
@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, models: Models | None = None) -
     app.state.preloaded_models = models
     effective = settings_of(app)
     install_error_handlers(app)
-    for router in (query.router, images.router, species.router, health.router, admin.router, web.router):
+    routers = (query, images, species, health, evaluation, admin, web)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     if effective.cors_origins:

@@ -9,6 +9,8 @@ import sys
 import tempfile
 from typing import Any
 
+from birdsearch.cli_args import QUERY_MODES
+
 # serve's flags that are settings too: flag given -> exported as BIRDSEARCH_<NAME> for every worker.
 SERVE_SETTINGS = (
     "index_root", "checkpoint", "student", "device", "max_batch", "max_wait_ms", "admin_key", "species_list",
@@ -39,7 +41,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--admin-key", help="enables /admin routes (BIRDSEARCH_ADMIN_KEY)")
     serve.add_argument("--species-list", help="only these species: plain names or BirdNET lines "
                        "(BIRDSEARCH_SPECIES_LIST); a request's own species_list wins")  # fmt: skip
-    serve.add_argument("--calibration", help="calibration file of the modes' confidences (BIRDSEARCH_CALIBRATION)")
+    serve.add_argument(
+        "--calibration", help="calibration file of the modes' confidences (BIRDSEARCH_CALIBRATION)"
+    )
     serve.set_defaults(func=run_serve)
 
     query = subparsers.add_parser(
@@ -50,7 +54,12 @@ def register(subparsers: Any) -> None:
     query.add_argument("--json", action="store_true", help="print the server's JSON answer")
     query.add_argument("-k", "--k", type=int, default=12, help="photos (default: %(default)s)")
     query.add_argument("--species-k", type=int, default=5, help="species (default: %(default)s)")
-    query.add_argument("--mode", choices=("auto", "distilled", "cascade"), default="auto")
+    query.add_argument(
+        "--mode",
+        choices=("auto", *QUERY_MODES),
+        default="auto",
+        help="auto: the server's default (GET /version: default_mode and models)",
+    )
     query.add_argument("--window-s", type=float, help="window length, seconds (default: the model's)")
     query.add_argument("--hop-s", type=float, help="hop between windows, seconds (default: the window)")
     query.add_argument("--species", action="append", default=[], help="only this species (repeatable)")
@@ -60,7 +69,10 @@ def register(subparsers: Any) -> None:
     query.add_argument("--species-list", help="only these species: a list file (plain names or BirdNET lines), "
                        "checked against the server's species (GET /species)")  # fmt: skip
     query.add_argument("--min-conf", type=float,
-                       help="only species whose calibrated confidence reaches this (0..1); none left: abstains")  # fmt: skip
+                       help="only species whose calibrated confidence reaches this (0..1; default: the server's, "
+                       "chosen with its open-set gate); none left: abstains")  # fmt: skip
+    query.add_argument("--include-abstained", action="store_true",
+                       help="also list the nearest species where nothing was detected, marked as such")  # fmt: skip
     query.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default: %(default)s)")
     query.set_defaults(func=run_query)
 
@@ -116,6 +128,7 @@ def run_query(args: argparse.Namespace) -> int:
         family=args.family,
         order=args.order,
         min_conf=args.min_conf,
+        include_abstained=args.include_abstained or None,
         species_list=resolve_list(args.species_list, args.url, args.timeout) if args.species_list else None,
     )
     sys.stdout.write(json.dumps(answer, indent=2) + "\n" if args.json else render_table(answer))

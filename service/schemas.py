@@ -47,15 +47,30 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool = Field(examples=[True])
     index: str | None = Field(None, examples=["v0007"])
-    modes: list[str] = Field(default_factory=list, examples=[["distilled", "cascade"]])
+    modes: list[str] = Field(
+        default_factory=list, examples=[["distilled", "classifier", "hybrid", "cascade"]]
+    )
     detail: str | None = Field(None, examples=[None])
 
 
 class VersionInfo(BaseModel):
     birdsearch: str = Field(examples=["0.1.0"])
     api: int = Field(examples=[1])
-    default_mode: str = Field(examples=["distilled"])
-    models: dict[str, dict[str, Any]]
+    default_mode: str = Field(examples=["distilled"], description="what mode=auto answers with")
+    default_mode_reason: str | None = Field(
+        None,
+        description="why: the encoder's validation choice, as its card records it (none for the cascade)",
+        examples=["classifier: the highest validation mAP, 84.1 (against distilled 77.0, hybrid 84.1)"],
+    )
+    modes: list[str] = Field(
+        default_factory=list, examples=[["distilled", "classifier", "hybrid", "cascade"]]
+    )
+    models: dict[str, dict[str, Any]] = Field(description="each mode's model facts")
+    open_set: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each mode's open-set gate: the novelty signal, its threshold, the min_conf chosen with it "
+        "(a mode without one answers every window)",
+    )
     index: IndexInfo | None
 
 
@@ -98,3 +113,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+class EvaluationReport(BaseModel):
+    ready: bool = Field(
+        description="false until the report file exists (the demo writes it when its evaluation is done)",
+        examples=[True],
+    )
+    markdown: str | None = Field(
+        None, description="the report (tables of every method)", examples=["| method | mAP |"]
+    )

@@ -14,6 +14,7 @@ Validators refuse bad values when the server starts, not at the first request.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
@@ -37,6 +38,11 @@ class Settings(EngineSettings):
     cors_origins: Annotated[list[str], NoDecode] = []  # origins allowed by CORS: "a,b" or a JSON list
     thumbnail_size: int = Field(256, ge=32, le=1024)  # default thumbnail edge, pixels
     thumbnail_cache_bytes: int = Field(64 * 2**20, ge=0)  # thumbnails kept in memory
+
+    # A Markdown file on how the served models were evaluated (such as the tables of `birdsearch
+    # evaluate`): GET /evaluation returns it and the web page shows it. It may appear after the
+    # server starts (the demo writes it when its background evaluation is done).
+    evaluation_report: Path | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod

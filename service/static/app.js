@@ -140,6 +140,7 @@ async function runQuery(file) {
   form.append("mode", $("opt-mode").value);
   if ($("opt-hop").value) form.append("hop_s", $("opt-hop").value);
   if ($("opt-min-conf").value) form.append("min_conf", $("opt-min-conf").value);
+  form.append("include_abstained", "true"); // the nearest species are shown as such when nothing is detected
   let response;
   try {
     response = await fetch("/query", { method: "POST", body: form });
@@ -167,19 +168,32 @@ function renderAnswer(answer) {
     `Species score: ${answer.aggregation.window_species_score}, then ${answer.aggregation.recording_species_score}. ` +
     `“Windows” counts the windows where the species ranks first.`;
   const best = Math.max(...answer.species.map((s) => s.score), 1e-6);
-  const abstained = el("li", { class: "abstained muted" }, answer.message || "No species reached the threshold.");
-  $("species-list").replaceChildren(...(answer.abstained ? [abstained] : answer.species.map((s) => speciesCard(s, best))));
+  const detected = answer.species.filter((s) => s.detected !== false);
+  const nearest = answer.species.filter((s) => s.detected === false);
+  const items = detected.map((s) => speciesCard(s, best));
+  if (answer.abstained) { // "novel": unlike the recordings the model knows; else nothing above min_conf
+    const title = answer.reason === "novel" ? "Not in this gallery" : "No species reached the threshold";
+    items.unshift(el("li", { class: "abstained", "data-reason": answer.reason || "" },
+      el("div", { class: "name" }, title),
+      el("div", { class: "muted" }, answer.message || "")));
+  }
+  if (nearest.length) {
+    items.push(el("li", { class: "nearest-heading muted" },
+      answer.abstained ? "Nearest species, not detected:" : "Also near, not detected:"));
+    items.push(...nearest.map((s) => speciesCard(s, best, true)));
+  }
+  $("species-list").replaceChildren(...items);
   $("images").replaceChildren(...answer.images.map(photoCard));
   renderTimeline(answer.timeline, q.duration_s, q.window_s, q.hop_s);
   $("results").hidden = false;
 }
 
-function speciesCard(s, best) {
+function speciesCard(s, best, nearest = false) {
   const width = Math.max(2, Math.round((100 * Math.max(0, s.score)) / best));
-  return el("li", { class: "species-card", "data-species": s.species },
+  return el("li", { class: nearest ? "species-card nearest" : "species-card", "data-species": s.species },
     el("img", { src: s.thumbnail_url, alt: s.common_name || s.species, loading: "lazy" }),
     el("div", {},
-      el("div", { class: "name" }, s.common_name || s.species),
+      el("div", { class: "name" }, (s.common_name || s.species) + (nearest ? " (nearest, not detected)" : "")),
       el("div", { class: "sci" }, s.species),
       el("div", { class: "muted" }, `score ${s.score.toFixed(3)}` +
         (s.confidence == null ? "" : ` · confidence ${s.confidence.toFixed(2)}`) +
@@ -203,10 +217,11 @@ function renderTimeline(timeline, duration, window, hop) {
   box.style.height = `${lanes * 24 + 4}px`;
   const span = Math.max(duration, window);
   box.replaceChildren(...timeline.map((w) => {
-    const top = w.species[0];
-    const label = top ? `${top.common_name || top.species} ${(top.confidence ?? top.score).toFixed(2)}` : "—";
+    const top = w.species.find((s) => s.detected !== false);
+    const label = top ? `${top.common_name || top.species} ${(top.confidence ?? top.score).toFixed(2)}`
+      : w.reason === "novel" ? "not in this gallery" : "—";
     const node = el("div", {
-      class: "window",
+      class: w.abstained ? `window abstained ${w.reason || ""}` : "window",
       "data-start": String(w.start_s),
       title: `${w.start_s}–${w.end_s} s: ` + w.species.map((s) => `${s.common_name || s.species} ${s.score.toFixed(3)}`).join(", "),
       style: `left:${(100 * w.start_s) / span}%;width:${(100 * (w.end_s - w.start_s)) / span}%;` +
@@ -309,6 +324,30 @@ async function showServerInfo() {
   }
 }
 
+// GET /evaluation: 404 when the server has no report; ready: false while it is being written (the
+// demo evaluates in the background after it starts serving), so ask again until it is there.
+const EVALUATION_POLL_MS = 10000;
+
+async function showEvaluation() {
+  let report;
+  try {
+    const response = await fetch("/evaluation");
+    if (response.status === 404) return;
+    report = await response.json();
+  } catch (error) {
+    report = { ready: false };
+  }
+  $("evaluation").hidden = false;
+  if (!report.ready) {
+    $("evaluation-status").textContent = "The evaluation is still running; it will appear here when it is done.";
+    setTimeout(showEvaluation, EVALUATION_POLL_MS);
+    return;
+  }
+  $("evaluation-status").textContent = "";
+  $("evaluation-report").textContent = report.markdown;
+}
+
 setupDropZone();
 setupRecorder();
 showServerInfo();
+showEvaluation();

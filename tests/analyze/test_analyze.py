@@ -35,7 +35,7 @@ def tiny_world(tmp_path_factory):
     previous = os.environ.get("BIRDSEARCH_CACHE")
     os.environ["BIRDSEARCH_CACHE"] = str(tmp_path_factory.mktemp("toy-cache"))
     try:
-        yield ensure_world(tiny_config(), stages=("images", "audio"), progress=False)
+        yield ensure_world(tiny_config(), stages=("gallery", "audio"), progress=False)
     finally:
         if previous is None:
             os.environ.pop("BIRDSEARCH_CACHE", None)

@@ -10,6 +10,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from birdsearch.analyze.config import AnalyzeConfig
@@ -150,3 +151,58 @@ def test_every_door_gives_the_same_detections_for_one_recording(tmp_path, index_
         assert replace(ours, **dict.fromkeys(floats, 0.0)) == replace(theirs, **dict.fromkeys(floats, 0.0))
         for name in floats:
             assert getattr(ours, name) == pytest.approx(getattr(theirs, name), abs=1e-5), name
+
+
+def test_no_door_detects_in_a_window_the_gate_calls_novel(tmp_path, index_root, tiny_models, helpers, server_env,
+                                                          local_ray):  # fmt: skip
+    """A gate that calls about half the windows novel: in-process, on Ray, through a server (--url) and in
+    the API's timeline, those windows give no detection and the others the same ones, at the gate's min_conf."""
+    from birdsearch.analyze.remote import RemoteAnalyser
+    from birdsearch.analyze.run import load_engine
+    from birdsearch.client import query_file
+    from birdsearch.engine.batch import BatchRun
+    from birdsearch.engine.calibrate import model_outputs
+    from birdsearch.engine.detections import confident, from_timeline
+    from birdsearch.engine.inputs import find_recordings
+    from birdsearch.model.novelty import OPEN_SET_FILE, OpenSet, save_open_set
+
+    folder = tmp_path / "card"
+    folder.mkdir()
+    shutil.copy(helpers.audio_file("birdnet_soundscape_48k_30s.flac"), folder / "soundscape.flac")
+    recordings, _ = find_recordings([str(folder)])
+    root = helpers.copy_index(index_root, tmp_path / "index")
+    calibration = save_calibration(tmp_path / "gated" / "calibration.json", "distilled", Platt((6.0,), -1.0))
+
+    def config(**extra) -> AnalyzeConfig:
+        return AnalyzeConfig(inputs=[str(folder)], out=tmp_path / "out", index_root=root,
+                             checkpoint=str(tiny_models["encoder"]), mode="distilled", device="cpu", species_k=3,
+                             hop_s=2.5, calibration=str(calibration), progress=False, **extra)  # fmt: skip
+
+    engine = load_engine(config())
+    outputs, _ = model_outputs(engine, recordings[0].path, hop_s=2.5)
+    novelty = 1 - engine.score(outputs, 200, config().species_rule).confidence.max(axis=1)
+    gate = OpenSet("max_confidence", float(np.median(novelty)), min_conf=0.05)
+    save_open_set(calibration.with_name(OPEN_SET_FILE), "distilled", gate)
+    novel = novelty > gate.threshold
+    assert 0 < novel.sum() < len(novel) == 9
+
+    def windows_of(runner) -> list:
+        [(_, result)] = list(runner.run(recordings))
+        return result.detections
+
+    in_process = windows_of(BatchRun(load_engine(config()), config(), "cpu"))
+    from birdsearch.analyze.distributed import RayAnalyser
+
+    on_ray = windows_of(RayAnalyser(load_engine(config()), config(runner="ray", batch_size=4)))
+    env = server_env(root, BIRDSEARCH_CALIBRATION=str(calibration))
+    with helpers.Server(env, log=tmp_path / "server.log") as server:
+        by_url = windows_of(RemoteAnalyser(config(url=server.url)))
+        answer = query_file(recordings[0].path, server.url, 120.0, mode="distilled", species_k=3, hop_s=2.5)
+    assert answer["min_conf"] == 0.05
+    assert [w["reason"] == "novel" for w in answer["timeline"]] == novel.tolist()
+    from_api = confident(from_timeline(answer["timeline"]), 0.05)
+    starts = np.array([w["start_s"] for w in answer["timeline"]])
+    detected = {d.start_s for d in in_process}
+    assert detected and detected <= set(starts[~novel].tolist())
+    for door in (on_ray, by_url, from_api):
+        assert [(d.start_s, d.scientific) for d in door] == [(d.start_s, d.scientific) for d in in_process]

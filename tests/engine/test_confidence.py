@@ -29,12 +29,30 @@ def test_min_conf_keeps_what_reaches_it_and_abstains_on_nothing():
     species = [hit("A", 0.9), hit("B", 0.2)]
     images = [type("I", (), {"species": s})() for s in ("A", "B", "A")]
     timeline = [window(("A", 0.9), ("B", 0.2)), window(("B", 0.3))]
-    kept, photos, windows, abstained = apply_min_conf(species, images, timeline, 0.5)
+    kept, photos, windows, reason, _ = apply_min_conf(species, images, timeline, 0.5)
     assert [h.species for h in kept] == ["A"] and [p.species for p in photos] == ["A", "A"]
     assert [[s.species for s in w.species] for w in windows] == [["A"], []]
-    assert [w.abstained for w in windows] == [False, True] and not abstained
-    assert apply_min_conf(species, images, timeline, 0.95)[3]  # nothing left: the recording abstains
-    assert apply_min_conf(species, images, timeline, None) == (species, images, timeline, False)
+    assert [w.abstained for w in windows] == [False, True] and reason is None
+    assert [w.reason for w in windows] == [None, "below_min_conf"]
+    assert apply_min_conf(species, images, timeline, 0.95)[3] == "below_min_conf"  # nothing left anywhere
+    assert apply_min_conf(species, images, timeline, None) == (species, images, timeline, None, None)
+
+
+def test_a_novel_window_abstains_with_its_reason_and_shows_its_species_only_when_asked():
+    species = [hit("A", 0.9), hit("B", 0.0)]  # B's confidence: its best in the windows that are not novel
+    images = [type("I", (), {"species": s})() for s in ("A", "B")]
+    novel = window(("B", 0.95)).model_copy(update={"abstained": True, "reason": "novel", "novelty": 3.0})
+    timeline = [window(("A", 0.9)), novel]
+    kept, photos, windows, reason, _ = apply_min_conf(species, images, timeline, 0.5)
+    assert [h.species for h in kept] == ["A"] and [p.species for p in photos] == ["A"]
+    assert windows[1].species == [] and windows[1].reason == "novel" and reason is None
+    everywhere = apply_min_conf(species, images, [novel, novel], 0.5)
+    assert everywhere[3] == "novel" and "not in this gallery" in everywhere[4] and everywhere[0] == []
+    listed, photos, windows, reason, _ = apply_min_conf(
+        species, images, [novel, novel], 0.5, include_abstained=True
+    )
+    assert reason == "novel" and [(h.species, h.detected) for h in listed] == [("A", False), ("B", False)]
+    assert [(s.species, s.detected) for s in windows[0].species] == [("B", False)] and len(photos) == 2
 
 
 def test_calibrations_are_found_beside_the_encoder_and_the_index(tmp_path):
@@ -118,28 +136,43 @@ def test_the_query_table_shows_confidence_and_abstention():
 
 
 def test_fitting_a_calibration_for_an_existing_encoder(tmp_path, index_root, tiny_models, helpers):
-    """python -m birdsearch.engine.calibrate: val rows of a manifest plus background, written where asked."""
+    """python -m birdsearch.engine.calibrate: val rows of a manifest plus background and outside recordings,
+    a reference built from the train rows for an encoder that has none, both files written where asked."""
+    import shutil
+
     import numpy as np
     import soundfile as sf
 
     from birdsearch.engine.calibrate import main
     from birdsearch.model.calibration import load_calibration
+    from birdsearch.model.novelty import OPEN_SET_FILE, load_open_set, load_reference
 
+    encoder = shutil.copytree(tiny_models["encoder"], tmp_path / "encoder")  # the reference goes beside it
     wind = tmp_path / "wind"
     wind.mkdir()
     rng = np.random.default_rng(0)
     sf.write(wind / "wind.wav", 0.05 * rng.standard_normal(48_000 * 5).astype(np.float32), 48_000)
+    t = np.arange(48_000 * 12) / 48_000
+    sf.write(tmp_path / "engine.wav", (0.3 * np.sin(2 * np.pi * 90 * t) * np.sin(2 * np.pi * 0.5 * t)).astype(np.float32),
+             48_000)  # fmt: skip
     clips = tmp_path / "clips.csv"
     focal, scape = helpers.audio_file(FOCAL), helpers.audio_file("birdnet_soundscape_48k_30s.flac")
     clips.write_text(f"path,species,split\n{focal},Turdus migratorius,val\n{scape},Junco hyemalis,val\n"
-                     f"{scape},Turdus merula,train\n")  # fmt: skip
+                     f"{scape},Turdus merula,train\n{focal},Turdus migratorius,train\n")  # fmt: skip
     out = tmp_path / "calibration.json"
-    argv = ["--index-root", str(index_root), "--checkpoint", str(tiny_models["encoder"]), "--clips", str(clips),
-            "--background", str(wind / "*.wav"), "--device", "cpu", "--out", str(out)]  # fmt: skip
+    argv = ["--index-root", str(index_root), "--checkpoint", str(encoder), "--clips", str(clips),
+            "--background", str(wind / "*.wav"), "--outside", f"non_bird={tmp_path / 'engine.wav'}",
+            "--reference", str(clips), "--device", "cpu", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     fitted = load_calibration(out)["distilled"]
-    assert fitted.facts["clips"] == 3 and fitted.facts["background_clips"] == 1  # the train row is left out
+    assert fitted.facts["clips"] == 4 and fitted.facts["background_clips"] == 1  # the train rows are left out
+    assert fitted.facts["outside_clips"] == 1
     assert fitted.facts["positives"] == 4  # one window of the focal recording, three of the soundscape
+    gate = load_open_set(tmp_path / OPEN_SET_FILE)["distilled"]
+    assert gate.facts["validation_windows"] == {"in_gallery": 4, "background": 1, "non_bird": 2}
+    assert gate.signal in ("mahalanobis", "knn", "max_confidence") and gate.facts["reference_windows"] == 4
+    reference = load_reference(encoder)
+    assert reference is not None and len(reference.labels) == 4  # the train rows' windows: 3 + 1
     clips.write_text(f"path,species\n{focal},Nonexistent bird\n")
     assert (
         main([*argv[:6], "--device", "cpu", "--out", str(out)]) == 2

@@ -227,6 +227,26 @@ def test_operations_routes(api, helpers):
     assert r["/"].status_code == 200 and "<html" in r["/"].text.lower()
 
 
+def test_the_evaluation_report_is_served_once_it_is_written(api, helpers, tmp_path):
+    """The demo starts serving before its evaluation is done: the page asks until the file is there."""
+    report = tmp_path / "report.md"
+
+    async def main():
+        async with api() as (_, client):
+            unset = await client.get("/evaluation")
+        async with api(evaluation_report=report) as (_, client):
+            pending = await client.get("/evaluation")
+            report.write_text(f"Gallery: index {tmp_path}/index.\n\n| method | mAP |\n| distilled | 61.3 |\n")
+            return unset, pending, await client.get("/evaluation")
+
+    unset, pending, ready = helpers.run(main())
+    assert unset.status_code == 404 and unset.json()["code"] == "not_found"
+    assert "BIRDSEARCH_EVALUATION_REPORT" in unset.json()["detail"]
+    assert pending.status_code == 200 and pending.json() == {"ready": False, "markdown": None}
+    expected = "Gallery: index …/index.\n\n| method | mAP |\n| distilled | 61.3 |\n"  # no server paths
+    assert ready.json() == {"ready": True, "markdown": expected}
+
+
 def test_openapi_documents_every_route_with_examples(api, helpers):
     async def main():
         async with api() as (_, client):
@@ -235,7 +255,7 @@ def test_openapi_documents_every_route_with_examples(api, helpers):
     spec = helpers.run(main())
     paths = spec["paths"]
     for path in ("/query", "/images/{image_id}", "/images/{image_id}/thumbnail", "/species", "/healthz", "/readyz",
-                 "/metrics", "/version", "/admin/reload"):  # fmt: skip
+                 "/metrics", "/version", "/evaluation", "/admin/reload"):  # fmt: skip
         assert path in paths, path
     query = paths["/query"]["post"]
     body_ref = query["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].split("/")[-1]

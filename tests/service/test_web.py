@@ -40,23 +40,22 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def web_server(tmp_path_factory, tiny_models, index_root, loaded_models, helpers):
+def evaluation_report(tmp_path_factory) -> Path:
+    """The server's evaluation report: not written when the server starts (as in the demo)."""
+    return tmp_path_factory.mktemp("evaluation") / "report.md"
+
+
+def serve(settings, models):
     """uvicorn serving the app on a free loopback port, in a thread of this process (models shared)."""
     import uvicorn
 
     from birdsearch.service.app import create_app
-    from birdsearch.service.settings import Settings
 
-    root = helpers.copy_index(index_root, tmp_path_factory.mktemp("web") / "index")
-    settings = Settings(
-        index_root=root, checkpoint=str(tiny_models["encoder"]), student=str(tiny_models["student"]),
-        cascade="always", device="cpu", reload_interval_s=0, decode_threads=2,
-    )  # fmt: skip
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, loaded_models), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(settings, models), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -73,6 +72,37 @@ def web_server(tmp_path_factory, tiny_models, index_root, loaded_models, helpers
     thread.join(timeout=30)
 
 
+def web_settings(tmp_path_factory, tiny_models, index_root, helpers, **extra):
+    from birdsearch.service.settings import Settings
+
+    root = helpers.copy_index(index_root, tmp_path_factory.mktemp("web") / "index")
+    return Settings(
+        index_root=root, checkpoint=str(tiny_models["encoder"]), student=str(tiny_models["student"]),
+        cascade="always", device="cpu", reload_interval_s=0, decode_threads=2, **extra,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory, tiny_models, index_root, loaded_models, helpers, evaluation_report):
+    settings = web_settings(
+        tmp_path_factory, tiny_models, index_root, helpers, evaluation_report=evaluation_report
+    )
+    yield from serve(settings, loaded_models)
+
+
+@pytest.fixture(scope="module")
+def gated_server(tmp_path_factory, tiny_models, index_root, loaded_models, helpers):
+    """A server whose gate calls every window novel (max_confidence novelty is at least 0)."""
+    from birdsearch.model.calibration import Platt, save_calibration
+    from birdsearch.model.novelty import OPEN_SET_FILE, OpenSet, save_open_set
+
+    folder = tmp_path_factory.mktemp("gate")
+    calibration = save_calibration(folder / "calibration.json", "distilled", Platt((8.0,), -2.0))
+    save_open_set(folder / OPEN_SET_FILE, "distilled", OpenSet("max_confidence", -1.0, min_conf=0.2))
+    settings = web_settings(tmp_path_factory, tiny_models, index_root, helpers, calibration=str(calibration))
+    yield from serve(settings, loaded_models)
+
+
 @pytest.fixture
 def page(browser, web_server):
     context = browser.new_context(permissions=["microphone"], base_url=web_server)
@@ -84,6 +114,24 @@ def page(browser, web_server):
     yield page
     context.close()
     assert not errors, errors
+
+
+def test_audio_unlike_what_the_model_knows_is_not_in_this_gallery(browser, gated_server, helpers):
+    context = browser.new_context(base_url=gated_server)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto("/")
+    page.set_input_files("#file-input", str(helpers.audio_file("birdnet_soundscape_48k_30s.flac")))
+    page.wait_for_selector("#species-list .abstained[data-reason='novel']")
+    assert "Not in this gallery" in page.text_content("#species-list .abstained")
+    nearest = page.eval_on_selector_all(
+        "#species-list .species-card.nearest", "cs => cs.map(c => c.textContent)"
+    )
+    assert nearest and all("nearest, not detected" in text for text in nearest)
+    assert not page.query_selector_all("#species-list .species-card:not(.nearest)")
+    labels = page.eval_on_selector_all("#timeline .window.novel", "ws => ws.map(w => w.textContent)")
+    assert labels and set(labels) == {"not in this gallery"}
+    context.close()
 
 
 def api_answer(url: str, path: Path, **form) -> dict:
@@ -153,3 +201,14 @@ def test_recording_from_the_microphone(page):
     assert "recording-" in page.text_content("#recording-title")
     facts = page.text_content("#facts")
     assert "1 channel(s)" in facts and "WAV" in facts
+
+
+def test_the_evaluation_shows_once_its_report_is_written(page, evaluation_report):
+    page.wait_for_function(
+        "document.getElementById('evaluation-status').textContent.includes('still running')"
+    )
+    evaluation_report.write_text("| method | mAP |\n|---|---:|\n| distilled | 61.3 |\n")
+    page.wait_for_function(  # the page asks again every 10 s
+        "document.getElementById('evaluation-report').textContent.includes('| distilled | 61.3 |')"
+    )
+    assert page.text_content("#evaluation-status") == ""

@@ -4,6 +4,8 @@ One checkpoint format, loadable without the teacher or the student's text tower:
 
     <dir>/encoder.safetensors   weights (audio_model.*, audio_projection.*, head.*)
     <dir>/card.json             what rebuilds and identifies it (see ``EncoderCard``)
+    <dir>/classifier.*          optional: the species classifier fitted beside it, the query modes
+                                ``classifier`` and ``hybrid`` (``birdsearch.model.species_head``)
 
 ``save_encoder`` writes into a temporary sibling and renames it into place, so a reader never sees
 half a checkpoint.
@@ -28,7 +30,8 @@ from torch import nn
 from birdsearch.errors import CheckpointError
 from birdsearch.model.device import autocast, resolve_device
 from birdsearch.model.mel import FrontEndConfig, MelFrontEnd, embed_windows_in_batches
-from birdsearch.model.student import encode_audio
+from birdsearch.model.species_head import SpeciesHead, load_species_head, save_species_head
+from birdsearch.model.student import encode_audio_with_tower
 
 FORMAT = "birdsearch-distilled-audio-encoder"
 FORMAT_VERSION = 1
@@ -84,19 +87,34 @@ class DistilledAudioEncoder(nn.Module):
         encoder.audio_projection.load_state_dict(clap_model.audio_projection.state_dict())
         return encoder.to(next(clap_model.parameters()).device)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        projected = encode_audio(self.audio_model, self.audio_projection, features)
-        return F.normalize(self.head(projected), dim=-1)
+    def forward(self, features: torch.Tensor, with_tower: bool = False) -> Any:
+        """(B, out dim) unit embeddings; with ``with_tower``, also the tower's (B, hidden) pooled output
+        (unnormalised): the space the novelty gate measures in (``birdsearch.model.novelty``)."""
+        projected, pooled = encode_audio_with_tower(self.audio_model, self.audio_projection, features)
+        embeddings = F.normalize(self.head(projected), dim=-1)
+        return (embeddings, pooled) if with_tower else embeddings
+
+    @property
+    def tower_dim(self) -> int:
+        return int(self.audio_projection.linear1.in_features)
 
 
 class LoadedEncoder:
     """A distilled encoder ready to embed windows: model, card and front end on one device."""
 
-    def __init__(self, model: DistilledAudioEncoder, card: EncoderCard, path: Path, device: torch.device):
+    def __init__(
+        self,
+        model: DistilledAudioEncoder,
+        card: EncoderCard,
+        path: Path,
+        device: torch.device,
+        species_head: SpeciesHead | None = None,
+    ):
         self.model = model.eval().requires_grad_(False)
         self.card = card
         self.path = path
         self.device = device
+        self.species_head = species_head  # the classifier saved beside it, if any
         self.front_end_config = FrontEndConfig.from_dict(card.front_end)
         self.mel = MelFrontEnd(self.front_end_config, device)
 
@@ -104,19 +122,36 @@ class LoadedEncoder:
     def dim(self) -> int:
         return self.card.out_dim
 
+    @property
+    def tower_dim(self) -> int:
+        """Width of the audio tower's pooled output (``embed_with_tower``)."""
+        return self.model.tower_dim
+
     @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         with autocast(self.device):
             out = self.model(features.to(self.device))
         return F.normalize(out.float(), dim=-1).cpu()
 
+    @torch.no_grad()
+    def embed_with_tower(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, teacher dim) embeddings and (B, tower_dim) pooled tower features, each L2-normalised."""
+        with autocast(self.device):
+            out, pooled = self.model(features.to(self.device), with_tower=True)
+        return F.normalize(out.float(), dim=-1).cpu(), F.normalize(pooled.float(), dim=-1).cpu()
+
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, T) windows to (B, teacher dim) embeddings in the teacher's space."""
         return embed_windows_in_batches(windows, self.mel, self.embed_features, self.dim, batch_size)
 
 
-def save_encoder(encoder: DistilledAudioEncoder, card: EncoderCard, path: str | Path) -> Path:
-    """Write weights and card to ``path`` atomically (a temporary sibling renamed into place)."""
+def save_encoder(
+    encoder: DistilledAudioEncoder,
+    card: EncoderCard,
+    path: str | Path,
+    species_head: SpeciesHead | None = None,
+) -> Path:
+    """Write weights, card (and the species classifier) to ``path`` atomically (a temporary sibling renamed into place)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -127,6 +162,8 @@ def save_encoder(encoder: DistilledAudioEncoder, card: EncoderCard, path: str | 
         state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
         save_file(state, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
         (tmp / CARD_FILE).write_text(json.dumps(asdict(card), indent=2))
+        if species_head is not None:
+            save_species_head(species_head, tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
@@ -177,4 +214,4 @@ def load_encoder(path: str | Path, device: str | torch.device = "auto") -> Loade
         raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing") from e
     except (RuntimeError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not match the card ({e})") from e
-    return LoadedEncoder(model.to(target), card, path, target)
+    return LoadedEncoder(model.to(target), card, path, target, load_species_head(path))

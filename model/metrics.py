@@ -14,12 +14,14 @@ aggregates (``retrieval_metrics``, ``class_mean_ap``) leave such queries or clas
 many they left out.
 
 Intervals (``bootstrap_interval``): a percentile bootstrap over training runs and over the items
-(queries within their species, segments within their recording), for any of the metrics above.
+(queries within their species, segments within their recording), for any of the metrics above, and
+paired intervals of the difference between two methods (``difference``: the same resamples for both).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,6 +242,23 @@ def retrieval_metrics(
     return result
 
 
+def genus_ap(
+    scores: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, genus_of: np.ndarray
+) -> np.ndarray:
+    """(Q,) average precision with any photo of the query's genus relevant (NaN: none in the gallery).
+
+    ``genus_of`` maps a species index to its genus index; photos of species outside the evaluation
+    (label -1) are never relevant.
+    """
+    gallery_labels = np.asarray(gallery_labels)
+    genus_of = np.asarray(genus_of)
+    gallery_genus = np.where(gallery_labels >= 0, genus_of[np.maximum(gallery_labels, 0)], -1)
+    query_genus = genus_of[np.asarray(query_labels)]
+    return np.array(
+        [average_precision(row, gallery_genus == g) for row, g in zip(scores, query_genus, strict=True)]
+    )
+
+
 def class_mean_ap(scores: np.ndarray, positives: np.ndarray) -> tuple[float, np.ndarray]:
     """Class-wise mAP: for each class, AP of ranking the clips by that class's score.
 
@@ -315,6 +334,7 @@ def bootstrap_interval(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    draws: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[float, float, float]:
     """Mean over training runs of a statistic, and a percentile bootstrap interval around it.
 
@@ -322,6 +342,10 @@ def bootstrap_interval(
     and the items (queries, segments) within each stratum (a query's species; a segment's
     recording), so every resample keeps each species' share of the queries. A resample's value is
     the mean, over its drawn runs, of ``statistic(run, item indices)``.
+
+    The draws depend only on ``runs``, ``strata``, ``resamples`` and ``seed``: every method scored
+    on the same items gets the same resamples, so the interval of a ``difference`` of two methods'
+    statistics is a paired one. ``draws`` (``bootstrap_draws``) reuses them across calls.
 
     Args:
         statistic: (run index, item indices) -> the metric of that run on those items (may be NaN:
@@ -337,7 +361,7 @@ def bootstrap_interval(
         raise ValueError(f"level must be in (0, 1), got {level}")
     everything = np.arange(len(strata))
     point = nanmean(np.array([statistic(r, everything) for r in range(runs)]))
-    values = bootstrap_replicates(statistic, runs, strata, resamples, seed)
+    values = bootstrap_replicates(statistic, runs, strata, resamples, seed, draws)
     values = values[np.isfinite(values)]
     if not values.size:
         return point, float("nan"), float("nan")
@@ -345,18 +369,56 @@ def bootstrap_interval(
     return point, float(low), float(high)
 
 
+def bootstrap_draws(
+    runs: int, strata: np.ndarray, resamples: int, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """(drawn runs, drawn items) of each resample: runs with replacement, items within their stratum."""
+    codes = np.unique(np.asarray(strata), return_inverse=True)[1].ravel()
+    return resample_draws(codes.astype(np.int64).tobytes(), runs, resamples, seed)
+
+
 def bootstrap_replicates(
-    statistic: Callable[[int, np.ndarray], float], runs: int, strata: np.ndarray, resamples: int, seed: int
+    statistic: Callable[[int, np.ndarray], float],
+    runs: int,
+    strata: np.ndarray,
+    resamples: int,
+    seed: int,
+    draws: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """(resamples,) values of the statistic, each on drawn runs and items within strata (see above)."""
-    groups = strata_groups(strata)
-    rng = np.random.default_rng(seed)
-    values = np.empty(resamples)
-    for b in range(resamples):
-        drawn_runs = rng.integers(0, runs, size=runs)
-        items = stratified_resample(groups, rng)
+    draws = draws if draws is not None else bootstrap_draws(runs, strata, resamples, seed)
+    values = np.empty(len(draws))
+    for b, (drawn_runs, items) in enumerate(draws):
         values[b] = nanmean(np.array([statistic(int(r), items) for r in drawn_runs]))
     return values
+
+
+def difference(
+    first: Callable[[int, np.ndarray], float], second: Callable[[int, np.ndarray], float]
+) -> Callable[[int, np.ndarray], float]:
+    """The statistic ``first - second`` on the same run and items: bootstrapped, a paired interval."""
+    return lambda run, items: first(run, items) - second(run, items)
+
+
+@functools.lru_cache(maxsize=16)
+def resample_draws(
+    codes: bytes, runs: int, resamples: int, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The (runs, items) of every resample, for strata given as the bytes of their int64 codes.
+
+    The draws depend only on the strata and the seed, not on the statistic: an evaluation asks for
+    the same ones for every method and metric (queries by species, segments by recording), and
+    drawing them, not the statistic, was most of an interval's time. Read-only, as they are shared.
+    """
+    groups = strata_groups(np.frombuffer(codes, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        drawn_runs = rng.integers(0, runs, size=runs)
+        items = stratified_resample(groups, rng)
+        drawn_runs.flags.writeable = items.flags.writeable = False
+        draws.append((drawn_runs, items))
+    return tuple(draws)
 
 
 def query_mean(values: np.ndarray) -> Callable[[int, np.ndarray], float]:

@@ -37,7 +37,7 @@ class CascadeQuery:
 
     def __init__(
         self,
-        student: Student,
+        student: Student | None,
         student_species: torch.Tensor,
         teacher_species: torch.Tensor,
         hard: bool = False,
@@ -45,7 +45,8 @@ class CascadeQuery:
     ):
         """
         Args:
-            student: the audio-text model that classifies.
+            student: the audio-text model that classifies (None where only ``logits`` and ``from_audio``
+                are used, on embeddings made elsewhere, as the engine's micro-batcher makes them).
             student_species: (S, student dim) caption embeddings, e.g. ``student.embed_species(taxa)``.
             teacher_species: (S, teacher dim) class embeddings of the same species, same order.
             hard: use the top-1 species only, instead of the whole posterior.
@@ -67,16 +68,91 @@ class CascadeQuery:
     def dim(self) -> int:
         return int(self.teacher_species.shape[1])
 
+    def logits(self, audio: torch.Tensor) -> torch.Tensor:
+        """(N, student dim) audio embeddings to (N, S) species logits."""
+        return self.logit_scale * audio @ self.student_species.T
+
     def posterior(self, audio: torch.Tensor) -> torch.Tensor:
         """(N, student dim) audio embeddings to (N, S) species probabilities."""
-        return torch.softmax(self.logit_scale * audio @ self.student_species.T, dim=-1)
+        return torch.softmax(self.logits(audio), dim=-1)
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         return self.from_audio(self.student.embed_windows(windows, batch_size))
 
     def from_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """(N, student dim) audio embeddings to (N, teacher dim) query vectors."""
-        probs = self.posterior(audio)
-        if self.hard:
-            return self.teacher_species[probs.argmax(dim=-1)]
-        return F.normalize(probs @ self.teacher_species, dim=-1)
+        return answer(self.logits(audio), self.teacher_species, self.hard)
+
+
+def answer(logits: torch.Tensor, teacher_species: torch.Tensor, hard: bool) -> torch.Tensor:
+    """(N, S) species logits to (N, teacher dim) queries: the top species' text, or the posterior's mix."""
+    if hard:
+        return teacher_species[logits.argmax(dim=-1)]
+    return F.normalize(torch.softmax(logits, dim=-1) @ teacher_species, dim=-1)
+
+
+class HybridQuery:
+    """Two cascades joined per species: one for the species with labelled audio, one for the rest.
+
+    A classifier trained on labelled recordings (``labelled``) cannot name a species it never heard;
+    a zero-shot scorer (``fallback``: the student's captions, or a distilled encoder against the
+    teacher's species text) can. Each species takes its logit from the cascade that may speak for
+    it, the fallback's shifted by ``offset`` (calibrated stacking: the two scorers' logits are not on
+    one scale, and ``offset`` is chosen on validation, ``-inf`` being the closed-set classifier);
+    the posterior (or its top species) weights the teacher's species text, as in ``CascadeQuery``.
+    With every species labelled it is the ``labelled`` cascade itself.
+    """
+
+    def __init__(
+        self,
+        labelled: CascadeQuery,
+        fallback: CascadeQuery,
+        has_audio: torch.Tensor,
+        offset: float = 0.0,
+        hard: bool = False,
+    ):
+        """
+        Args:
+            labelled: the cascade whose classifier learned from labelled audio.
+            fallback: the zero-shot cascade over the same species, in the same order.
+            has_audio: (S,) booleans, True for the species the classifier learned from.
+            offset: added to the fallback's logits (``-inf``: never answer a species without audio).
+            hard: use the top species only, instead of the whole posterior.
+        """
+        if (
+            len(has_audio) != labelled.teacher_species.shape[0]
+            or len(has_audio) != fallback.teacher_species.shape[0]
+        ):
+            raise ValueError(f"{len(has_audio)} species flags for cascades over other species lists")
+        self.labelled = labelled
+        self.fallback = fallback
+        self.has_audio = has_audio.bool()
+        self.offset = offset
+        self.hard = hard
+
+    @property
+    def dim(self) -> int:
+        return self.labelled.dim
+
+    def logits(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """(N, T) windows to (N, S) species logits, each species from the scorer that may speak for it."""
+        labelled = self.labelled.student.embed_windows(windows, batch_size).float()
+        if bool(self.has_audio.all()):
+            return self.labelled.logits(labelled)
+        return self.logits_from(labelled, self.fallback.student.embed_windows(windows, batch_size).float())
+
+    def logits_from(self, labelled_audio: torch.Tensor, fallback_audio: torch.Tensor) -> torch.Tensor:
+        """The species logits of the two scorers' audio embeddings of the same windows."""
+        labelled = self.labelled.logits(labelled_audio)
+        if bool(self.has_audio.all()):
+            return labelled
+        return torch.where(self.has_audio, labelled, self.fallback.logits(fallback_audio) + self.offset)
+
+    def from_outputs(self, labelled_audio: torch.Tensor, fallback_audio: torch.Tensor) -> torch.Tensor:
+        """(N, teacher dim) query vectors from the two scorers' audio embeddings of the same windows."""
+        return answer(
+            self.logits_from(labelled_audio, fallback_audio), self.labelled.teacher_species, self.hard
+        )
+
+    def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        return answer(self.logits(windows, batch_size), self.labelled.teacher_species, self.hard)

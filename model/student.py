@@ -29,8 +29,19 @@ PROMPT = "Sound of a {}"  # BioLingual's caption style
 
 def encode_audio(audio_model: Any, audio_projection: Any, features: torch.Tensor) -> torch.Tensor:
     """CLAP audio tower + its projection: (B, 1, frames, mels) features to (B, projection_dim), unnormalised."""
+    return encode_audio_with_tower(audio_model, audio_projection, features)[0]
+
+
+def encode_audio_with_tower(
+    audio_model: Any, audio_projection: Any, features: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(projection (B, projection_dim), the tower's pooled output (B, hidden)), both unnormalised.
+
+    The pooled output is what the audio tower learned about a window before the projection keeps
+    only what names species: the space the novelty gate measures in (``birdsearch.model.novelty``).
+    """
     pooled = audio_model(input_features=features).pooler_output
-    return audio_projection(pooled)
+    return audio_projection(pooled), pooled
 
 
 # Buffers that ClapModel computes from its config when a checkpoint lacks them (older transformers
@@ -117,12 +128,24 @@ class Student:
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "dim": self.dim, "front_end": self.front_end_config.to_dict()}
 
+    @property
+    def tower_dim(self) -> int:
+        """Width of the audio tower's pooled output (``embed_with_tower``)."""
+        return int(self.model.audio_projection.linear1.in_features)
+
     @torch.no_grad()  # not inference_mode: callers may use the outputs as training targets
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """(B, 1, frames, mels) log-mel features to (B, dim) audio embeddings."""
+        return self.embed_with_tower(features)[0]
+
+    @torch.no_grad()
+    def embed_with_tower(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, dim) audio embeddings and (B, tower_dim) pooled tower features, each L2-normalised."""
         with autocast(self.device):
-            out = encode_audio(self.model.audio_model, self.model.audio_projection, features.to(self.device))
-        return F.normalize(out.float(), dim=-1).cpu()
+            out, pooled = encode_audio_with_tower(
+                self.model.audio_model, self.model.audio_projection, features.to(self.device)
+            )
+        return F.normalize(out.float(), dim=-1).cpu(), F.normalize(pooled.float(), dim=-1).cpu()
 
     def embed_windows(self, windows: np.ndarray | torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """(B, T) windows of exactly one window each, at the front end's rate, to (B, dim) embeddings."""

@@ -10,8 +10,9 @@ embeddings, hoping that the student's audio-text alignment carries the audio alo
 
 - ``ridge``: least squares with an L2 penalty, W = T^T S (S^T S + λI)^-1, solved in the dual when
   there are fewer species than dimensions;
-- ``procrustes``: the orthogonal W (orthonormal columns) closest to the pairs, from one SVD; it only
-  rotates, so it keeps the student's geometry;
+- ``procrustes``: the rotation closest to the pairs, from one SVD; it only rotates, so it keeps the
+  student's geometry within the span of the species' captions (and drops what lies outside it, about
+  which the pairs say nothing);
 - ``mlp``: a small two-layer network trained on the pairs with InfoNCE among the species.
 
 The linear maps have no bias, so normalising before or after them gives the same direction; the
@@ -44,9 +45,15 @@ def fit_ridge(source: torch.Tensor, target: torch.Tensor, alpha: float = 0.1) ->
 
 
 def fit_procrustes(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """W (target dim, source dim) with orthonormal columns (or rows) minimising ||S Wᵀ - T||."""
-    u, _, vh = torch.linalg.svd(target.double().T @ source.double(), full_matrices=False)
-    return (u @ vh).float().contiguous()
+    """W (target dim, source dim) minimising ||S Wᵀ - T||: the rotation of the pairs' span, U_r V_rᵀ.
+
+    With fewer pairs than dimensions the pairs leave the rest of the source space free: a full
+    orthogonal W would send it wherever the basis LAPACK's rounding picks for the null space, a
+    different one on every kind of CPU. It is mapped to zero instead, so W is one matrix everywhere.
+    """
+    u, s, vh = torch.linalg.svd(target.double().T @ source.double(), full_matrices=False)
+    rank = int((s > s[0] * max(u.shape[0], vh.shape[1]) * torch.finfo(s.dtype).eps).sum())
+    return (u[:, :rank] @ vh[:rank]).float().contiguous()
 
 
 class MLPMap(nn.Module):
@@ -70,8 +77,11 @@ def fit_mlp(
         mlp = MLPMap(source.shape[1], target.shape[1])
     finally:
         torch.random.set_rng_state(generator_state)  # fitting a baseline must not move anyone's RNG
+    # In float64, then rounded back: 300 float32 steps turned the last-bit differences of another
+    # CPU's vector units into 0.1-point differences of the baseline's figures; float64 steps do not.
+    mlp.double()
     optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=0.01)
-    s, t = source.float(), F.normalize(target.float(), dim=-1)
+    s, t = source.double(), F.normalize(target.double(), dim=-1)
     labels = torch.arange(len(s))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # matrices of a few hundred rows: threads cost more than they give
@@ -84,7 +94,7 @@ def fit_mlp(
             optimizer.step()
     finally:
         torch.set_num_threads(threads)
-    return mlp.eval().requires_grad_(False)
+    return mlp.float().eval().requires_grad_(False)
 
 
 @dataclass

@@ -4,7 +4,9 @@
   bird at all, to fit and to test abstention: a calibrated model should find nothing in them;
 - ``extra_soundscapes``: more soundscapes like the world's own, annotated per calling bout, for a
   larger evaluation than the handful a world ships;
-- ``calibration_clips``: what the demo and ``bench/calibration.py`` fit confidences on.
+- ``calibration_clips``: what the demo and ``bench/calibration.py`` fit confidences on;
+- ``outside_clips``: the open world's validation recordings (``birdsearch.toy.openset``), which the
+  demo fits the confidences and the novelty gate with as recordings that must give no detection.
 
 Each subset ("fit", "test", ...) has its own seeded stream, independent of the world's splits, so
 drawing these changes nothing the world or its shipped models depend on.
@@ -44,7 +46,9 @@ def background_only(world: object, folder: Path, count: int, seconds: float, sub
     return paths
 
 
-def extra_soundscapes(world: object, folder: Path, count: int, subset: str) -> list[tuple[Path, list[tuple[float, float, str]]]]:
+def extra_soundscapes(
+    world: object, folder: Path, count: int, subset: str
+) -> list[tuple[Path, list[tuple[float, float, str]]]]:
     """``count`` soundscapes of 3–6 of the world's species: (path, [(start_s, end_s, species), ...])."""
     import soundfile as sf
 
@@ -55,7 +59,10 @@ def extra_soundscapes(world: object, folder: Path, count: int, subset: str) -> l
     out = []
     for i in range(count):
         rng = subset_rng(world, SOUNDSCAPE_SEED, subset, i)
-        chosen = [species[j] for j in rng.choice(len(species), int(rng.integers(3, min(6, len(species)) + 1)), replace=False)]
+        chosen = [
+            species[j]
+            for j in rng.choice(len(species), int(rng.integers(3, min(6, len(species)) + 1)), replace=False)
+        ]
         mixture, events = soundscape([sp.song for sp in chosen], rng.uniform(low, high), rng, noise)
         path = folder / f"soundscape_{subset}_{i:03d}.flac"
         if not path.is_file():
@@ -73,3 +80,12 @@ def calibration_clips(world: object, folder: Path, background: int = 8) -> list[
     rows = world.read_manifest(world.distill_manifest)  # type: ignore[attr-defined]
     held_out: list[tuple[str, str | None]] = [(r["path"], r["species"]) for r in rows if r["split"] == "val"]
     return held_out + [(str(p), None) for p in background_only(world, folder, background, 30.0, "fit")]
+
+
+def outside_clips(world: object) -> list[tuple[str, str]]:
+    """(path, group) of the open world's validation recordings: out-of-gallery birds, non-bird sounds
+    and the shifted recorder, drawn on first use (the world's ``open-val`` stage)."""
+    from birdsearch.toy.world import ensure_world
+
+    world = ensure_world(world.config, stages=("open-val",), progress=False)  # type: ignore[attr-defined]
+    return [(r["path"], r["group"]) for r in world.read_manifest(world.open_manifest("val"))]

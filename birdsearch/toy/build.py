@@ -89,32 +89,41 @@ def write_photo(world: ToyWorld, split: str, folder: Path, species: ToySpecies, 
     return path
 
 
-def build_images(world: ToyWorld, progress: bool) -> dict[str, Any]:
-    """Teacher-training photos and the gallery: JPEG files in a folder per species, plus manifests."""
-    splits = (
-        (
-            "teacher_train",
-            world.teacher_images_dir,
-            world.teacher_images_manifest,
-            world.config.teacher_images,
-        ),
-        ("gallery", world.gallery_dir, world.gallery_manifest, world.config.gallery_images),
-    )
+def build_photos(
+    world: ToyWorld, split: str, folder: Path, manifest: Path, count: int, progress: bool
+) -> dict[str, Any]:
+    """``count`` JPEG photos per species of ``split`` in a folder per species, and their manifest."""
     jobs = [
-        (write_photo, (world, split, directory / species.slug, species, i))
-        for split, directory, _, count in splits
+        (write_photo, (world, split, folder / species.slug, species, i))
         for species in world.species
         for i in range(count)
     ]
     paths = ordered_map(call, jobs, idle_cores())
     bar = tqdm(paths, total=len(jobs), desc="toy photos", unit="img", disable=not progress)
-    rows: dict[str, list[list[str]]] = {split: [] for split, *_ in splits}
-    for (_, (_, split, _, species, _)), path in zip(jobs, bar, strict=True):
-        rows[split].append(photo_row(world, path, species))
-    for split, _, manifest, _ in splits:
-        write_csv(manifest, PHOTO_COLUMNS, rows[split])
-    total = len(jobs)
-    return {"photos": total}
+    rows = [
+        photo_row(world, path, species) for (_, (_, _, _, species, _)), path in zip(jobs, bar, strict=True)
+    ]
+    write_csv(manifest, PHOTO_COLUMNS, rows)
+    return {"photos": len(jobs)}
+
+
+def build_gallery(world: ToyWorld, progress: bool) -> dict[str, Any]:
+    """The gallery photos: what the index holds and the answers show."""
+    return build_photos(
+        world, "gallery", world.gallery_dir, world.gallery_manifest, world.config.gallery_images, progress
+    )
+
+
+def build_teacher_photos(world: ToyWorld, progress: bool) -> dict[str, Any]:
+    """The photos the teacher trains on: needed only to train it, not to install it."""
+    return build_photos(
+        world,
+        "teacher_train",
+        world.teacher_images_dir,
+        world.teacher_images_manifest,
+        world.config.teacher_images,
+        progress,
+    )
 
 
 # --- recordings ------------------------------------------------------------------------------
@@ -168,15 +177,15 @@ def recording_length(config: Any, rng: np.random.Generator) -> float:
     return float(rng.uniform(min(10.0, high), high))
 
 
-def write_recording(world: ToyWorld, item: AudioItem) -> tuple[Path, float]:
-    """Synthesise and save one recording; returns its path and duration."""
+def write_recording(world: ToyWorld, item: AudioItem, folder: Path | None = None) -> tuple[Path, float]:
+    """Synthesise and save one recording (in ``folder``, else its split's); returns its path and duration."""
     import soundfile as sf
 
     rng = item_rng(world, item.split, item.species.label, item.index)
     duration = recording_length(world.config, rng)
     samples = recording(item.species.song, duration, rng, noise_bank(world.config.seed))
     extension, subtype, rate, channels = file_format(item)
-    folder = world.audio_dir / item.split / item.species.slug
+    folder = folder or world.audio_dir / item.split / item.species.slug
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{item.species.slug}_{item.split}_{item.index:04d}.{extension}"
     sf.write(path, to_file_layout(samples, rate, channels, rng), rate, subtype=subtype)
@@ -236,6 +245,15 @@ def build_audio(world: ToyWorld, progress: bool) -> dict[str, Any]:
     facts = write_recordings(world, ("distill", "query"), progress)
     build_soundscapes(world, noise_bank(world.config.seed), progress)
     return facts
+
+
+def build_examples(world: ToyWorld, progress: bool) -> dict[str, Any]:
+    """The first query recording of each species, byte for byte, in one folder: a first answer needs
+    something to query with, and drawing them all takes far longer."""
+    items = [item for item in audio_items(world) if item.split == "query" and item.index == 0]
+    jobs = [(write_recording, (world, item, world.examples_dir)) for item in items]
+    # Few but slow items (a quarter second each): worth a second process from 8 of them on.
+    return {"examples": len(list(ordered_map(call, jobs, idle_cores(), min_items=8)))}
 
 
 def build_student_audio(world: ToyWorld, progress: bool) -> dict[str, Any]:
@@ -324,7 +342,9 @@ def build_metrics(world: ToyWorld, progress: bool) -> dict[str, Any]:
 
 STAGE_BUILDERS: dict[str, Callable[[ToyWorld, bool], dict[str, Any] | None]] = {
     "taxonomy": build_taxonomy,
-    "images": build_images,
+    "gallery": build_gallery,
+    "teacher-photos": build_teacher_photos,
+    "examples": build_examples,
     "audio": build_audio,
     "student-audio": build_student_audio,
     "teacher": build_teacher,
@@ -334,7 +354,9 @@ STAGE_BUILDERS: dict[str, Callable[[ToyWorld, bool], dict[str, Any] | None]] = {
 }
 STAGE_OUTPUTS: dict[str, Callable[[ToyWorld], list[Path]]] = {
     "taxonomy": lambda w: [w.taxa_csv],
-    "images": lambda w: [w.root / "images", w.gallery_dir, w.teacher_images_manifest, w.gallery_manifest],
+    "gallery": lambda w: [w.gallery_dir, w.gallery_manifest],
+    "teacher-photos": lambda w: [w.teacher_images_dir, w.teacher_images_manifest],
+    "examples": lambda w: [w.examples_dir],
     "audio": lambda w: [
         w.audio_dir / "distill",
         w.audio_dir / "query",

@@ -78,6 +78,14 @@ def syllable(song: Song, f0: float, duration: float, rng: np.random.Generator, s
     elif kind == "buzz":  # an amplitude-modulated noisy tone
         carrier = 0.6 * tone(f0 * vibrato, sr) + 0.4 * band_noise(rng, n, f0, 0.25 * f0, sr)
         out = carrier * (0.5 + 0.5 * np.sin(2 * np.pi * song.trill_hz * 3 * t))
+    # The two kinds below only the open world's out-of-gallery genera use (birdsearch.toy.openset).
+    elif kind == "warble":  # a tone wandering up and down, a new turn every few tens of ms
+        turns = rng.uniform(-1, 1, max(2, int(duration * song.trill_hz) + 2))
+        wander = np.interp(u * (len(turns) - 1), np.arange(len(turns)), turns)
+        out = tone(f0 * (song.ratio ** (0.5 * wander)) * vibrato, sr)
+    elif kind == "rattle":  # a train of short broadband clicks
+        note = (t * song.trill_hz * 2) % 1.0
+        out = band_noise(rng, n, f0, 0.8 * f0, sr) * np.exp(-note * 12)
     else:
         raise ValueError(f"unknown call type {kind!r}")
     return (out * envelope(n)).astype(np.float32)

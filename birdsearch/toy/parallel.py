@@ -35,13 +35,16 @@ def idle_cores() -> int:
     return max(1, cores - busy)
 
 
-def ordered_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+def ordered_map(
+    function: Callable[[T], R], items: Sequence[T], workers: int, min_items: int = MIN_ITEMS_PER_WORKER
+) -> Iterator[R]:
     """``function`` over ``items`` in order, in ``workers`` processes when there are enough items.
 
+    ``min_items``: items per process below which fewer processes are started (1 for long items).
     ``function`` must be a module-level function (it is pickled by name). The processes are spawned,
     not forked: the parent may hold torch's thread pools, which a fork would copy half-initialised.
     """
-    workers = min(workers, len(items) // MIN_ITEMS_PER_WORKER)
+    workers = min(workers, len(items) // min_items)
     if workers <= 1:
         yield from map(function, items)
         return

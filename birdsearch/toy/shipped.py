@@ -14,6 +14,14 @@ hundred) is stored as the rows training changed; the others are its seeded start
 (``token_table``), which numpy draws the same on any machine. Installing checks every weights file
 against the SHA-256 of the file the build wrote, so an installed model is bit-identical to a
 rebuilt one on the same thread count.
+
+The demo's confidences and open-set gates ship too (``calibration-<k>/``, ``k`` the served
+encoder's key: ``encoder.calibration.json``, ``encoder.open_set.json`` and the index root's
+``index.*``, the cascade's novelty reference with them): a fit is a function of the models, the
+world's recordings and the engine's scoring, so the export fits it once, through the demo's own
+code, on the installed (float16) encoder, and a first run installs it instead of drawing and scoring
+the fitting clips before it can answer.
+``tests/toy/test_shipped.py`` fits the tiny world's again and compares.
 """
 
 from __future__ import annotations
@@ -76,6 +84,37 @@ def install_encoder(world: ToyWorld, variant: str, settings: dict[str, Any], tar
     name = encoder_dir_name(world, variant, settings)
     edit = lambda staged: own_manifest(staged, world.distill_manifest)  # noqa: E731
     return install(target, world.config.seed, name=name, edit=edit) is not None
+
+
+def calibration_dir_name(world: ToyWorld, settings: dict[str, Any]) -> str:
+    """``calibration-<k>``: the demo's calibration of the served (realistic) encoder ``encoder-realistic-<k>``."""
+    return encoder_dir_name(world, "realistic", settings).replace("encoder-realistic-", "calibration-", 1)
+
+
+def install_calibration(world: ToyWorld, settings: dict[str, Any], places: dict[str, Path]) -> bool:
+    """Copy each shipped file (``places``: its name in the shipped folder: where it goes); False, and
+    nothing copied, when they do not all ship."""
+    source = SHIPPED_ROOT / calibration_dir_name(world, settings)
+    files = {name: source / name for name in places}
+    if not (source / FACTS_FILE).is_file() or not all(path.is_file() for path in files.values()):
+        return False
+    for name, place in places.items():
+        place.parent.mkdir(parents=True, exist_ok=True)
+        partial = place.with_name(f".{place.name}.partial")
+        shutil.copyfile(files[name], partial)
+        partial.replace(place)
+    log.info("toy world: installed the shipped %s", source.name)
+    return True
+
+
+def pack_calibration(places: dict[str, Path], out: Path, build_facts: dict[str, Any]) -> None:
+    """Write the files of ``places`` (name in the shipped folder: file) as the shipped folder ``out``."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name, place in places.items():
+        shutil.copyfile(place, out / name)
+    (out / FACTS_FILE).write_text(json.dumps({"build": build_facts}, indent=1, sort_keys=True))
 
 
 def own_manifest(encoder: Path, manifest: Path) -> None:

@@ -9,16 +9,21 @@ the scientific name):
 ``taxa.csv``                   label, scientific_name, common_name, genus, family, order, class, ...
 ``teacher_train.csv``          photos that trained the teacher: path, species, common_name, ...
 ``gallery/<Genus_epithet>/``   gallery photos (JPEG); never seen by the teacher in training
+``images/teacher_train/``      photos that trained the teacher (drawn only when the teacher trains)
 ``gallery.csv``                path, species, common_name, genus, family, order, license, attribution, source
 ``student_train.csv``          recordings that trained the student: path, species (when it trained here)
 ``distill.csv``                path, species, split (train/val), start, end (seconds; empty = whole file)
 ``query.csv``                  held-out query recordings: path, species
+``examples/``                  the first query recording of each species, drawn before the others
 ``soundscapes/``               30–60 s recordings mixing several species (32 kHz FLAC)
 ``soundscapes.csv``            file, start_s, end_s, species: one row per calling bout
 ``models/teacher-<k>/``        open_clip format: open_clip_config.json + open_clip_model.safetensors
 ``models/student-<v>-<k>/``    transformers ClapModel format; variants ``v`` "realistic" and "perfect"
 ``metrics-<k>.json``           what the models achieve on held-out data, measured at build time
 ``world.json``                 the config, its key, the code version and per-stage build times
+``open-<k>/``                  the open world: out-of-gallery birds, non-bird sounds, a shifted
+                               recorder; ``val.csv``/``test.csv`` and their recordings, built only
+                               when asked for (``birdsearch.toy.openset``)
 =============================  ===================================================================
 
 Recordings are mostly Ogg Vorbis at 48 kHz (as BirdSet and xeno-canto ship compressed audio), one
@@ -27,8 +32,10 @@ consumer exercises decoding, resampling, downmixing, padding and windowing. Ever
 from generators seeded by ``WorldConfig.seed`` and the item's index: the same config gives the same
 bytes, whatever the order or the process of building (with the same libsndfile encoders).
 
-The students' training recordings are a stage of their own (``student-audio``), drawn only when a
-student trains: a world whose models the package ships (``birdsearch.toy.shipped``) skips them.
+The teacher's training photos (``teacher-photos``) and the students' training recordings
+(``student-audio``) are stages of their own, drawn only when a model trains: a world whose models
+the package ships (``birdsearch.toy.shipped``) skips them. What a first answer needs (the gallery,
+the models, a few ``examples`` to query with) does not wait for the rest of the recordings.
 """
 
 from __future__ import annotations
@@ -53,22 +60,28 @@ from birdsearch.toy.taxonomy import ToySpecies, make_species, read_taxa
 log = logging.getLogger(__name__)
 
 STUDENT_VARIANTS = ("realistic", "perfect")  # the realistic one hears only part of the species' names
-DATA_STAGES = ("taxonomy", "images", "audio", "student-audio")
+DATA_STAGES = ("taxonomy", "gallery", "teacher-photos", "examples", "audio", "student-audio")
 MODEL_STAGES = ("teacher", "student-perfect", "student-realistic")
-ALL_STAGES = (*DATA_STAGES, *MODEL_STAGES, "metrics")
+OPEN_STAGES = ("open-val", "open-test")  # the open world's splits (birdsearch.toy.openset)
+ALL_STAGES = (*DATA_STAGES, *MODEL_STAGES, "metrics", *OPEN_STAGES)
 # What each stage needs built first.
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "taxonomy": (),
-    "images": ("taxonomy",),
+    "gallery": ("taxonomy",),
+    "teacher-photos": ("taxonomy",),
+    "examples": ("taxonomy",),
     "audio": ("taxonomy",),
     "student-audio": ("taxonomy",),
-    "teacher": ("images",),
+    "teacher": ("taxonomy",),
     "student-realistic": ("student-perfect",),  # it keeps the perfect student's audio tower
     "student-perfect": ("taxonomy",),
-    "metrics": (*MODEL_STAGES, "images", "audio"),  # the gallery photos and the query recordings
+    "metrics": (*MODEL_STAGES, "gallery", "audio"),  # the gallery photos and the query recordings
+    "open-val": ("taxonomy",),
+    "open-test": ("taxonomy",),
 }
 # What a model stage needs only to train: installing the model the package ships needs none of it.
 TRAINING_NEEDS: dict[str, tuple[str, ...]] = {
+    "teacher": ("teacher-photos",),
     "student-perfect": ("student-audio",),
     "student-realistic": ("student-audio",),
 }
@@ -135,6 +148,11 @@ class ToyWorld:
         return self.root / "query.csv"
 
     @property
+    def examples_dir(self) -> Path:
+        """The first query recording of each species (the same bytes), to try the demo with at once."""
+        return self.root / "examples"
+
+    @property
     def soundscape_dir(self) -> Path:
         return self.root / "soundscapes"
 
@@ -142,6 +160,18 @@ class ToyWorld:
     def soundscape_annotations(self) -> Path:
         """BirdSet-style annotations: file, start_s, end_s, species."""
         return self.root / "soundscapes.csv"
+
+    # --- the open world ----------------------------------------------------------------------
+    @property
+    def open_dir(self) -> Path:
+        """``open-<k>/``: what the gallery and the models never saw (``birdsearch.toy.openset``)."""
+        from birdsearch.toy.openset import open_key
+
+        return self.root / f"open-{open_key(self)}"
+
+    def open_manifest(self, split: str) -> Path:
+        """The open world's recordings of ``split`` ("val" or "test"): ``openset.OPEN_COLUMNS``."""
+        return self.open_dir / f"{split}.csv"
 
     # --- models ------------------------------------------------------------------------------
     @property
@@ -229,6 +259,8 @@ class ToyWorld:
         suffix = {"teacher": "teacher", "student-realistic": "student", "student-perfect": "student"}
         if stage == "metrics":
             return self.root / ".stages" / f"metrics-{self.config.key()[:8]}.json"
+        if stage in OPEN_STAGES:
+            return self.root / ".stages" / f"{stage}-{self.open_dir.name.removeprefix('open-')}.json"
         if stage in suffix:
             return self.root / ".stages" / f"{stage}-{self.config.model_key(suffix[stage])}.json"
         return self.root / ".stages" / f"{stage}.json"
@@ -281,7 +313,8 @@ def ensure_world(
             (otherwise a model the package ships for this world is installed, not trained).
         stages: build only these stages and what they need (default: the models and their metrics,
             with the data they need; the students' training recordings only if the students train);
-            e.g. ``("images",)`` for the photos alone, ``("audio",)`` for the recordings alone.
+            e.g. ``("gallery",)`` for the gallery photos alone, ``("audio",)`` for the recordings,
+            ``("open-val",)`` for the open world's validation recordings (never built unless named).
         progress: show tqdm progress bars.
         train: train the missing models even where the package ships them (``rebuild`` implies it).
 
@@ -337,9 +370,11 @@ def run_stage(world: ToyWorld, stage: str, progress: bool, shipped: bool = True)
     A model stage installs the model the package ships for this world when there is one and
     ``shipped`` is true (``birdsearch.toy.shipped``); otherwise it trains.
     """
-    from birdsearch.toy import build
+    from birdsearch.toy import build, openset
 
-    for path in build.STAGE_OUTPUTS[stage](world):
+    outputs = {**build.STAGE_OUTPUTS, **openset.STAGE_OUTPUTS}
+    builders = {**build.STAGE_BUILDERS, **openset.STAGE_BUILDERS}
+    for path in outputs[stage](world):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -351,7 +386,7 @@ def run_stage(world: ToyWorld, stage: str, progress: bool, shipped: bool = True)
         for need in TRAINING_NEEDS.get(stage, ()):
             if not world.is_built(need):
                 run_stage(world, need, progress)
-    facts = installed or build.STAGE_BUILDERS[stage](world, progress) or {}
+    facts = installed or builders[stage](world, progress) or {}
     seconds = time.perf_counter() - started
     log.info("toy world: %s built in %.1f s", stage, seconds)
     marker = world.stage_marker(stage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from birdsearch.cli_args import add_model_args, config_from_args
 from birdsearch.cpus import available_cpus
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     training.add_argument("--templates", default="openai", help="teacher template set (default: %(default)s)")
     training.add_argument("--epochs", type=int, default=10)
+    training.add_argument("--schedule-epochs", type=int,
+                          help="the learning-rate schedule spans this many epochs (default: --epochs): "
+                          "trains a longer run's first --epochs")  # fmt: skip
     training.add_argument(
         "--batch-size",
         type=int,
@@ -76,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-check-audio", action="store_true", help="skip reading every file's header first"
     )
     running.add_argument("--stop-after", type=int, help="stop after this many steps (resume later)")
+    running.add_argument(
+        "--no-species-classifier",
+        action="store_true",
+        help="do not fit the species classifier beside the encoder (modes classifier, hybrid)",
+    )
+    running.add_argument("--val-gallery", help="a gallery manifest (path, species): its photos choose the "
+                         "encoder's default query mode on the validation clips (default: distilled)")  # fmt: skip
     running.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
@@ -108,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         freeze_batchnorm=not args.no_freeze_batchnorm,
         check_audio=not args.no_check_audio,
         progress=not args.no_progress,
+        species_classifier=not args.no_species_classifier,
     )
     result = distill(config)
     summary = {
@@ -115,6 +127,17 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.steps,
         "total_steps": result.total_steps,
         "validation": result.history[-1] if result.history else None,
+        "default_mode": default_mode_of(result.encoder_dir),
     }
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def default_mode_of(encoder_dir: Any) -> dict[str, Any] | None:
+    """The query mode the encoder's card records as its default, and why (None before the run finished)."""
+    if encoder_dir is None:
+        return None
+    from birdsearch.model.encoder import read_card
+    from birdsearch.model.species_head import recorded_modes
+
+    return recorded_modes(read_card(encoder_dir))

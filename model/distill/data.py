@@ -23,12 +23,13 @@ import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from birdsearch.errors import AudioError, CorruptAudioError, UnsupportedAudioError
-from birdsearch.model.audio import random_crop, resample, to_mono
+from birdsearch.model.audio import random_crop, resample, split, to_mono
 from birdsearch.model.distill.manifest import Clip
 from birdsearch.workers import die_with_parent
 
@@ -55,6 +56,13 @@ def read_segment(clip: Clip, sample_rate: int) -> np.ndarray:
     if data.shape[0] == 0:
         raise CorruptAudioError(f"{clip.path}: no samples in [{clip.start_s}, {clip.end_s}] s")
     return resample(to_mono(data), rate, sample_rate)
+
+
+def windows_of(clip: Clip, front_end: Any) -> np.ndarray:
+    """A clip (or segment) as (n, W) windows of ``front_end`` (a ``FrontEndConfig``): repeat-padded when
+    short, cut without overlap when long, as a query is cut."""
+    samples = read_segment(clip, front_end.sample_rate)
+    return split(samples, front_end.sample_rate, front_end.window_s).samples
 
 
 def crop_generator(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -12,7 +12,9 @@ Run directory (``--out``)::
     config.json         the configuration (a resume must match it)
     log.jsonl           one line per logged step and per validation
     checkpoints/        training state, the last few steps
-    encoder/            the result, in the distilled-encoder format (birdsearch.model.encoder)
+    encoder/            the result, in the distilled-encoder format (birdsearch.model.encoder), with
+                        its training windows embedded beside it (birdsearch.model.novelty's reference:
+                        what the service measures how unlike the training audio a window is against)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from torch import nn
 
 from birdsearch.errors import CheckpointError, ConfigError
 from birdsearch.model import metrics
+from birdsearch.model.audio import split as split_windows
 from birdsearch.model.device import autocast
 from birdsearch.model.distill import checkpoint, data
 from birdsearch.model.distill import distributed as ddp
@@ -46,9 +50,11 @@ from birdsearch.model.distill.objectives import (
     objective_loss,
 )
 from birdsearch.model.distill.targets import Targets, TargetSpec, species_targets
-from birdsearch.model.encoder import DistilledAudioEncoder, EncoderCard, save_encoder
+from birdsearch.model.encoder import DistilledAudioEncoder, EncoderCard, LoadedEncoder, save_encoder
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 from birdsearch.model.mel import MelFrontEnd
+from birdsearch.model.novelty import build_reference, save_reference, spread_order
+from birdsearch.model.species_head import SpeciesHead
 from birdsearch.model.student import PROMPT, Student
 from birdsearch.model.text_maps import fit_map
 
@@ -73,6 +79,10 @@ class DistillConfig:
     objective: str = "batch"  # batch (symmetric, in-batch; README: why) | class (logits over all species)
     head_init: str = "procrustes"  # random | ridge | procrustes: the head starts as this text map
     epochs: int = 10
+    # The warm-up and cosine decay span this many epochs (None: ``epochs``). A run of ``epochs`` on
+    # the schedule of a longer one is exactly that longer run's state after ``epochs``: what a choice
+    # of epochs among a run's validations (birdsearch.toy.study) then trains.
+    schedule_epochs: int | None = None
     batch_size: int = 256  # clips per optimizer step, over all devices and accumulation steps
     accumulate: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # peak learning rate (SoundBind's)
@@ -97,6 +107,12 @@ class DistillConfig:
     compile: bool = False  # torch.compile the encoder (a GPU lever; see bench/distill_throughput.py)
     progress: bool = True  # tqdm bar on rank 0
     stop_after: int | None = None  # stop (as if preempted) after this many steps, checkpoint saved
+    # Also fit the species classifier on the frozen student beside the encoder (the query modes
+    # classifier and hybrid, birdsearch.model.species_head); cheap next to distillation.
+    species_classifier: bool = True
+    # A gallery manifest (path, species): its photos choose the encoder's default query mode on the
+    # validation clips; without it the default stays "distilled".
+    val_gallery: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the card
 
     def validate(self) -> None:
@@ -109,12 +125,17 @@ class DistillConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ConfigError(
+                f"schedule_epochs {self.schedule_epochs} is shorter than the {self.epochs} epochs trained; "
+                "give at least as many, or none"
+            )
         TargetSpec(self.target, self.name_format, self.templates, self.rotation_seed)
 
 
 RUNTIME_FIELDS = {
     "out", "device", "workers", "checkpoint_every", "keep_checkpoints", "log_every", "check_audio",
-    "compile", "progress", "stop_after", "extra",
+    "compile", "progress", "stop_after", "extra", "species_classifier", "val_gallery",
 }  # fmt: skip
 
 
@@ -229,6 +250,7 @@ class Trainer:
         )
         self.check_plan()
         self.total_steps = cfg.epochs * self.plan.steps_per_epoch
+        schedule_steps = (cfg.schedule_epochs or cfg.epochs) * self.plan.steps_per_epoch
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.module, cfg.weight_decay),
             lr=cfg.lr,
@@ -236,9 +258,9 @@ class Trainer:
             eps=1e-6,
             fused=self.device.type == "cuda",
         )
-        warmup = max(1, round(cfg.warmup_fraction * self.total_steps))
+        warmup = max(1, round(cfg.warmup_fraction * schedule_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_steps, warmup, cfg.min_lr_ratio)
+            self.optimizer, lr_lambda(schedule_steps, warmup, cfg.min_lr_ratio)
         )
         self.dataset = data.ClipDataset(
             self.train_clips, self.front_end.sample_rate, self.front_end.window_samples, cfg.seed
@@ -554,10 +576,69 @@ class Trainer:
                 },
                 metrics={"val": self.history[-1] if self.history else {}, "val_history": self.history},
             )
-            path = save_encoder(encoder, card, self.out / "encoder")
-            log.info("distilled encoder saved to %s", path)
+            head, card.metrics["modes"] = self.species_head(
+                LoadedEncoder(encoder, card, self.out, self.device)
+            )
+            path = save_encoder(encoder, card, self.out / "encoder", head)
+            self.save_reference(encoder, path)
+            log.info(
+                "distilled encoder saved to %s; default query mode %s", path, card.metrics["modes"]["why"]
+            )
         ddp.barrier(self.dist)
         return path
+
+    def species_head(self, encoder: LoadedEncoder) -> tuple[SpeciesHead | None, dict[str, Any]]:
+        """The species classifier on the frozen student, fitted on the same clips, and the default query
+        mode chosen on the validation clips (``birdsearch.model.distill.classifier``)."""
+        from birdsearch.model.distill.classifier import choose_mode, fit_species_head
+        from birdsearch.model.distill.targets import weights_checksum
+
+        cfg = self.cfg
+        if cfg.target != "teacher":
+            return None, {"default": "distilled", "chosen_on": None,
+                          "why": f"distilled: an encoder of target {cfg.target!r} has no other mode"}  # fmt: skip
+        if not cfg.species_classifier:
+            return None, {"default": "distilled", "chosen_on": None,
+                          "why": "distilled: no species classifier was fitted (--no-species-classifier)"}  # fmt: skip
+        if not self.val_clips:
+            return None, {"default": "distilled", "chosen_on": None,
+                          "why": "distilled: no validation clips to fit the species classifier on"}  # fmt: skip
+        student = Student.load(cfg.student, self.device)
+        head = fit_species_head(student, self.train_clips, self.val_clips, self.manifest.taxa,
+                                weights_checksum(cfg.student, "student"), cfg.seed)  # fmt: skip
+        log.info("species classifier beside the encoder: %s", head.facts)
+        gallery = None
+        if cfg.val_gallery:
+            from birdsearch.model.gallery import from_manifest
+            from birdsearch.model.teacher import Teacher
+
+            gallery = from_manifest(cfg.val_gallery, Teacher.load(cfg.teacher, self.device))
+        taxa, teacher_species = self.manifest.taxa, self.targets.embeddings
+        return head, choose_mode(encoder, student, head, taxa, teacher_species, self.val_clips, gallery)
+
+    @torch.no_grad()
+    def save_reference(self, encoder: DistilledAudioEncoder, folder: Path) -> None:
+        """Every window of the training clips (cut as the service cuts a recording) in the final
+        encoder's tower space: the novelty reference beside it (``birdsearch.model.novelty``)."""
+        fe = self.front_end
+        encoder.eval()
+
+        def embed(batch: np.ndarray) -> np.ndarray:
+            with autocast(self.device):
+                _, pooled = encoder(self.mel(torch.from_numpy(batch).to(self.device)), with_tower=True)
+            return pooled.float().cpu().numpy()
+
+        def clip_windows(index: int) -> Callable[[], np.ndarray]:
+            return lambda: split_windows(self.dataset.samples(index), fe.sample_rate, fe.window_s).samples
+
+        labels = [clip.species for clip in self.train_clips]
+        clips = [(labels[i], clip_windows(i)) for i in spread_order(labels, self.cfg.seed)]
+        species = [taxon.scientific for taxon in self.manifest.taxa]
+        facts = {"source": str(Path(self.cfg.manifest).resolve()), "split": "train", "window_s": fe.window_s,
+                 "space": "tower", "training_data_hash": self.digest}  # fmt: skip
+        reference = build_reference(embed, clips, species, facts, batch_size=max(1, self.plan.micro_batch))
+        save_reference(reference, folder)
+        log.info("novelty reference: %d training windows beside the encoder", len(reference.labels))
 
 
 def forward_backward(

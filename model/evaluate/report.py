@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-RETRIEVAL_COLUMNS = ("mAP", "R@1", "R@5", "R@10", "nDCG@10", "vote_top1")
+RETRIEVAL_COLUMNS = ("mAP", "genus mAP", "R@1", "R@5", "R@10", "nDCG@10", "vote_top1")
 SOUNDSCAPE_COLUMNS = ("cmAP", "AUROC", "top1")
 
 
@@ -39,7 +39,7 @@ def query_table(section: dict[str, Any]) -> list[str]:
     for name, entry in section["methods"].items():
         cells = [f"`{name}`"]
         if has_gallery:
-            cells += [pct(entry["retrieval"][c]) for c in RETRIEVAL_COLUMNS]
+            cells += [pct(entry["retrieval"].get(c)) for c in RETRIEVAL_COLUMNS]
         cells += [pct(entry["classification"]["top1"]), pct(entry["classification"]["cmAP"])]
         if has_gallery:
             cells.append(interval(entry.get("interval_95", {}).get("mAP")))
@@ -76,7 +76,8 @@ def markdown(result: dict[str, Any], configuration: bool = True) -> str:
         g = q.get("gallery")
         lines += ["", f"## Audio to image: {q['name']}", ""]
         where = f"{g['images']} photos, {g['images_of_evaluated_species']} of them of the {len(q['species'])} evaluated species (from {g['source']} {g.get('path', '')})" if g else "no gallery"  # fmt: skip
-        lines.append(f"{q['queries']} query recordings, {where}. Any photo of the query's species is relevant; "
+        lines.append(f"{q['queries']} query recordings, {where}. Any photo of the query's species is relevant "
+                     "(genus mAP: any photo of its genus); "
                      "R@K: a relevant photo in the top K; vote top-1: the species most of the top "
                      f"{cfg['vote_k']} photos show; cls: classification against the teacher's species text.")  # fmt: skip
         lines += [""] + query_table(q)

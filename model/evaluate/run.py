@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from birdsearch.errors import ConfigError
 from birdsearch.model import metrics
-from birdsearch.model.audio import split
-from birdsearch.model.distill.data import read_segment
+from birdsearch.model.distill.data import windows_of
 from birdsearch.model.distill.manifest import Clip
 from birdsearch.model.distill.targets import TargetSpec, species_targets, weights_checksum
 from birdsearch.model.evaluate import baselines, controls, datasets
@@ -69,6 +68,9 @@ class EvaluateConfig:
         None  # the controls' labelled clips (default: a registered data set's distillation manifest)
     )
     control_objective: str = "batch"  # the distillation objective the linear-head control trains with
+    # Offsets of the zero-shot side of the hybrids (linear cascade and NAME+hybrid-*) for species the
+    # training manifest has no clips of; several: one method per offset, NAME@OFFSET (baselines).
+    unseen_offsets: tuple[float, ...] = (0.0,)
     per_item: bool = False  # keep per-query AP/nDCG and soundscape scores (for intervals over several runs)
     seed: int = 0  # the random baseline, learned maps and the --max-queries sample
     out: str | None = None  # report directory (Markdown, JSON, PNG)
@@ -99,12 +101,6 @@ def parse_encoders(entries: list[str]) -> dict[str, Path]:
     return out
 
 
-def windows_of(clip: Clip, config: FrontEndConfig) -> np.ndarray:
-    """A clip (or segment) as (n, W) windows: repeat-padded when short, cut without overlap when long."""
-    samples = read_segment(clip, config.sample_rate)
-    return split(samples, config.sample_rate, config.window_s).samples
-
-
 def embed_clips(
     clips: list[Clip], methods: list[baselines.Method], front_end: FrontEndConfig, chunk: int = 32
 ) -> dict[str, torch.Tensor]:
@@ -122,12 +118,34 @@ def embed_clips(
             windows = np.concatenate(per_clip)
             for method in methods:
                 began = time.perf_counter()
-                emb = method.embedder.embed_windows(windows).float()
+                emb = method.embedder.embed_windows(windows)
                 timings[method.name] += time.perf_counter() - began
-                pooled = torch.zeros(len(per_clip), emb.shape[1]).index_add_(0, owner, emb)
-                out[method.name].append(F.normalize(pooled, dim=-1))
+                out[method.name].append(pool_windows(emb, owner, len(per_clip)))
     log.debug("embedding seconds per method: %s", timings)
     return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def pool_windows(windows: torch.Tensor, owner: torch.Tensor, clips: int) -> torch.Tensor:
+    """(clips, dim) unit means of (windows, dim) window embeddings, ``owner`` the clip of each window.
+
+    Summed and normalised in float64, then rounded to float32, so that clips whose windows hold the
+    same vectors get the same bits whatever their number of windows (see ``cosines``).
+    """
+    pooled = torch.zeros(clips, windows.shape[1], dtype=torch.float64).index_add_(0, owner, windows.double())
+    return F.normalize(pooled, dim=-1).float()
+
+
+def cosines(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(queries, targets) scores: float64 sums rounded to float32, the same bits on every kind of CPU.
+
+    A float32 matrix product sums in an order that depends on the CPU's vector units (and on the
+    row's place in the kernel's tiles), so scores that are equal in exact arithmetic, such as the
+    queries a hard cascade sends to the same species' text, differ in their last bits, and the
+    ranking breaks their tie differently on each CPU. In float64 the order changes only bits that
+    rounding to float32 drops, so equal scores stay equal and ties keep the queries' order. The
+    clips' pooling (``pool_windows``) does the same.
+    """
+    return (queries.astype(np.float64) @ targets.astype(np.float64).T).astype(np.float32)
 
 
 def load_models(cfg: EvaluateConfig, teacher_spec: str, student_spec: str, need_teacher: bool) -> Models:
@@ -161,14 +179,18 @@ def build_methods(
     ).embeddings
     student_species = models.student.embed_species(taxa, "com", PROMPT)
     fitted = fit_controls(cfg, models, taxa, student_species, teacher_species)
+    student = baselines.SharedStudent(models.student)
+    offsets = tuple(cfg.unseen_offsets)
     methods = baselines.student_methods(
-        models.student, student_species, teacher_species, tuple(cfg.methods), cfg.seed, fitted
+        student, student_species, teacher_species, tuple(cfg.methods), cfg.seed, fitted, offsets
     )
     teacher_sha = weights_checksum(models.teacher_spec, "teacher")[1] if models.encoders else ""
+    hybrid = (student, fitted["classifier"]) if "classifier" in fitted else None
     for name, encoder in models.encoders.items():
         methods += baselines.encoder_methods(
-            name, encoder, student_species, teacher_species, models.teacher_spec, teacher_sha, snap=cfg.snap
-        )
+            name, encoder, student_species, teacher_species, models.teacher_spec, teacher_sha,
+            snap=cfg.snap, hybrid=hybrid, offsets=offsets, served=(student, [t.scientific for t in taxa]),
+        )  # fmt: skip
     return methods, teacher_species
 
 
@@ -191,7 +213,7 @@ def fit_controls(
         )
     train, val = controls.training_clips(cfg.train_manifest, taxa, cfg.taxa, cfg.seed)
     front_end = models.student.front_end_config
-    features = controls.frozen_features(models.student, train, val, lambda c: windows_of(c, front_end))
+    features = controls.frozen_features(models.student, train, val, front_end)
     fitted = {}
     if "linear-head" in wanted:
         fitted["head"] = controls.fit_head(
@@ -223,20 +245,23 @@ def evaluate_queries(
     labels = np.array([c.species for c in clips])
     embeddings = embed_clips(clips, methods, models.student.front_end_config)
     gallery_labels = gallery.labels(queries.taxa) if gallery is not None else None
+    genera = np.unique([t.genus for t in queries.taxa], return_inverse=True)[1].ravel()
     levels = np.linspace(0, 1, 101)
     results: dict[str, Any] = {}
     for method in methods:
         q = embeddings[method.name].numpy()
         entry: dict[str, Any] = {"description": method.description}
-        cls = metrics.classification_metrics(q @ teacher_species.numpy().T, labels)
+        cls = metrics.classification_metrics(cosines(q, teacher_species.numpy()), labels)
         entry["classification"] = {"top1": cls["top1"], "cmAP": cls["cmAP"]}
         entry["per_species"] = {
             "classification_AP": [None if np.isnan(v) else float(v) for v in cls["per_class_AP"]]
         }
         if gallery is not None:
-            scores = q @ gallery.vectors.T
+            scores = cosines(q, gallery.vectors)
             ret = metrics.retrieval_metrics(scores, labels, gallery_labels, vote_k=cfg.vote_k)
             per_query = ret.pop("per_query")
+            per_query["AP genus"] = metrics.genus_ap(scores, labels, gallery_labels, genera)
+            ret["genus mAP"] = metrics.nanmean(per_query["AP genus"])
             entry["retrieval"] = ret
             entry["interval_95"] = {
                 "mAP": metrics.bootstrap_interval(metrics.query_mean(per_query["AP"][None]), 1, labels)[1:],
@@ -251,7 +276,7 @@ def evaluate_queries(
                 per_query["AP"], labels, len(queries.taxa)
             )
             if cfg.per_item:
-                entry["per_query"] = {k: per_query[k].tolist() for k in ("AP", "nDCG@10")}
+                entry["per_query"] = {k: per_query[k].tolist() for k in ("AP", "AP genus", "nDCG@10")}
             curves = [
                 metrics.interpolated_precision(row, gallery_labels == y, levels)
                 for row, y in zip(scores, labels, strict=True)
@@ -267,6 +292,10 @@ def evaluate_queries(
         "species": [t.scientific for t in queries.taxa],
         "common_names": [t.common for t in queries.taxa],
         "facts": queries.facts,
+        "controls": {
+            kind: {k: v for k, v in control.chosen.items() if k != "grid"}
+            for kind, control in models.controls.get(tuple(t.scientific for t in queries.taxa), {}).items()
+        },
         **({"labels": labels.tolist()} if cfg.per_item else {}),
         "gallery": None
         if gallery is None
@@ -287,7 +316,7 @@ def evaluate_soundscapes(
     embeddings = embed_clips(soundscapes.segments, methods, models.student.front_end_config)
     results = {}
     for method in methods:
-        scores = embeddings[method.name].numpy() @ teacher_species.numpy().T
+        scores = cosines(embeddings[method.name].numpy(), teacher_species.numpy())
         out = metrics.multilabel_metrics(scores, soundscapes.labels)
         recordings = np.unique([str(c.path) for c in soundscapes.segments], return_inverse=True)[1]
         statistic = metrics.cmap_of(scores[None], soundscapes.labels)

@@ -36,6 +36,17 @@ def test_procrustes_recovers_a_rotation_and_is_orthogonal():
     torch.testing.assert_close(wide.T @ wide, torch.eye(8), atol=1e-5, rtol=1e-5)
 
 
+def test_procrustes_with_fewer_pairs_than_dimensions_is_one_map_whatever_the_rounding():
+    """The pairs determine the map only on their span: the rest goes to zero, not to whatever basis the
+    SVD's rounding picks (which changed the map by 0.67 for this perturbation, and from CPU to CPU)."""
+    source, target = unit(6, 16), unit(6, 24, seed=1)
+    nudged = source * (1 + 1e-6 * unit(6, 16, seed=5))  # below what float32 sums on other vector units move
+    w = fit_procrustes(source, target)
+    torch.testing.assert_close(fit_procrustes(nudged, target), w, atol=1e-5, rtol=0)
+    span = torch.linalg.pinv(source.double()) @ source.double()  # projector onto the pairs' span
+    torch.testing.assert_close(w.T.double() @ w.double(), span, atol=1e-5, rtol=0)
+
+
 def test_ridge_primal_and_dual_agree_and_solve_least_squares():
     s, t = unit(6, 10), unit(6, 5, seed=1)  # fewer pairs than dimensions: the dual form
     dual = fit_ridge(s, t, alpha=0.5)

@@ -74,6 +74,62 @@ def test_controls_become_methods_and_need_their_fit():
         student_methods(Student(), captions, teacher, ("linear-head",), 0, {})
 
 
+def without_species(feats, species):
+    """The features with one species' training windows taken away (its validation clips kept)."""
+    keep = feats.train_labels != species
+    return controls.FrozenFeatures(
+        feats.train[keep], feats.train_labels[keep], feats.val, feats.val_labels, feats.facts
+    )
+
+
+def test_a_species_without_labelled_audio_is_not_trained_and_keeps_its_caption():
+    feats = without_species(features(), 3)
+    captions = unit(4, 8, seed=99)
+    fitted = controls.fit_classifier(feats, captions, batch_size=8)
+    assert fitted.has_audio.tolist() == [True, True, True, False]
+    torch.testing.assert_close(fitted.weight[3], captions[3])  # nothing pushed it away
+    assert not torch.allclose(fitted.weight[0], captions[0])  # the others learned
+    assert (
+        fitted.chosen["species_with_audio"] == 3 and fitted.chosen["val_cmAP"] > 0.95
+    )  # scored on 3 species
+    head = controls.fit_head(feats, captions, unit(4, 6, seed=5), "class", batch_size=8)
+    assert head.has_audio.tolist() == [True, True, True, False] and head.weight.shape == (6, 8)
+
+
+def test_the_linear_cascade_answers_zero_shot_for_species_without_audio_at_each_offset():
+    feats = without_species(features(), 3)
+    teacher = unit(4, 6, seed=5)
+    captions = F.normalize(
+        torch.cat([unit(3, 8, seed=99), feats.val[feats.val_labels == 3].mean(0, keepdim=True)]), dim=-1
+    )
+    fitted = {"classifier": controls.fit_classifier(feats, captions, batch_size=8)}
+
+    class Student:
+        dim = 8
+        model = type("M", (), {"logit_scale_a": torch.tensor(100.0).log()})  # its own logit scale: 100
+
+        def embed_windows(self, windows, batch_size=32):
+            return torch.as_tensor(windows)
+
+    offsets = (float("-inf"), 0.0, 1e6)
+    methods = student_methods(Student(), captions, teacher, ("linear-cascade-hard",), 0, fitted, offsets)
+    assert [m.name for m in methods] == [
+        "linear-cascade-hard@-inf",
+        "linear-cascade-hard@0",
+        "linear-cascade-hard@1e+06",
+    ]
+    answers = [m.embedder.embed_windows(feats.val) for m in methods]
+    said_unseen = [[bool(torch.allclose(row, teacher[3])) for row in a] for a in answers]
+    assert not any(said_unseen[0])  # closed set: never the species without audio
+    assert all(said_unseen[2])  # pushed up by a huge offset: always it
+    unseen = (feats.val_labels == 3).tolist()
+    assert (
+        sum(s and u for s, u in zip(said_unseen[1], unseen, strict=True)) > sum(unseen) / 2
+    )  # zero-shot finds it
+    (single,) = student_methods(Student(), captions, teacher, ("linear-cascade-hard",), 0, fitted, (0.0,))
+    assert single.name == "linear-cascade-hard"
+
+
 def test_command_line_lists_the_same_default_methods():
     assert CLI_DEFAULT_METHODS == DEFAULT_METHODS
     assert set(controls.CONTROL_METHODS) <= set(DEFAULT_METHODS)

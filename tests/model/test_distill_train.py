@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -103,6 +104,33 @@ def test_a_run_saves_an_encoder_with_its_card_and_a_log(world, reference):
     assert encoder.embed_windows(windows).shape == (2, 32)
 
 
+def test_the_encoder_keeps_its_training_windows_as_the_novelty_reference(world, reference):
+    """Every window of every training clip (3 s clips, 2 s windows: 2 each), embedded by the saved encoder."""
+    from birdsearch.model import audio
+    from birdsearch.model.novelty import REFERENCE_CARD, load_reference
+
+    out, _ = reference
+    found = load_reference(out / "encoder")
+    assert found is not None
+    manifest = load_manifest(world["manifest"], world["taxa"])
+    train = manifest.split("train")
+    tower_dim = load_encoder(out / "encoder", "cpu").model.tower_dim  # the tiny tower's pooled width
+    assert len(found.labels) == 2 * len(train) and found.dim == tower_dim
+    assert sorted(found.labels.tolist()) == sorted([clip.species for clip in train for _ in range(2)])
+    assert list(found.species) == [t.scientific for t in manifest.taxa]
+    card = json.loads((out / "encoder" / REFERENCE_CARD).read_text())
+    assert card["training_data_hash"] == manifest.digest() and card["split"] == "train"
+    # The first reference window of one clip is that clip's window as the encoder embeds it.
+    encoder = load_encoder(out / "encoder", "cpu")
+    clip = train[0]
+    samples = audio.load(clip.path, sample_rate=helpers.SAMPLE_RATE).samples
+    windows = torch.as_tensor(audio.split(samples, helpers.SAMPLE_RATE, helpers.WINDOW_S).samples)
+    _, tower = encoder.embed_with_tower(encoder.mel(windows))
+    embedded = torch.nn.functional.normalize(tower.float(), dim=-1).numpy()
+    nearest = (found.embeddings.astype(np.float32) @ embedded.T).max(axis=0)
+    assert np.all(nearest > 0.999)  # float16 storage
+
+
 def test_clips_that_fit_in_memory_are_decoded_once_with_the_same_result(
     world, reference, tmp_path, monkeypatch
 ):
@@ -112,15 +140,18 @@ def test_clips_that_fit_in_memory_are_decoded_once_with_the_same_result(
     decodes = []
     read = data.read_segment
     monkeypatch.setattr(data, "read_segment", lambda clip, rate: decodes.append(clip) or read(clip, rate))
-    distill(config(world, tmp_path / "again", accumulate=2, workers=2))  # fits: workers not needed
+    # Training's reads only: the species classifier fitted after training reads its clips again.
+    distill(config(world, tmp_path / "again", accumulate=2, workers=2, species_classifier=False))  # fits
     manifest = load_manifest(world["manifest"], world["taxa"])
     used = manifest.split("train") + manifest.split("val")
     assert sorted(map(str, decodes)) == sorted(map(str, used))  # once each, over 2 epochs and 2 validations
     assert_same_weights(weights(tmp_path / "again"), weights(reference[0]))
     monkeypatch.setattr(data, "PRELOAD_BYTES", 0)  # too big to hold: 2 forked workers decode
     decodes.clear()
-    distill(config(world, tmp_path / "streamed", accumulate=2, workers=2))
-    assert decodes == []  # the workers decoded, in their own processes
+    distill(config(world, tmp_path / "streamed", accumulate=2, workers=2, species_classifier=False))
+    # The workers decoded for training, in their own processes; here, only the novelty reference
+    # read each training clip, once, after training.
+    assert sorted(map(str, decodes)) == sorted(map(str, manifest.split("train")))
     assert_same_weights(weights(tmp_path / "streamed"), weights(reference[0]))
 
 
@@ -163,6 +194,75 @@ def test_killed_mid_epoch_then_resumed_gives_the_same_weights(world, reference, 
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert json.loads(finished.stdout)["steps"] == 8
     assert_same_weights(weights(out), weights(reference[0]))
+
+
+def test_a_run_on_a_longer_schedule_is_that_runs_first_epochs(world, reference, tmp_path):
+    """What the study trains after choosing an epoch count among a longer run's validations."""
+    short = distill(config(world, tmp_path / "short", accumulate=2, epochs=1, schedule_epochs=2))
+    assert short.steps == short.total_steps == 4
+
+    def steps(run_dir):
+        lines = [json.loads(x) for x in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+        return [(line["loss"], line["lr"]) for line in lines if "loss" in line]
+
+    assert steps(tmp_path / "short") == steps(reference[0])[:4]  # same losses, same learning rates
+    assert short.history[0]["val_loss"] == reference[1].history[0]["val_loss"]
+    with pytest.raises(ConfigError, match="schedule_epochs 1 is shorter"):
+        config(world, tmp_path / "bad", epochs=2, schedule_epochs=1).validate()
+
+
+def test_the_species_classifier_is_saved_beside_the_encoder_and_no_mode_is_chosen_without_photos(reference):
+    encoder = load_encoder(reference[0] / "encoder", "cpu")
+    head = encoder.species_head
+    assert head is not None and head.species == [t.scientific for t in helpers.TAXA]
+    assert all(head.has_audio) and head.weight.shape == (4, 24) and head.facts["val_clips"] == 4
+    torch.testing.assert_close(head.weight.norm(dim=-1), torch.ones(4))
+    modes = encoder.card.metrics["modes"]
+    assert modes["default"] == "distilled" and "--val-gallery" in modes["why"] and modes["chosen_on"] is None
+
+
+def test_the_recorded_default_mode_is_the_abstaining_one_with_the_best_validation_mAP(world, tmp_path):
+    """Recompute every mode's validation mAP from the saved encoder and classifier: the default is the best
+    of the modes that can abstain, and the record gives the others' mAP and why they are not served."""
+    import numpy as np
+
+    from birdsearch.model import metrics
+    from birdsearch.model.distill.classifier import clip_vectors
+    from birdsearch.model.gallery import from_manifest
+    from birdsearch.model.species_head import ABSTAINING_MODES, ENCODER_MODES, default_mode, mode_queries
+    from birdsearch.model.student import PROMPT, Student
+    from birdsearch.model.teacher import Teacher
+
+    gallery_manifest = helpers.write_gallery(tmp_path / "photos", per_species=3)
+    distill(config(world, tmp_path / "run", val_gallery=str(gallery_manifest)))
+    encoder = load_encoder(tmp_path / "run" / "encoder", "cpu")
+    modes = encoder.card.metrics["modes"]
+    assert set(modes["val_mAP"]) == set(ENCODER_MODES) and "4 validation clips" in modes["chosen_on"]
+    student = Student.load(f"local-dir:{world['student']}", "cpu")
+    manifest = load_manifest(world["manifest"], world["taxa"])
+    teacher_species = species_targets(TargetSpec("teacher"), manifest.taxa, f"local-dir:{world['teacher']}",
+                                      student.id, "cpu").embeddings  # fmt: skip
+    gallery = from_manifest(gallery_manifest, Teacher.load(f"local-dir:{world['teacher']}", "cpu"))
+    captions = student.embed_species(manifest.taxa, "com", PROMPT)
+    queries = {"distilled": encoder, **mode_queries(
+        encoder.species_head, [t.scientific for t in manifest.taxa], captions, teacher_species,
+        float(student.model.logit_scale_a.exp()), 1 / encoder.card.training["final_temperature"],
+        student=student, encoder=encoder)}  # fmt: skip
+    val = manifest.split("val")
+    labels, photo_labels = np.array([c.species for c in val]), gallery.labels(manifest.taxa)
+    recomputed = {
+        mode: metrics.retrieval_metrics(clip_vectors(q, val, student.front_end_config) @ gallery.vectors.T,
+                                        labels, photo_labels)["mAP"]
+        for mode, q in queries.items()
+    }  # fmt: skip
+    assert recomputed == pytest.approx(modes["val_mAP"], abs=1e-6)
+    best = max(recomputed[m] for m in ABSTAINING_MODES)
+    assert default_mode(encoder.card) == modes["default"] and modes["default"] in ABSTAINING_MODES
+    assert recomputed[modes["default"]] == pytest.approx(best, abs=1e-6)
+    assert "cannot abstain" in modes["why"]
+    assert all(
+        f"{m} {100 * recomputed[m]:.1f}" in modes["why"] for m in ENCODER_MODES if m not in ABSTAINING_MODES
+    )
 
 
 def test_resume_refuses_another_configuration(world, tmp_path):

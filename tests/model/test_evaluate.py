@@ -15,7 +15,14 @@ from birdsearch.model import registry
 from birdsearch.model.distill.manifest import Clip
 from birdsearch.model.distill.trainer import DistillConfig, distill
 from birdsearch.model.evaluate import datasets
-from birdsearch.model.evaluate.run import DEFAULT_METHODS, EvaluateConfig, evaluate, parse_encoders
+from birdsearch.model.evaluate.run import (
+    DEFAULT_METHODS,
+    EvaluateConfig,
+    cosines,
+    evaluate,
+    parse_encoders,
+    pool_windows,
+)
 from birdsearch.model.registry import DataBundle
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +76,9 @@ def test_every_method_side_by_side_with_report_files(setup, tmp_path):
         "distilled",
         "distilled+snap-hard",
         "distilled+snap-soft",
-        "ablation",
+        "distilled+classifier",  # the encoder's species classifier, a mode the service serves
+        "distilled+hybrid",
+        "ablation",  # its target is the student's text: no classifier is fitted beside it
     ]
     for name, entry in methods.items():
         for key in ("mAP", "R@1", "R@5", "R@10", "nDCG@10", "vote_top1"):
@@ -131,12 +140,16 @@ def test_cli_prints_the_table_and_json(setup, tmp_path, capsys):
         "distilled",
         "distilled+snap-hard",
         "distilled+snap-soft",
+        "distilled+classifier",
+        "distilled+hybrid",
     }
     assert main([*args, "--json", "--no-plots", "--no-snap"]) == 0
     assert set(json.loads(capsys.readouterr().out)["queries"]["methods"]) == {
         "random",
         "cascade-soft",
         "distilled",
+        "distilled+classifier",  # not a snap: the encoder's own classifier
+        "distilled+hybrid",
     }
 
 
@@ -290,3 +303,18 @@ def test_a_registered_data_set_brings_queries_gallery_and_models(setup, tmp_path
             evaluate(config(setup, dataset="imagenet"))
     finally:
         registry.DATA_SETS.unregister("tones")
+
+
+def test_clips_of_the_same_windows_score_the_same_bits_whatever_their_length():
+    """A hard cascade sends every window to one species' text: its clips must tie exactly, so that the
+    tie-aware metrics see a tie on every CPU (float32 sums of 3 or 5 copies came out unequal)."""
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(1, 128), dim=-1)
+    targets = torch.nn.functional.normalize(torch.randn(24, 128), dim=-1).numpy()
+    lengths = torch.tensor([1, 2, 3, 5, 7])
+    owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    pooled = pool_windows(text.repeat(int(lengths.sum()), 1), owner, len(lengths))
+    assert pooled.dtype == torch.float32 and (pooled == pooled[0]).all()
+    scores = cosines(pooled.numpy(), targets)
+    assert (scores == scores[0]).all()
+    np.testing.assert_allclose(scores[0], targets @ text[0].numpy(), atol=1e-6)

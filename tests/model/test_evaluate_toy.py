@@ -40,7 +40,8 @@ def distill_and_evaluate(preset: str, tmp_path: Path, capsys, epochs: int, batch
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     methods = result["queries"]["methods"]
-    assert list(methods) == [*DEFAULT_METHODS, "distilled", "distilled+snap-hard", "distilled+snap-soft"]
+    assert list(methods) == [*DEFAULT_METHODS, "distilled", "distilled+snap-hard", "distilled+snap-soft",
+                             "distilled+classifier", "distilled+hybrid"]  # fmt: skip
     assert "MISMATCH" not in methods["distilled"]["description"]
     assert (
         result["queries"]["gallery"]["images_of_evaluated_species"] == result["queries"]["gallery"]["images"]

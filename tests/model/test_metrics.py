@@ -237,3 +237,27 @@ def test_bootstrap_interval_is_a_point_when_nothing_varies_and_refuses_bad_argum
         m.bootstrap_interval(m.query_mean(values), 0, np.zeros(6))
     with pytest.raises(ValueError, match="level"):
         m.bootstrap_interval(m.query_mean(values), 3, np.zeros(6), level=1.5)
+
+
+def test_a_paired_difference_separates_what_two_overlapping_intervals_do_not():
+    """Two methods whose queries vary widely, one always 0.05 above the other on the same query."""
+    rng = np.random.default_rng(4)
+    strata = np.repeat(np.arange(6), 4)
+    base = rng.random((3, 24))
+    better, worse = m.query_mean(base + 0.05), m.query_mean(base)
+    a = m.bootstrap_interval(better, 3, strata, resamples=300)
+    b = m.bootstrap_interval(worse, 3, strata, resamples=300)
+    assert a[1] < b[2]  # the two intervals overlap
+    diff = m.bootstrap_interval(m.difference(better, worse), 3, strata, resamples=300)
+    assert diff == pytest.approx((0.05, 0.05, 0.05))  # paired: the same resamples for both
+    draws = m.bootstrap_draws(3, strata, 300, seed=0)
+    assert m.bootstrap_interval(better, 3, strata, resamples=300, draws=draws) == pytest.approx(a)
+
+
+def test_genus_ap_counts_every_photo_of_the_querys_genus():
+    genus_of = np.array([0, 0, 1])  # species 0 and 1 share a genus
+    gallery = np.array([1, 2, 0, -1])  # the last photo is of a species outside the evaluation
+    scores = np.array([[0.9, 0.8, 0.1, 0.95], [0.1, 0.9, 0.2, 0.3]])
+    ap = m.genus_ap(scores, np.array([0, 2]), gallery, genus_of)
+    # query 0 (genus 0): ranking 3(-), 0(+), 1(-), 2(+) -> (1/2 + 2/4) / 2; query 1 (genus 1): photo 1 first
+    assert ap == pytest.approx([0.5, 1.0])

@@ -13,9 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from birdsearch.errors import ConfigError
+from birdsearch.model.calibration import load_calibration
+from birdsearch.model.novelty import load_open_set
 from birdsearch.toy import build, shipped
 from birdsearch.toy.config import tiny_config
-from birdsearch.toy.export import export
+from birdsearch.toy.export import export, reexport_calibration
 from birdsearch.toy.world import MODEL_STAGES, ensure_world, model_dirs, open_world
 
 
@@ -135,6 +137,7 @@ def shipped_names(world) -> set[str]:
         settings = json.loads((folder / shipped.FACTS_FILE).read_text())["build"]["distill"]
         if shipped.encoder_dir_name(world, variant, settings) == folder.name:
             names.add(folder.name)
+            names.add(shipped.calibration_dir_name(world, settings))
     return names
 
 
@@ -153,6 +156,10 @@ def test_the_package_ships_each_presets_current_models(preset):
     assert not missing and encoders == {"realistic", "perfect"}, (
         f"run: python -m birdsearch.toy.export --preset {preset} (missing {missing}, encoders {encoders})"
     )
+    calibrations = {name for name in names if name.startswith("calibration-")}
+    assert calibrations <= present and len(calibrations) == 1, (
+        f"run: python -m birdsearch.toy.export --preset {preset} --calibration"
+    )
     size = sum(p.stat().st_size for name in names for p in (shipped.SHIPPED_ROOT / name).glob("*"))
     assert size < 8e6
 
@@ -162,6 +169,30 @@ def test_nothing_ships_that_no_preset_uses():
     used = set().union(*(shipped_names(open_world(preset)) for preset in PRESETS))
     present = {p.name for p in shipped.SHIPPED_ROOT.iterdir() if p.name != "__pycache__"}
     assert present <= used, f"delete {sorted(present - used)} from {shipped.SHIPPED_ROOT}"
+
+
+def test_the_shipped_calibration_is_what_the_demo_fits_now(toy_cache, tmp_path):
+    """Fails when the engine's scoring or the demo's fit changed and the calibration was not exported again.
+
+    Tolerance: a Platt fit of scores that differ in their last float32 bits (another thread count or
+    CPU kind) moves its parameters by far less than 0.1 %.
+    """
+    fitted = reexport_calibration("tiny", out_root=tmp_path)
+    fix = "run: python -m birdsearch.toy.export --preset tiny --calibration"
+    for mode, where in [
+        ("distilled", "encoder"),
+        ("classifier", "encoder"),
+        ("hybrid", "encoder"),
+        ("cascade", "index"),
+    ]:
+        now = load_calibration(fitted / f"{where}.calibration.json")[mode]
+        before = load_calibration(shipped.SHIPPED_ROOT / fitted.name / f"{where}.calibration.json")[mode]
+        assert now.features == before.features, fix
+        np.testing.assert_allclose([*now.weights, now.bias], [*before.weights, before.bias], rtol=1e-3)
+        gate_now = load_open_set(fitted / f"{where}.open_set.json")[mode]
+        gate_before = load_open_set(shipped.SHIPPED_ROOT / fitted.name / f"{where}.open_set.json")[mode]
+        assert (gate_now.signal, gate_now.params) == (gate_before.signal, gate_before.params), fix
+        np.testing.assert_allclose(gate_now.threshold, gate_before.threshold, rtol=1e-3)
 
 
 @pytest.mark.slow
@@ -178,7 +209,9 @@ def test_rebuilding_from_scratch_reproduces_the_shipped_models(toy_cache, tmp_pa
     monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "rebuilt"))
     written = export("default", out_root=tmp_path / "shipped")
     differ = []
-    for folder in written:
+    # The metrics file and the calibration fits hold no weights (the fits: compared by
+    # test_the_shipped_calibration_is_what_the_demo_fits_now).
+    for folder in (p for p in written if p.is_dir() and not p.name.startswith("calibration-")):
         rebuilt = json.loads((folder / shipped.FACTS_FILE).read_text())["weights"]
         original = json.loads((shipped.SHIPPED_ROOT / folder.name / shipped.FACTS_FILE).read_text())[
             "weights"

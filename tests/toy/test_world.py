@@ -117,9 +117,9 @@ def test_cache_is_reused_and_rebuilt_on_request(tiny_world):
     assert time.perf_counter() - started < 1.0
     assert again.root == tiny_world.root and photo.stat().st_mtime_ns == before
     os.utime(photo, ns=(before - 10**9, before - 10**9))
-    rebuilt = ensure_world(tiny_config(), rebuild=True, stages=("images",), progress=False)
+    rebuilt = ensure_world(tiny_config(), rebuild=True, stages=("gallery",), progress=False)
     assert photo.stat().st_mtime_ns > before - 10**9  # written again
-    assert rebuilt.is_built("images") and not rebuilt.is_built("audio")
+    assert rebuilt.is_built("gallery") and not rebuilt.is_built("audio")
     ensure_world(tiny_config(), stages=DATA_STAGES, progress=False)  # leave it whole for others
 
 

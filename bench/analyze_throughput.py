@@ -102,7 +102,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         summary = analyze(config(workdir / f"out{r}", best), engine)
         assert summary.analysed == summary.recordings and summary.failed == 0, summary
         analyze_rates.append(summary.audio_hours_per_s)
-        print(f"round {r}: model {model_rates[-1]:.4f} h/s, analyze {analyze_rates[-1]:.4f} h/s", file=sys.stderr)
+        print(
+            f"round {r}: model {model_rates[-1]:.4f} h/s, analyze {analyze_rates[-1]:.4f} h/s",
+            file=sys.stderr,
+        )
     model_rate, analyze_rate = float(np.median(model_rates)), float(np.median(analyze_rates))
     return {
         "machine": machine(), "arch": args.arch, "device": args.device, "threads": torch.get_num_threads(),

@@ -44,12 +44,22 @@ MODES = ("distilled", "cascade")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="small", help="toy world preset (default: small)")
-    parser.add_argument("--thresholds", default="0.1,0.3,0.5", help="confidence thresholds (the first is the default)")
-    parser.add_argument("--raw-threshold", type=float, default=0.1, help="raw score threshold to compare with")
-    parser.add_argument("--species-k", type=int, default=5, help="species per window at most (analyze's default)")
+    parser.add_argument(
+        "--thresholds", default="0.1,0.3,0.5", help="confidence thresholds (the first is the default)"
+    )
+    parser.add_argument(
+        "--raw-threshold", type=float, default=0.1, help="raw score threshold to compare with"
+    )
+    parser.add_argument(
+        "--species-k", type=int, default=5, help="species per window at most (analyze's default)"
+    )
     parser.add_argument("--soundscapes", type=int, default=10, help="extra test soundscapes to draw")
-    parser.add_argument("--background-fit", type=int, default=8, help="30 s background-only recordings to fit on")
-    parser.add_argument("--background-test", type=int, default=20, help="60 s background-only recordings to test on")
+    parser.add_argument(
+        "--background-fit", type=int, default=8, help="30 s background-only recordings to fit on"
+    )
+    parser.add_argument(
+        "--background-test", type=int, default=20, help="60 s background-only recordings to test on"
+    )
     parser.add_argument("--work", type=Path, help="cache folder (default: <world>/bench-calibration)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     return parser.parse_args()
@@ -156,7 +166,9 @@ def main() -> int:
     (work / "calibration.json").unlink(missing_ok=True)  # this run's fits only
     results: dict[str, Any] = {}
     for mode in MODES:
-        config = EngineConfig(index_root=index_root, checkpoint=str(encoder), student=world.student_spec, device="cpu")
+        config = EngineConfig(
+            index_root=index_root, checkpoint=str(encoder), student=world.student_spec, device="cpu"
+        )
         engine = Detector.load(config, mode)
         platt = fit_engine(engine, fit_clips, DEFAULT_SPECIES_RULE)
         save_calibration(work / "calibration.json", mode, platt)
@@ -179,7 +191,10 @@ def main() -> int:
 
 def print_table(report: dict[str, Any]) -> None:
     """The BENCHMARKS.md rows (stdout is this script's product)."""
-    lines = ["| mode | threshold | ECE | precision | recall | false detections / h |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| mode | threshold | ECE | precision | recall | false detections / h |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for mode, r in report["modes"].items():
         for name, at in r["at"].items():
             ece = "—" if name.startswith("raw") else f"{r['ece']:.3f}"  # the raw score is no probability

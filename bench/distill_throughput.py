@@ -74,7 +74,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device, batch, steps, warmup, species, out_dim, compile_mode, objective="batch", config=None) -> dict:
+def measure(
+    device, batch, steps, warmup, species, out_dim, compile_mode, objective="batch", config=None
+) -> dict:
     module, forward_module, optimizer, mel, targets = build(device, species, out_dim, compile_mode, config)
     waves = 0.1 * torch.randn(batch, FrontEndConfig().window_samples, device=device)
     labels = torch.randint(0, species, (batch,), device=device)

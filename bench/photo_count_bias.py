@@ -126,7 +126,7 @@ def query_methods(world: Any, preset: str, taxa: list[Any]) -> dict[str, Any]:
 
 def window_vectors(clips: list[Any], methods: dict[str, Any]) -> dict[str, list[np.ndarray]]:
     """Per method, each recording's (W, D) unit window vectors, as the service searches them."""
-    from birdsearch.model.evaluate.run import windows_of
+    from birdsearch.model.distill.data import windows_of
 
     out: dict[str, list[np.ndarray]] = {name: [] for name in methods["embedders"]}
     for clip in clips:

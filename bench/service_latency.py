@@ -403,7 +403,7 @@ def model_path(
             staged = embedder.staging(rows.shape, rows.dtype)
             np.copyto(staged, rows)
             rows = staged
-        vectors = embedder(rows)
+        vectors = embedder(rows)[:, : embedder.facts.dim]  # the embeddings; the tower's features follow
         version.search(vectors, 12)
 
     def timed(size: int, n: int) -> tuple[int, float]:

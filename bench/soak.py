@@ -149,7 +149,6 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
-
         command = [sys.executable, "-m", "birdsearch.cli", "-q", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port)]  # fmt: skip
         with self.log.open("w") as log:

@@ -100,18 +100,17 @@ class Birdsearch:
         from birdsearch.engine.batch import BatchOptions, BatchRun
         from birdsearch.engine.detector import Detector, chosen_mode, listed_species
         from birdsearch.engine.inputs import find_recordings
+        from birdsearch.engine.query_path import how_to_load
 
         paths = [str(inputs)] if isinstance(inputs, str | Path) else [str(i) for i in inputs]
         options = {"species_rule": self.settings.species_rule, **options}  # the server's rule unless given
         config = BatchOptions(**options)
-        mode = chosen_mode(config.mode, bool(self.settings.checkpoint))
+        mode = chosen_mode(config.mode, self.settings.checkpoint)
         embedders = self.runtime.models.by_mode() if self.runtime.models else {}
         if mode not in embedders:
             from birdsearch.errors import ConfigError
 
-            raise ConfigError(
-                f"mode {mode!r} is not loaded here: load it with cascade='always' (and a student)"
-            )
+            raise ConfigError(f"mode {mode!r} is not loaded here: {how_to_load(mode)}")
         served = self.runtime.served()
         names = listed_species(config.species_list, served.version, config.strict_species_list)
         allowed = served.version.ids_for(species=names) if names is not None else None
@@ -119,7 +118,8 @@ class Birdsearch:
         recordings, problems = find_recordings(paths)
         for item, reason in problems:
             log.warning("input %s: %s", item, reason)
-        detector = Detector(embedders[mode], served, allowed, names, calibration)
+        gate = self.runtime.lifecycle.gates.get(mode)  # the server's, as its answers use it
+        detector = Detector(embedders[mode], served, allowed, names, calibration, gate)
         for _, outcome in BatchRun(detector, config, self.settings.device).run(recordings):
             if isinstance(outcome, BaseException):
                 log.warning("%s", outcome)

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 from birdsearch.model.hub import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 Config = TypeVar("Config")
+# The query modes the subcommands offer (``--mode``), spelled as the engine's ``MODES`` (a test keeps the
+# two equal; the engine's settings are too heavy to import for parsing arguments).
+QUERY_MODES = ("distilled", "cascade", "classifier", "hybrid")
 
 
 def add_model_args(parser: argparse.ArgumentParser, teacher: bool = True, student: bool = True) -> None:

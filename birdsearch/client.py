@@ -119,10 +119,12 @@ def render_table(answer: dict[str, Any]) -> str:
         f"{'#':>2}  {'score':>6}  {'conf':>5}  {'windows':>7}  species",
     ]
     if answer.get("abstained"):
-        lines.append(f"    {answer.get('message') or 'no species reached the confidence threshold'}")
+        words = "not in this gallery" if answer.get("reason") == "novel" else "nothing detected"
+        lines.append(f"    {words}: {answer.get('message') or 'no species reached the confidence threshold'}")
     for i, s in enumerate(answer["species"], 1):
         name = f"{s['common_name']} ({s['species']})" if s["common_name"] else s["species"]
-        lines.append(f"{i:>2}  {s['score']:>6.3f}  {confidence(s):>5}  {s['windows']:>7}  {name}")
+        nearest = "" if s.get("detected", True) else "  (nearest, not detected)"
+        lines.append(f"{i:>2}  {s['score']:>6.3f}  {confidence(s):>5}  {s['windows']:>7}  {name}{nearest}")
     lines += ["", f"{'#':>2}  {'score':>6}  {'image':>6}  species / license / attribution"]
     for i, hit in enumerate(answer["images"], 1):
         extra = " / ".join(x for x in (hit["license"], hit["attribution"]) if x)
@@ -133,8 +135,11 @@ def render_table(answer: dict[str, Any]) -> str:
     if len(answer["timeline"]) > 1:
         lines += ["", "timeline:"]
         for w in answer["timeline"]:
-            best = ", ".join(f"{s['common_name'] or s['species']} {s['score']:.3f}" for s in w["species"][:3])
-            best = best or ("nothing above the threshold" if w.get("abstained") else "")
+            heard = [s for s in w["species"] if s.get("detected", True)]
+            best = ", ".join(f"{s['common_name'] or s['species']} {s['score']:.3f}" for s in heard[:3])
+            if not best and w.get("abstained"):
+                best = ("not in this gallery (unlike the recordings the model knows)" if w.get("reason") == "novel"
+                        else "nothing above the threshold")  # fmt: skip
             lines.append(f"  {w['start_s']:7.1f}–{w['end_s']:<7.1f} {best}")
     return "\n".join(lines) + "\n"
 

@@ -170,7 +170,7 @@ draw_gallery() {
         -v "$WORK/gallery:/out" "$IMAGE" python -c '
 import shutil
 from birdsearch.toy.world import ensure_world
-world = ensure_world("tiny", stages=("images",), progress=False)
+world = ensure_world("tiny", stages=("gallery",), progress=False)
 shutil.copytree(world.gallery_dir, "/out", dirs_exist_ok=True)'
     local held
     held=$(find "$WORK/gallery" -name '*.jpg' | sort | tail -1)  # added to the gallery later

@@ -21,12 +21,30 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
-import numpy as np
-import pytest
-from PIL import Image, ImageDraw
 
-from birdsearch.toy import plugin as toy_plugin
+def share_the_cores_among_workers() -> None:
+    """Each pytest-xdist worker (and what it starts) gets its share of the cores for OpenMP and BLAS.
+
+    By default every worker's torch and numpy take one thread per core: two workers on 2 cores run 4
+    threads, and OpenMP's threads spin at every barrier waiting for one that is descheduled. Small
+    trainings then took 10 to 20 times longer in the suite than alone (the suite: 375 s, 2-core Xeon,
+    AVX2 emulated). Must run before numpy or torch is imported: both read the variable when loaded.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        from birdsearch.cpus import available_cpus
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // workers)))
+
+
+share_the_cores_among_workers()
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from birdsearch.toy import plugin as toy_plugin  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -168,7 +168,7 @@ def toy_photos(tmp_path, monkeypatch) -> list[Path]:
     from birdsearch.toy.world import ensure_world
 
     monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "photo-source"))
-    world = ensure_world("tiny", stages=("images",), progress=False)
+    world = ensure_world("tiny", stages=("gallery",), progress=False)
     return sorted(world.gallery_dir.rglob("*.jpg"))
 
 
@@ -236,7 +236,7 @@ def test_the_distill_job_writes_an_encoder_that_the_api_serves(host, tmp_path, m
     from birdsearch.toy.world import ensure_world
 
     monkeypatch.setenv("BIRDSEARCH_CACHE", str(tmp_path / "data-source"))
-    world = ensure_world("tiny", stages=("images", "audio"), progress=False)
+    world = ensure_world("tiny", stages=("gallery", "audio"), progress=False)
     data = tmp_path / "calls"  # the site's labelled recordings, BIRDSEARCH_DISTILL_DATA
     rows = ["path,species,split"]
     for row in world.read_manifest(world.distill_manifest):

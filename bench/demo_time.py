@@ -43,6 +43,7 @@ from service_latency import free_port  # noqa: E402  (bench scripts are not a pa
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"^=*\s*(\d+ passed.*) in ([\d.]+)s")
+DURATION = re.compile(r"^\s*[\d.]+s (call|setup|teardown)\s+\S")  # a line of --durations
 
 
 def isa_env(isa: str) -> dict[str, str]:
@@ -181,12 +182,14 @@ def second_start(preset: str, env: dict[str, str]) -> dict[str, float]:
 def suite(env: dict[str, str]) -> dict[str, object]:
     """Step 5: the default suite, as ``make test`` runs it."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=20"],
+                          cwd=REPO, env=env, capture_output=True, text=True)  # fmt: skip
     wall = time.monotonic() - started
-    lines = [line for line in done.stdout.splitlines() if SUMMARY.match(line)]
-    return {"suite_s": round(wall, 1), "suite_summary": lines[-1].strip("= ") if lines else done.stdout[-500:],
-            "suite_exit_code": done.returncode}  # fmt: skip
+    lines = done.stdout.splitlines()
+    summary = [line for line in lines if SUMMARY.match(line)]
+    slowest = [line.strip() for line in lines if DURATION.match(line)]  # what dominates the suite here
+    return {"suite_s": round(wall, 1), "suite_summary": summary[-1].strip("= ") if summary else done.stdout[-500:],
+            "suite_exit_code": done.returncode, "suite_slowest": slowest}  # fmt: skip
 
 
 def folder_bytes(root: Path) -> int:

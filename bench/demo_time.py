@@ -24,6 +24,7 @@ what the children's torch and numpy report using.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -102,22 +103,28 @@ def demo_command(preset: str, *args: str) -> list[str]:
     ]
 
 
-def first_run(preset: str, env: dict[str, str]) -> dict[str, float]:
-    """Step 1: seconds until the first answer, and until the page's evaluation is there."""
+@contextlib.contextmanager
+def served_demo(preset: str, env: dict[str, str]):
+    """The demo serving on a free loopback port: (its URL, its process, when it started); stopped after."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     server = subprocess.Popen(demo_command(preset, "--port", str(port)), env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     try:
+        yield f"http://127.0.0.1:{port}", server, started
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def first_run(preset: str, env: dict[str, str]) -> dict[str, float]:
+    """Step 1: seconds until the first answer, and until the page's evaluation is there."""
+    with served_demo(preset, env) as (url, server, started):
         examples = Path(env["BIRDSEARCH_CACHE"]) / "toy"
         first = poll(lambda: query(url, examples, {}), server, 900)
         answer_s = time.monotonic() - started
         poll(lambda: httpx.get(f"{url}/evaluation", timeout=10).json()["ready"], server, 1800)
         evaluation_s = time.monotonic() - started
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     assert first
     return {"first_answer_s": round(answer_s, 1), "evaluation_on_page_s": round(evaluation_s, 1)}
 
@@ -162,20 +169,12 @@ def no_serve(preset: str, env: dict[str, str]) -> dict[str, float]:
 
 def second_start(preset: str, env: dict[str, str]) -> dict[str, float]:
     """Step 3: the demo again on a cache that holds everything."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    server = subprocess.Popen(demo_command(preset, "--port", str(port)), env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
-    try:
+    with served_demo(preset, env) as (url, server, started):
         poll(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, server, 120)
         ready_s = time.monotonic() - started
         assert query(url, Path(env["BIRDSEARCH_CACHE"]) / "toy", {"min_conf": "0.1"}), (
             "no answer with min_conf"
         )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     return {"second_start_ready_s": round(ready_s, 1)}
 
 

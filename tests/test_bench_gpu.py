@@ -28,6 +28,7 @@ def load_gpu_module():
 gpu = load_gpu_module()
 
 
+@pytest.mark.slow  # every row of the GPU run on the CPU (~35 s on a 2-core EPYC): a benchmark
 def test_smoke_run_gives_every_row_with_numbers(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("OUT", None)

@@ -5,11 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # Valid recordings may succeed (a 64 KB HTTP header is within what servers accept); every other kind must not.
 MAY_SUCCEED = {"real", "huge_header"}
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~24 s on a 2-core EPYC); hostile uploads one by one:
+# tests/service/test_bad_input.py
 def test_the_soak_smoke_run_answers_everything_without_a_5xx(tmp_path):
     report_file = tmp_path / "soak.json"
     done = subprocess.run(

@@ -183,6 +183,7 @@ def test_the_served_index_reports_recall_per_query_kind(tmp_path, write_simple_i
     assert prepare(exact, None, None).describe()["recall"] == {}
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~12 s on a 2-core EPYC); auto's rule and budget: the tests above
 def test_the_scale_bench_smoke_run(tmp_path):
     out = tmp_path / "scale"
     done = subprocess.run(

@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {"in_gallery", "background", "out_of_gallery", "non_bird", "shifted"}
 
 
+@pytest.mark.slow  # bench/open_set.py end to end (~30 s on a 2-core EPYC): a benchmark; the gate's
+# behaviour is in tests/engine/test_gate.py and tests/analyze/test_runners.py
 def test_the_open_set_bench_reports_every_mode_on_validation_and_test(toy_cache, tmp_path):
     out = tmp_path / "open_set.json"
     done = subprocess.run(

@@ -44,6 +44,7 @@ def test_a_paired_difference_speaks_only_when_its_interval_excludes_zero():
     assert study.verdict([0.05, -0.01, 0.09]) == "not separated"
 
 
+@pytest.mark.slow  # the study script end to end (~55 s of CPU on a 2-core EPYC): a research run
 def test_smoke_study_writes_tables_paired_differences_and_plot(toy_cache, tmp_path):
     out, work = tmp_path / "docs", tmp_path / "work"
     assert study.main(["--smoke", "--work", str(work), "--out", str(out)]) == 0

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
+
+from birdsearch.errors import ConfigError
 
 
 def write_atomic(path: Path, data: str | bytes, *, durable: bool = False) -> None:
@@ -36,6 +40,34 @@ def write_atomic(path: Path, data: str | bytes, *, durable: bool = False) -> Non
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path``, whole or not at all (``write_atomic``)."""
+    write_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def read_format_json(path: Path, what: str, fmt: str, version: int) -> dict[str, Any]:
+    """The JSON object at ``path`` whose ``format`` is ``fmt`` and ``format_version`` ``version``.
+
+    ConfigError naming the ``what`` (e.g. "calibration") and what is wrong: missing, not JSON, another
+    kind of file, another version.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{what} file {path} is not readable JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ConfigError(f"{path} is not {article(what)} {what} file (format should be {fmt!r})")
+    if data.get("format_version") != version:
+        raise ConfigError(f"{path}: {what} format version {data.get('format_version')} is not {version}")
+    return data
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

@@ -21,7 +21,6 @@ entry per query mode ("distilled", "cascade"), beside the encoder or the index.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from birdsearch.errors import ConfigError
-from birdsearch.files import write_atomic
+from birdsearch.files import read_format_json, write_json_atomic
 
 FORMAT = "birdsearch-calibration"
 FORMAT_VERSION = 1
@@ -231,25 +230,14 @@ def save_calibration(path: str | Path, mode: str, platt: Platt) -> Path:
         "format_version": FORMAT_VERSION,
         "modes": {m: {"method": "platt", **describe(p), "facts": p.facts} for m, p in entries.items()},
     }
-    write_atomic(path, json.dumps(data, indent=2, default=str))
+    write_json_atomic(path, data)
     return path
 
 
 def load_calibration(path: str | Path) -> dict[str, Platt]:
     """The calibration of each mode in the file at ``path``; ConfigError naming what is wrong."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"calibration file {path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"calibration file {path} is not readable JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a calibration file (format should be {FORMAT!r})")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            f"{path}: calibration format version {data.get('format_version')} is not {FORMAT_VERSION}"
-        )
+    data = read_format_json(path, "calibration", FORMAT, FORMAT_VERSION)
     return {mode: read_entry(path, mode, entry) for mode, entry in (data.get("modes") or {}).items()}
 
 

@@ -40,11 +40,9 @@ Reference files (``REFERENCE_FILE`` + ``REFERENCE_CARD`` in the model's folder):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +52,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from birdsearch.errors import ConfigError
+from birdsearch.files import read_format_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +178,7 @@ def load_reference(folder: str | Path) -> Reference | None:
                     folder, REFERENCE_FILE)  # fmt: skip
         return None
     try:
-        card = json.loads(card_path.read_text())
-        if card.get("format") != REFERENCE_FORMAT or card.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format {card.get('format')!r} version {card.get('format_version')!r}")
+        card = read_format_json(card_path, "novelty reference", REFERENCE_FORMAT, FORMAT_VERSION)
         if sha256(weights) != card["sha256"]:
             raise ValueError(f"{REFERENCE_FILE} does not match the checksum in {REFERENCE_CARD}")
         from safetensors.numpy import load_file
@@ -198,14 +195,6 @@ def load_reference(folder: str | Path) -> Reference | None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -518,18 +507,7 @@ def save_open_set(path: str | Path, mode: str, entry: OpenSet) -> Path:
 def load_open_set(path: str | Path) -> dict[str, OpenSet]:
     """Each mode's open-set entry in the file at ``path``; ConfigError naming what is wrong."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"open-set file {path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"open-set file {path} is not readable JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != OPEN_SET_FORMAT:
-        raise ConfigError(f"{path} is not an open-set file (format should be {OPEN_SET_FORMAT!r})")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            f"{path}: open-set format version {data.get('format_version')} is not {FORMAT_VERSION}"
-        )
+    data = read_format_json(path, "open-set", OPEN_SET_FORMAT, FORMAT_VERSION)
     return {mode: read_open_set_entry(path, mode, entry) for mode, entry in (data.get("modes") or {}).items()}
 
 

@@ -183,6 +183,14 @@ def test_open_set_file_round_trips_per_mode_and_refuses_bad_entries(tmp_path):
         load_open_set(path)
 
 
+def test_the_open_set_file_follows_the_umask_so_that_the_service_user_can_read_it(tmp_path, umask):
+    umask(0o022)
+    path = tmp_path / novelty.OPEN_SET_FILE
+    save_open_set(path, "distilled", OpenSet("knn", 0.25, {"k": 5}))
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [novelty.OPEN_SET_FILE]  # no temporary file left
+
+
 def test_the_gate_chooses_the_signal_that_tells_outside_windows_apart_on_validation(reference):
     """Outside windows lie away from every species' reference windows, yet some are confident.
 
